@@ -1,0 +1,205 @@
+"""The interface every method meets, the training set it receives, and the method registry.
+
+A method is a class with a small `fit` / `score` surface (scikit-learn / PyOD style): its
+hyper-parameters live in a config dataclass given to the constructor, `fit` trains on a
+`TrainSet`, `score` returns one anomaly score per image (higher = more anomalous).
+
+Methods are registered by name with `@register_method`; the built-in ones live in the top-level
+`methods` package, and other packages add theirs through the entry-point group
+`benchmark.methods` (each entry point names a Method subclass or a module that registers one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from benchmark.errors import BenchError, UsageError, unknown_name
+
+PROFILES = ("quick", "full")
+TRAINING_SETS = ("normal", "unlabeled")
+
+
+@dataclass(frozen=True)
+class TrainSet:
+    """The images a method may train on; labels of `unlabeled` are withheld.
+
+    normal:    images known to be healthy (set B in the paper), (N, C, H, W) float32 in [0, 1].
+    unlabeled: the mixed, unannotated set A (healthy and diseased together).
+    """
+
+    normal: np.ndarray
+    unlabeled: np.ndarray
+
+    def __post_init__(self) -> None:
+        for name in TRAINING_SETS:
+            array = getattr(self, name)
+            if array.ndim != 4:
+                raise ValueError(f"TrainSet.{name} must be (N, C, H, W), got shape {array.shape}")
+
+    @property
+    def channels(self) -> int:
+        return int(self.normal.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.normal.shape[-1])
+
+
+class Progress:
+    """Reports a method's progress to the runner; the default does nothing.
+
+    A method calls `stage(name, total)` when it starts a stage (e.g. "fit", "coreset") and
+    `advance(n)` as it goes. The runner turns these into a progress bar.
+    """
+
+    def stage(self, name: str, total: int | None = None) -> None:  # noqa: B027 - optional hook
+        """Start a new stage of `total` steps (None when the length is unknown)."""
+
+    def advance(self, n: int = 1) -> None:  # noqa: B027 - optional hook
+        """Mark `n` more steps of the current stage done."""
+
+
+class Method(ABC):
+    """Base class of every anomaly-detection method in the suite.
+
+    Subclasses set the class attributes, define a `Config` dataclass whose defaults are the
+    published values, and implement `profile_config`, `fit` and `score`.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    #: Which TrainSet fields the method trains on by default ("normal", "unlabeled").
+    uses: ClassVar[tuple[str, ...]] = ("normal",)
+    Config: ClassVar[type]
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config if config is not None else self.Config()
+        #: Facts about the run the method wants recorded (e.g. which backbone weights it used).
+        self.run_info: dict[str, Any] = {}
+
+    @classmethod
+    @abstractmethod
+    def profile_config(cls, profile: str, *, image_size: int, channels: int) -> Any:
+        """The config for a profile: `quick` (CPU, minutes) or `full` (published settings)."""
+
+    @abstractmethod
+    def fit(
+        self,
+        train: TrainSet,
+        *,
+        seed: int,
+        device: torch.device,
+        progress: Progress | None = None,
+    ) -> None:
+        """Train on `train` (the fields named in `uses`), all randomness seeded from `seed`."""
+
+    @abstractmethod
+    def score(self, images: np.ndarray) -> np.ndarray:
+        """One anomaly score per image, higher = more anomalous; images (N, C, H, W) in [0, 1]."""
+
+    def anomaly_maps(self, images: np.ndarray) -> np.ndarray | None:
+        """Per-pixel anomaly maps (N, H, W) where the method has them, else None."""
+        return None
+
+    def config_dict(self) -> dict[str, Any]:
+        """The full resolved config, for logging."""
+        return dataclasses.asdict(self.config)
+
+
+def make_config(method: type[Method], profile: str, *, image_size: int, channels: int,
+                overrides: dict[str, Any] | None = None) -> Any:
+    """Resolve a method's config for a profile, then apply `overrides` (field -> value)."""
+    if profile not in PROFILES:
+        raise UsageError(f"unknown profile '{profile}'. Valid profiles: {', '.join(PROFILES)}.")
+    config = method.profile_config(profile, image_size=image_size, channels=channels)
+    if overrides:
+        fields = {f.name for f in dataclasses.fields(config)}
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            raise UsageError(
+                f"{method.name} has no setting {', '.join(unknown)}. "
+                f"Its settings: {', '.join(sorted(fields))}."
+            )
+        config = dataclasses.replace(config, **overrides)
+    return config
+
+
+# ----------------------------------------------------------------------------- registry
+
+_REGISTRY: dict[str, type[Method]] = {}
+_DISCOVERED = False
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a Method available under `cls.name`."""
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise TypeError(f"{cls!r} is not a Method subclass")
+    existing = _REGISTRY.get(cls.name)
+    if existing is not None and existing is not cls:
+        raise ValueError(
+            f"two methods named '{cls.name}': {existing.__module__} and {cls.__module__}"
+        )
+    unknown_sets = set(cls.uses) - set(TRAINING_SETS)
+    if unknown_sets:
+        raise ValueError(f"{cls.name}.uses names unknown training sets {sorted(unknown_sets)}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _discover() -> None:
+    """Import the built-in methods and every `benchmark.methods` entry point, once."""
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    importlib.import_module("methods")
+    for entry in entry_points(group="benchmark.methods"):
+        try:
+            loaded = entry.load()
+        except Exception as exc:  # a broken plug-in must not hide the others
+            raise BenchError(
+                f"the method plug-in '{entry.name}' ({entry.value}) failed to load: {exc}. "
+                f"Fix or uninstall the package that provides it."
+            ) from exc
+        if isinstance(loaded, type) and issubclass(loaded, Method):
+            register_method(loaded)
+    _DISCOVERED = True
+
+
+def available_methods() -> dict[str, type[Method]]:
+    """All registered methods by name, sorted."""
+    _discover()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get_method(name: str) -> type[Method]:
+    """The method class registered as `name`; a clear error listing valid names otherwise."""
+    methods = available_methods()
+    if name not in methods:
+        raise unknown_name("method", name, list(methods))
+    return methods[name]
+
+
+def parse_method_list(spec: str) -> list[str]:
+    """`all` or a comma-separated list of names -> validated names, in the given order."""
+    methods = available_methods()
+    names = [part.strip() for part in spec.split(",") if part.strip()]
+    if not names:
+        raise UsageError("--methods is empty. Give `all` or names such as padim,patchcore.")
+    if names == ["all"]:
+        return list(methods)
+    for name in names:
+        if name not in methods:
+            raise unknown_name("method", name, list(methods))
+    return list(dict.fromkeys(names))
+
+
+ProgressFactory = Callable[[str], Progress]

@@ -1,0 +1,262 @@
+"""The `bench` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import click
+
+from benchmark.errors import BenchError, UsageError
+
+TRACKING_HELP = ("MLflow tracking URI: a sqlite:///file.db, a folder, or http://host:port of an "
+                 "`mlflow server`. Default: $MLFLOW_TRACKING_URI, else sqlite under results/.")
+
+
+def tracking_option(func: Any) -> Any:
+    return click.option("--tracking-uri", default=None, metavar="URI", help=TRACKING_HELP)(func)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="medad-bench")
+def cli() -> None:
+    """Benchmark unsupervised anomaly detection methods on medical images.
+
+    Every method trains on identical splits; each (method, dataset, seed) is logged to MLflow,
+    and `bench report` turns the runs into the paper's Table 1 (Markdown or LaTeX).
+
+    \b
+    Typical session:
+      bench list
+      bench run --methods padim,patchcore --dataset synthetic --seeds 0,1
+      bench report --dataset synthetic
+      bench check --dataset synthetic --against results/reference/synthetic.json
+    """
+
+
+@cli.command("list")
+def list_command() -> None:
+    """List every method and dataset, with what each method trains on and its profiles."""
+    from benchmark.api import PROFILES, available_methods
+    from benchmark.data import available_cards, load_card
+
+    click.secho("Methods", bold=True)
+    for name, cls in available_methods().items():
+        click.echo(f"  {name:<16} {cls.description}")
+        click.echo(f"  {'':<16} trains on: {' + '.join(cls.uses)}; "
+                   f"profiles: {', '.join(PROFILES)}")
+    click.secho("Datasets", bold=True)
+    for name in available_cards():
+        card = load_card(name)
+        where = "built in, no download" if card.is_synthetic else f"download: {card.download}"
+        click.echo(f"  {name:<16} {card.description}")
+        click.echo(f"  {'':<16} {card.image_size}px, {card.channels} channel(s); {where}")
+
+
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds must be comma-separated integers such as 0,1,2; got '{text}'.")
+    if not seeds or any(s < 0 for s in seeds):
+        raise UsageError(f"--seeds must be non-negative integers such as 0,1,2; got '{text}'.")
+    return list(dict.fromkeys(seeds))
+
+
+def _parse_settings(items: tuple[str, ...], weights: tuple[str, ...],
+                    methods: list[str]) -> dict[str, dict[str, Any]]:
+    """--set METHOD.FIELD=VALUE and --weights [METHOD=]PATH -> {method: {field: value}}."""
+    overrides: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        method, dot, name = key.partition(".")
+        if not sep or not dot or not name:
+            raise UsageError(f"--set expects METHOD.FIELD=VALUE (e.g. patchcore.image_size=128), "
+                             f"got '{item}'.")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        if isinstance(value, list):
+            value = tuple(value)
+        overrides.setdefault(method, {})[name] = value
+    for item in weights:
+        method, sep, path = item.partition("=")
+        if not sep:
+            targets = [m for m in methods if m in ("padim", "patchcore")]
+            if len(targets) != 1:
+                raise UsageError("--weights PATH is ambiguous with several backbone methods: "
+                                 "use --weights METHOD=PATH (e.g. padim=resnet18.pth).")
+            method, path = targets[0], item
+        overrides.setdefault(method, {})["weights"] = path
+    return overrides
+
+
+@cli.command()
+@click.option("--methods", default="all", show_default=True, metavar="all|NAME[,NAME]",
+              help="Methods to run (`bench list` shows them).")
+@click.option("--dataset", default="synthetic", show_default=True,
+              help="Dataset card name (or path of a .toml card).")
+@click.option("--seeds", default="0", show_default=True, metavar="0[,1,...]",
+              help="Seeds; each seed is one run per method.")
+@click.option("--profile", type=click.Choice(["quick", "full"]), default="quick",
+              show_default=True,
+              help="quick: small images, short training (CPU, minutes); full: published settings.")
+@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda",
+              help="Torch device.")
+@click.option("--data-root", type=click.Path(path_type=Path), default=None,
+              help="Folder of a real dataset (see its card).")
+@click.option("--weights", multiple=True, metavar="[METHOD=]PATH|random",
+              help="Local backbone weights for padim/patchcore (state dict file); `random` "
+                   "skips pretrained weights. Default: ImageNet via the local timm cache, "
+                   "falling back to random init with a warning.")
+@click.option("--set", "settings", multiple=True, metavar="METHOD.FIELD=VALUE",
+              help="Override one config field, e.g. --set patchcore.coreset_sampling_ratio=0.05.")
+@click.option("--contaminated", is_flag=True,
+              help="Train every method on normal + unlabeled images (contaminated setting).")
+@click.option("--no-progress", is_flag=True, help="No progress bars (for logs).")
+@tracking_option
+def run(methods: str, dataset: str, seeds: str, profile: str, device: str,
+        data_root: Path | None, weights: tuple[str, ...], settings: tuple[str, ...],
+        contaminated: bool, no_progress: bool, tracking_uri: str | None) -> None:
+    """Train and evaluate methods on a dataset; log every run to MLflow."""
+    from benchmark.api import parse_method_list
+    from benchmark.runner import RunPlan, run_plan
+    from benchmark.tracking import resolve_tracking_uri
+
+    names = parse_method_list(methods)
+    plan = RunPlan(methods=names, dataset=dataset, seeds=_parse_seeds(seeds), profile=profile,
+                   device=device, tracking_uri=resolve_tracking_uri(tracking_uri),
+                   data_root=data_root, overrides=_parse_settings(settings, weights, names),
+                   contaminated=contaminated, show_progress=not no_progress)
+    results = run_plan(plan)
+    click.echo(f"\n{'method':<12} {'seed':>4}  {'AUC':>6}  {'F1':>6}  {'fit s':>7}  run id")
+    for result in results:
+        if result.ok:
+            m = result.metrics
+            click.echo(f"{result.method:<12} {result.seed:>4}  {m['auc']:6.4f}  {m['f1']:6.4f}  "
+                       f"{m['fit_seconds']:7.1f}  {result.run_id}")
+        else:
+            click.secho(f"{result.method:<12} {result.seed:>4}  FAILED: {result.error}", fg="red")
+    click.echo(f"\nLogged to {plan.tracking_uri}. Table: bench report --dataset {dataset}")
+    failed = [r for r in results if not r.ok]
+    if failed:
+        raise BenchError(f"{len(failed)} of {len(results)} runs failed (see above; the "
+                         f"traceback is the run's error.json artifact in MLflow).")
+
+
+@cli.command()
+@click.option("--dataset", default="synthetic", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["md", "latex"]), default="md",
+              show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output file. Default: reports/<dataset>.md or .tex; `-` prints only.")
+@click.option("--profile", type=click.Choice(["quick", "full"]), default=None,
+              help="Which runs to tabulate. Default: the profile of the newest run.")
+@click.option("--contaminated", is_flag=True, help="Tabulate the contaminated-setting runs.")
+@tracking_option
+def report(dataset: str, fmt: str, out: Path | None, profile: str | None, contaminated: bool,
+           tracking_uri: str | None) -> None:
+    """Build Table 1 (a row per method, mean ± std over seeds) from the tracking store."""
+    from benchmark.report import select_runs, to_latex, to_markdown
+    from benchmark.tracking import resolve_tracking_uri
+
+    data = select_runs(resolve_tracking_uri(tracking_uri), dataset, profile,
+                       contaminated=contaminated)
+    text = to_markdown(data) if fmt == "md" else to_latex(data)
+    click.echo(text)
+    if str(out) != "-":
+        suffix = "-contaminated" if contaminated else ""
+        out = out or Path("reports") / f"{dataset}{suffix}.{'md' if fmt == 'md' else 'tex'}"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        click.echo(f"Written to {out}", err=True)
+
+
+@cli.command()
+@click.option("--dataset", default="synthetic", show_default=True)
+@click.option("--against", type=click.Path(path_type=Path), default=None,
+              help="Reference JSON. Default: results/reference/<dataset>.json.")
+@click.option("--tolerance", type=float, default=None,
+              help="Allowed AUC drop (default: the reference's, 0.02).")
+@click.option("--update", is_flag=True, help="Record the latest runs as the new reference.")
+@click.option("--profile", type=click.Choice(["quick", "full"]), default=None)
+@tracking_option
+def check(dataset: str, against: Path | None, tolerance: float | None, update: bool,
+          profile: str | None, tracking_uri: str | None) -> None:
+    """Fail (exit 1) when a method's AUC fell below the recorded reference."""
+    from benchmark.regression import (
+        DEFAULT_TOLERANCE,
+        compare,
+        read_reference,
+        reference_from,
+        write_reference,
+    )
+    from benchmark.report import select_runs
+    from benchmark.tracking import resolve_tracking_uri
+
+    if tolerance is not None and tolerance < 0:
+        raise UsageError(f"--tolerance must be >= 0, got {tolerance}.")
+    against = against or Path("results") / "reference" / f"{dataset}.json"
+    uri = resolve_tracking_uri(tracking_uri)
+    if update:
+        data = select_runs(uri, dataset, profile)
+        reference = reference_from(data, DEFAULT_TOLERANCE if tolerance is None else tolerance)
+        write_reference(reference, against)
+        click.echo(json.dumps(reference, indent=2))
+        click.echo(f"Reference written to {against}", err=True)
+        return
+    reference = read_reference(against)
+    if reference["dataset"] != dataset:
+        raise UsageError(f"{against} is the reference of '{reference['dataset']}', "
+                         f"not '{dataset}'.")
+    data = select_runs(uri, dataset, profile or reference["profile"])
+    outcome = compare(reference, data, tolerance)
+    click.echo(outcome.table.to_markdown(index=False))
+    if not outcome.ok:
+        click.echo("")
+        for problem in outcome.problems:
+            click.secho(f"FAIL {problem}", fg="red", err=True)
+        sys.exit(1)
+    click.echo(f"\nAll {len(outcome.table)} methods within tolerance of {against}.")
+
+
+@cli.command()
+@click.option("--port", default=5000, show_default=True)
+@tracking_option
+def ui(port: int, tracking_uri: str | None) -> None:
+    """Open the runs in the MLflow UI (http://127.0.0.1:PORT)."""
+    from benchmark.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+               "--host", "127.0.0.1", "--port", str(port)]
+    click.echo(" ".join(command), err=True)
+    os.execv(sys.executable, command)
+
+
+def main() -> None:
+    """Entry point: user errors print one clear line and exit non-zero, no traceback."""
+    # Deprecation chatter of dependencies (timm, anomalib) says nothing about the user's run.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    try:
+        code = cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except BenchError as exc:
+        click.secho(f"Error: {exc}", fg="red", err=True)
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

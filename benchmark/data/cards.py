@@ -1,0 +1,132 @@
+"""Dataset cards: one TOML file per dataset describing its format, location and protocol.
+
+Cards are looked up, in order, in the folders named by `BENCH_DATASETS_PATH` (os.pathsep
+separated), `./datasets` in the working directory, and the suite's own `datasets/` folder.
+Adding a dataset in a known format is one card, no code.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmark.errors import BenchError, unknown_name
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+#: The suite's own cards (next to the `benchmark` package in a source checkout).
+BUILTIN_CARDS = Path(__file__).resolve().parents[2] / "datasets"
+
+KNOWN_FORMATS = ("synthetic", "covidx", "chestxray14", "brain_mri", "folder")
+
+
+@dataclass(frozen=True)
+class DatasetCard:
+    name: str
+    description: str
+    format: str
+    channels: int
+    image_size: int
+    path: Path
+    #: Where to download the data and what tree to put where (real datasets only).
+    download: str = ""
+    layout: str = ""
+    default_data_root: str = ""
+    #: Evaluation unit: "image", or "subject" (slice scores averaged per subject).
+    unit: str = "image"
+    #: Format-specific settings (generator knobs for `synthetic`, protocol for real sets).
+    settings: dict[str, Any] = field(default_factory=dict)
+    #: The card file's text, part of the cache key.
+    text: str = ""
+
+    @property
+    def is_synthetic(self) -> bool:
+        return self.format == "synthetic"
+
+
+def card_folders() -> list[Path]:
+    folders = [Path(p) for p in os.environ.get("BENCH_DATASETS_PATH", "").split(os.pathsep) if p]
+    folders += [Path.cwd() / "datasets", BUILTIN_CARDS]
+    unique: list[Path] = []
+    for folder in folders:
+        resolved = folder.resolve()
+        if resolved.is_dir() and resolved not in unique:
+            unique.append(resolved)
+    return unique
+
+
+def available_cards() -> dict[str, Path]:
+    """Card name -> card file; earlier folders win over later ones."""
+    cards: dict[str, Path] = {}
+    for folder in card_folders():
+        for path in sorted(folder.glob("*.toml")):
+            cards.setdefault(path.stem, path)
+    return dict(sorted(cards.items()))
+
+
+def load_card(name: str) -> DatasetCard:
+    """Read and validate the card called `name` (or at the path `name`, ending in .toml)."""
+    if name.endswith(".toml"):
+        path = Path(name)
+        if not path.is_file():
+            raise BenchError(f"dataset card {path} does not exist. Check the path.")
+    else:
+        cards = available_cards()
+        if name not in cards:
+            raise unknown_name("dataset", name, list(cards))
+        path = cards[name]
+    return parse_card(path)
+
+
+def parse_card(path: Path) -> DatasetCard:
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise BenchError(f"dataset card {path} is not valid TOML: {exc}. Fix the card.") from exc
+
+    def need(key: str, kind: type) -> Any:
+        if key not in raw:
+            raise BenchError(f"dataset card {path} lacks the key '{key}'. Add it to the card.")
+        value = raw[key]
+        if not isinstance(value, kind):
+            raise BenchError(
+                f"dataset card {path}: '{key}' must be a {kind.__name__}, got {value!r}."
+            )
+        return value
+
+    fmt = need("format", str)
+    if fmt not in KNOWN_FORMATS:
+        raise BenchError(
+            f"dataset card {path}: unknown format '{fmt}'. Known formats: "
+            f"{', '.join(KNOWN_FORMATS)}."
+        )
+    channels = need("channels", int)
+    if channels not in (1, 3):
+        raise BenchError(f"dataset card {path}: channels must be 1 or 3, got {channels}.")
+    image_size = need("image_size", int)
+    if image_size < 16:
+        raise BenchError(f"dataset card {path}: image_size must be >= 16, got {image_size}.")
+    unit = raw.get("unit", "image")
+    if unit not in ("image", "subject"):
+        raise BenchError(f"dataset card {path}: unit must be 'image' or 'subject', got {unit!r}.")
+    return DatasetCard(
+        name=raw.get("name", path.stem),
+        description=need("description", str),
+        format=fmt,
+        channels=channels,
+        image_size=image_size,
+        path=path,
+        download=raw.get("download", ""),
+        layout=raw.get("layout", ""),
+        default_data_root=raw.get("default_data_root", ""),
+        unit=unit,
+        settings=dict(raw.get(fmt, {})),
+        text=text,
+    )

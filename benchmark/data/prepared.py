@@ -1,0 +1,203 @@
+"""A prepared dataset: the split manifest, its hash and the preprocessed image cache.
+
+Preparation runs once per card version: the manifest and the preprocessed arrays are written to
+a folder under the cache root (default `results/cache`), first into a temporary folder that is
+renamed into place when complete, so a killed preparation never leaves a half-written cache.
+Later runs memory-map the arrays: neither regenerated nor re-decoded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from numpy.lib.format import open_memmap
+from tqdm.auto import tqdm
+
+from benchmark.api import TrainSet
+from benchmark.data import synthetic
+from benchmark.data.cards import DatasetCard
+from benchmark.data.splits import (
+    check_subject_disjoint,
+    manifest_hash,
+    read_manifest,
+    write_manifest,
+)
+from benchmark.errors import BenchError
+
+#: Bump when the cache layout changes.
+CACHE_VERSION = 1
+DEFAULT_CACHE_ROOT = Path("results") / "cache"
+
+
+@dataclass
+class PreparedDataset:
+    card: DatasetCard
+    manifest: pd.DataFrame  # image_id, split, label, subject_id, row (index into the arrays)
+    split_hash: str
+    images: np.ndarray  # (N, C, H, W) float32 in [0, 1], memory-mapped
+    masks: np.ndarray | None  # (N, H, W) uint8 lesion masks where the dataset has them
+    folder: Path
+    #: True when this call built the cache, False when it was read from disk.
+    built: bool = False
+
+    def rows(self, split: str) -> np.ndarray:
+        return self.manifest.loc[self.manifest.split == split, "row"].to_numpy()
+
+    def images_of(self, split: str) -> np.ndarray:
+        """The split's images, read into memory (N, C, H, W) float32."""
+        return np.ascontiguousarray(self.images[np.sort(self.rows(split))])
+
+    def labels_of(self, split: str) -> np.ndarray:
+        return self.manifest.set_index("row").loc[np.sort(self.rows(split)), "label"].to_numpy()
+
+    def ids_of(self, split: str) -> np.ndarray:
+        return self.manifest.set_index("row").loc[np.sort(self.rows(split)), "image_id"].to_numpy()
+
+    def train_set(self) -> TrainSet:
+        return TrainSet(normal=self.images_of("train_normal"),
+                        unlabeled=self.images_of("train_mixed"))
+
+    def counts(self) -> pd.DataFrame:
+        """Images per split and label (0 healthy, 1 diseased)."""
+        table = pd.crosstab(self.manifest.split, self.manifest.label)
+        return table.rename(columns={0: "healthy", 1: "diseased"})
+
+
+def prepare(card: DatasetCard, *, data_root: Path | None = None,
+            cache_root: Path | None = None, show_progress: bool = True) -> PreparedDataset:
+    """Return the card's prepared dataset, building its cache on first use."""
+    cache_root = Path(cache_root or os.environ.get("BENCH_CACHE_DIR") or DEFAULT_CACHE_ROOT)
+    if not card.is_synthetic:
+        root = resolve_data_root(card, data_root)
+        raise BenchError(
+            f"dataset '{card.name}' (format '{card.format}', data root {root}): the reader for "
+            f"this format is not implemented yet; it is planned in the real-datasets issue. "
+            f"Use --dataset synthetic meanwhile."
+        )
+    config = synthetic_config(card)
+    key = _cache_key(card, extra=str(synthetic.GENERATOR_VERSION))
+    folder = cache_root / f"{card.name}-{key[:16]}"
+    if not (folder / "meta.json").is_file():
+        _build_synthetic_cache(card, config, folder, show_progress=show_progress)
+        return _open(card, folder, built=True)
+    return _open(card, folder, built=False)
+
+
+def synthetic_config(card: DatasetCard) -> synthetic.SyntheticConfig:
+    """The generator config a synthetic card describes."""
+    known = {f.name for f in dataclasses.fields(synthetic.SyntheticConfig)}
+    settings = dict(card.settings)
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise BenchError(
+            f"dataset card {card.path}: unknown synthetic setting(s) {', '.join(unknown)}. "
+            f"Known: {', '.join(sorted(known - {'image_size'}))}."
+        )
+    if card.channels != 1:
+        raise BenchError(f"dataset card {card.path}: the synthetic generator draws grayscale "
+                         f"images; set channels = 1.")
+    if "lesion_kinds" in settings:
+        settings["lesion_kinds"] = tuple(settings["lesion_kinds"])
+    try:
+        return synthetic.SyntheticConfig(image_size=card.image_size, **settings)
+    except (TypeError, ValueError) as exc:
+        raise BenchError(f"dataset card {card.path}: {exc}. Fix the card.") from exc
+
+
+def resolve_data_root(card: DatasetCard, data_root: Path | None) -> Path:
+    """The folder holding a real dataset; a clear error saying where to get it if missing."""
+    env_name = f"BENCH_{card.name.upper().replace('-', '_')}_ROOT"
+    candidate = data_root or os.environ.get(env_name) or card.default_data_root
+    if not candidate:
+        raise BenchError(
+            f"dataset '{card.name}' needs its data: pass --data-root PATH or set {env_name}."
+        )
+    root = Path(candidate).expanduser()
+    if not root.is_dir():
+        raise BenchError(
+            f"dataset '{card.name}': data root {root} does not exist.\n"
+            f"Get the data from: {card.download or '(see the card ' + str(card.path) + ')'}\n"
+            f"Put it there laid out as:\n{card.layout.rstrip()}\n"
+            f"or point the suite at it with --data-root PATH or {env_name}=PATH."
+        )
+    return root
+
+
+def _cache_key(card: DatasetCard, extra: str = "") -> str:
+    text = f"{CACHE_VERSION}\n{extra}\n{card.text}"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _build_synthetic_cache(card: DatasetCard, config: synthetic.SyntheticConfig, folder: Path,
+                           *, show_progress: bool) -> None:
+    specs = synthetic.image_specs(config)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        size = config.image_size
+        images = open_memmap(tmp / "images.npy", mode="w+", dtype=np.float32,
+                             shape=(len(specs), card.channels, size, size))
+        masks = open_memmap(tmp / "masks.npy", mode="w+", dtype=np.uint8,
+                            shape=(len(specs), size, size))
+        bar = tqdm(total=len(specs), desc=f"generating {card.name}", unit="img",
+                   disable=not show_progress, leave=False)
+        for spec, image, mask in synthetic.iter_images(config, specs):
+            images[spec.index] = image[None]
+            masks[spec.index] = mask
+            bar.update()
+        bar.close()
+        images.flush()
+        masks.flush()
+        del images, masks
+        manifest = pd.DataFrame({
+            "image_id": [s.image_id for s in specs],
+            "split": [s.split for s in specs],
+            "label": [s.label for s in specs],
+            "subject_id": [s.image_id for s in specs],  # one image per synthetic patient
+            "row": [s.index for s in specs],
+        })
+        check_subject_disjoint(manifest)
+        write_manifest(manifest, tmp / "manifest.csv")
+        meta = {
+            "dataset": card.name,
+            "split_hash": manifest_hash(manifest),
+            "n_images": len(specs),
+            "image_shape": [card.channels, size, size],
+            "cache_version": CACHE_VERSION,
+            "generator_version": synthetic.GENERATOR_VERSION,
+            "generator_config": dataclasses.asdict(config),
+        }
+        # meta.json last: its presence marks a complete cache.
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if folder.exists():  # a concurrent run finished first; keep its (identical) cache
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _open(card: DatasetCard, folder: Path, *, built: bool) -> PreparedDataset:
+    meta = json.loads((folder / "meta.json").read_text())
+    manifest = read_manifest(folder / "manifest.csv")
+    split_hash = manifest_hash(manifest)
+    if split_hash != meta["split_hash"]:
+        raise BenchError(
+            f"the split manifest in {folder} does not match its recorded hash (edited or "
+            f"corrupted). Delete {folder} and run again to rebuild it."
+        )
+    images = np.load(folder / "images.npy", mmap_mode="r")
+    masks_path = folder / "masks.npy"
+    masks = np.load(masks_path, mmap_mode="r") if masks_path.is_file() else None
+    return PreparedDataset(card=card, manifest=manifest, split_hash=split_hash, images=images,
+                           masks=masks, folder=folder, built=built)

@@ -1,0 +1,215 @@
+"""Runs: one (method, dataset, seed) trained, scored, evaluated and logged to MLflow.
+
+The test labels are read only after the method has produced its test scores; the decision
+threshold comes from the labelled validation split (Youden's J), never from the test split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from benchmark import metrics
+from benchmark.api import Method, Progress, TrainSet, get_method, make_config
+from benchmark.data import PreparedDataset, load_card, prepare
+from benchmark.data.prepared import resolve_data_root
+from benchmark.errors import BenchError, UsageError
+from benchmark.tracking import RunLogger, ensure_experiment, environment_params
+
+
+@dataclass
+class RunResult:
+    method: str
+    seed: int
+    run_id: str
+    ok: bool
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda when available, else cpu; a clear error when cuda is asked for but absent."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda: no CUDA GPU is visible to torch. "
+                             "Use --device cpu (or auto), or check the driver / CUDA_VISIBLE_DEVICES.")
+        return torch.device(name)
+    raise UsageError(f"--device must be auto, cpu or cuda[:N], got '{name}'.")
+
+
+class BarProgress(Progress):
+    """Turns a method's stage/advance calls into one tqdm bar per run."""
+
+    def __init__(self, label: str, enabled: bool = True) -> None:
+        self.label = label
+        self.bar = tqdm(total=None, desc=label, unit="step", leave=False, disable=not enabled,
+                        dynamic_ncols=True)
+
+    def stage(self, name: str, total: int | None = None) -> None:
+        self.bar.reset(total=total)
+        self.bar.set_description(f"{self.label} | {name}")
+
+    def advance(self, n: int = 1) -> None:
+        self.bar.update(n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+@dataclass
+class RunPlan:
+    """Everything that defines a grid of runs on one dataset."""
+
+    methods: list[str]
+    dataset: str
+    seeds: list[int]
+    profile: str = "quick"
+    device: str = "auto"
+    tracking_uri: str = ""
+    data_root: Path | None = None
+    #: method -> {config field -> value}, applied on top of the profile's config.
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Train every method on normal + unlabeled (the contaminated setting).
+    contaminated: bool = False
+    show_progress: bool = True
+
+
+def run_plan(plan: RunPlan) -> list[RunResult]:
+    """Prepare the dataset once, then run every (method, seed); returns one result per run."""
+    card = load_card(plan.dataset)
+    method_classes = {name: get_method(name) for name in plan.methods}
+    unknown = set(plan.overrides) - set(plan.methods)
+    if unknown:
+        raise UsageError(f"settings given for {', '.join(sorted(unknown))}, which is not among "
+                         f"--methods {','.join(plan.methods)}.")
+    device = resolve_device(plan.device)
+    if not card.is_synthetic:
+        resolve_data_root(card, plan.data_root)  # a missing data root is reported first
+    # Fail before any training if the tracking store is unusable.
+    experiment_id = ensure_experiment(plan.tracking_uri, card.name)
+    data = prepare(card, data_root=plan.data_root, show_progress=plan.show_progress)
+    configs = {
+        name: make_config(cls, plan.profile, image_size=card.image_size, channels=card.channels,
+                          overrides=plan.overrides.get(name))
+        for name, cls in method_classes.items()
+    }
+    results = []
+    total = len(plan.methods) * len(plan.seeds)
+    for number, (name, seed) in enumerate(
+            ((m, s) for m in plan.methods for s in plan.seeds), start=1):
+        label = f"[{number}/{total}] {name} seed={seed}"
+        results.append(run_one(method_classes[name], configs[name], data, seed=seed,
+                               device=device, plan=plan, experiment_id=experiment_id,
+                               label=label))
+    return results
+
+
+def training_set(method: type[Method], data: PreparedDataset, contaminated: bool) -> TrainSet:
+    """The images the method may see: its declared sets, or normal + unlabeled if contaminated.
+
+    A set the method does not use is handed over empty, so it cannot see it by accident.
+    """
+    full = data.train_set()
+    empty = full.normal[:0]
+    if contaminated and "unlabeled" not in method.uses:
+        return TrainSet(normal=np.concatenate([full.normal, full.unlabeled]), unlabeled=empty)
+    return TrainSet(normal=full.normal if "normal" in method.uses else empty,
+                    unlabeled=full.unlabeled if "unlabeled" in method.uses else empty)
+
+
+def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, seed: int,
+            device: torch.device, plan: RunPlan, experiment_id: str, label: str) -> RunResult:
+    """Train, score, evaluate and log one run. A failure inside the method marks the MLflow
+    run FAILED and is returned (the grid goes on); a BenchError stops everything."""
+    method = method_cls(config)
+    logger = RunLogger(plan.tracking_uri, experiment_id, run_name=f"{method_cls.name}-s{seed}",
+                       tags={"method": method_cls.name, "dataset": data.card.name,
+                             "seed": str(seed), "profile": plan.profile,
+                             "split_hash": data.split_hash})
+    progress = BarProgress(label, enabled=plan.show_progress)
+    train = training_set(method_cls, data, plan.contaminated)
+    try:
+        logger.params({
+            "method": method_cls.name, "dataset": data.card.name, "seed": seed,
+            "profile": plan.profile, "device": str(device), "split_hash": data.split_hash,
+            "contaminated": str(plan.contaminated).lower(),
+            "trained_on": ",".join(s for s in ("normal", "unlabeled")
+                                   if len(getattr(train, s))),
+            "n_train_normal": len(train.normal), "n_train_unlabeled": len(train.unlabeled),
+            "threshold_rule": "youden_j_on_val",
+            **{f"config.{k}": v for k, v in dataclasses.asdict(config).items()},
+            **environment_params(),
+        })
+        logger.json(method.config_dict(), "config.json")
+
+        started = time.perf_counter()
+        method.fit(train, seed=seed, device=device, progress=progress)
+        fit_seconds = time.perf_counter() - started
+        logger.params({k: v for k, v in method.run_info.items()})
+
+        progress.stage("score")
+        started = time.perf_counter()
+        val_scores = _checked_scores(method, data.images_of("val"), "val")
+        test_images = data.images_of("test")
+        test_scores = _checked_scores(method, test_images, "test")
+        score_seconds = time.perf_counter() - started
+
+        # Labels are read only now, after scoring.
+        threshold = metrics.youden_threshold(data.labels_of("val"), val_scores)
+        test_labels = data.labels_of("test")
+        values = metrics.evaluate(test_labels, test_scores, threshold)
+        values.update({
+            "threshold": threshold,
+            "val_auc": metrics.roc_auc(data.labels_of("val"), val_scores),
+            "fit_seconds": fit_seconds,
+            "score_images_per_second": (len(val_scores) + len(test_scores)) / score_seconds,
+        })
+        logger.metrics(values)
+        logger.table(_scores_table(data, val_scores, test_scores), "scores.csv")
+        logger.table(pd.DataFrame(metrics.roc_points(test_labels, test_scores)), "roc.csv")
+        logger.finish(ok=True)
+        return RunResult(method_cls.name, seed, logger.run_id, ok=True, metrics=values)
+    except BenchError:
+        logger.finish(ok=False)
+        raise
+    except BaseException as exc:
+        logger.json({"error": repr(exc), "traceback": traceback.format_exc()}, "error.json")
+        logger.finish(ok=False)
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        return RunResult(method_cls.name, seed, logger.run_id, ok=False,
+                         error=f"{type(exc).__name__}: {exc}")
+    finally:
+        progress.close()
+
+
+def _checked_scores(method: Method, images: np.ndarray, split: str) -> np.ndarray:
+    scores = np.asarray(method.score(images), dtype=float).ravel()
+    if scores.shape != (len(images),):
+        raise RuntimeError(f"{method.name}.score returned {scores.shape[0]} scores for "
+                           f"{len(images)} {split} images")
+    if not np.all(np.isfinite(scores)):
+        raise RuntimeError(f"{method.name} produced NaN/infinite scores on the {split} split")
+    return scores
+
+
+def _scores_table(data: PreparedDataset, val_scores: np.ndarray,
+                  test_scores: np.ndarray) -> pd.DataFrame:
+    parts = []
+    for split, scores in (("val", val_scores), ("test", test_scores)):
+        parts.append(pd.DataFrame({"image_id": data.ids_of(split), "split": split,
+                                   "label": data.labels_of(split), "score": scores}))
+    return pd.concat(parts, ignore_index=True)

@@ -1,0 +1,202 @@
+"""MLflow: where runs are logged and where reports and checks read them from.
+
+Each (method, dataset, seed) is one MLflow run in the experiment `bench/<dataset>`. The default
+store is a SQLite file under `results/`; `--tracking-uri` or `MLFLOW_TRACKING_URI` point
+elsewhere (another file, or an `mlflow server`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from benchmark.errors import BenchError
+
+DEFAULT_STORE = Path("results") / "mlflow.db"
+DEFAULT_ARTIFACTS = Path("results") / "mlartifacts"
+EXPERIMENT_PREFIX = "bench/"
+TAG_PREFIX = "bench."
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else the SQLite file results/mlflow.db."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        DEFAULT_STORE.parent.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{DEFAULT_STORE.resolve()}"
+    if "://" not in uri and not uri.startswith("sqlite:"):
+        # A bare path: a SQLite file if it looks like one, else MLflow's file store.
+        path = Path(uri).expanduser().resolve()
+        uri = f"sqlite:///{path}" if path.suffix in (".db", ".sqlite") else path.as_uri()
+    return uri
+
+
+def _client(uri: str) -> Any:
+    warnings.filterwarnings("ignore", module="mlflow")
+    from mlflow.tracking import MlflowClient
+
+    # MLflow announces its database migrations at INFO on every new store.
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_name(dataset: str) -> str:
+    return f"{EXPERIMENT_PREFIX}{dataset}"
+
+
+def ensure_experiment(uri: str, dataset: str) -> str:
+    """The experiment id for `dataset`, created if needed; fails fast if the store is unusable."""
+    client = _client(uri)
+    name = experiment_name(dataset)
+    try:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        artifact_location = None
+        if uri.startswith("sqlite:"):
+            # Keep artifacts beside the database rather than in ./mlruns of whatever folder
+            # the command ran in.
+            db_path = Path(uri.removeprefix("sqlite:///"))
+            artifact_location = (db_path.parent / DEFAULT_ARTIFACTS.name).resolve().as_uri()
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except BenchError:
+        raise
+    except Exception as exc:
+        raise BenchError(
+            f"cannot use the MLflow tracking store {uri}: {exc}. Check --tracking-uri / "
+            f"MLFLOW_TRACKING_URI (a server must be running and reachable)."
+        ) from exc
+
+
+def environment_params() -> dict[str, str]:
+    """Versions of the code and packages a run used."""
+    params = {"python": platform.python_version(), "git_commit": git_commit()}
+    for package in ("medad-bench", "torch", "torchvision", "anomalib", "timm", "numpy",
+                    "scikit-learn", "mlflow"):
+        try:
+            params[f"version.{package}"] = version(package)
+        except PackageNotFoundError:
+            params[f"version.{package}"] = "not installed"
+    return params
+
+
+def git_commit() -> str:
+    """The source checkout's commit, with `+dirty` when it has uncommitted changes."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                                text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True, timeout=10).stdout
+        return commit + ("+dirty" if dirty.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class RunLogger:
+    """Logs one run: params, metrics and artifacts, then marks it finished or failed."""
+
+    def __init__(self, uri: str, experiment_id: str, run_name: str, tags: dict[str, str]) -> None:
+        self.client = _client(uri)
+        run = self.client.create_run(experiment_id, run_name=run_name,
+                                     tags={f"{TAG_PREFIX}{k}": v for k, v in tags.items()})
+        self.run_id = run.info.run_id
+
+    def params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, _param_text(v)) for k, v in params.items()]
+        for start in range(0, len(items), 100):  # MLflow's per-call limit
+            self.client.log_batch(self.run_id, params=items[start:start + 100])
+
+    def metrics(self, metrics: dict[str, float]) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=items)
+
+    def table(self, frame: pd.DataFrame, name: str) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / name
+            frame.to_csv(path, index=False)
+            self.client.log_artifact(self.run_id, str(path))
+
+    def json(self, data: dict[str, Any], name: str) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / name
+            path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+            self.client.log_artifact(self.run_id, str(path))
+
+    def finish(self, ok: bool) -> None:
+        self.client.set_terminated(self.run_id, "FINISHED" if ok else "FAILED")
+
+
+def _param_text(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text[:6000]
+
+
+@contextmanager
+def quiet_mlflow() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def finished_runs(uri: str, dataset: str) -> pd.DataFrame:
+    """All finished runs of `dataset`, newest first, one row each with params and metrics.
+
+    Columns: run_id, start_time, method, seed, profile, split_hash, backbone_weights and
+    `metric.<name>` for each metric.
+    """
+    client = _client(uri)
+    try:
+        experiment = client.get_experiment_by_name(experiment_name(dataset))
+    except Exception as exc:
+        raise BenchError(f"cannot read the MLflow tracking store {uri}: {exc}. Check "
+                         f"--tracking-uri / MLFLOW_TRACKING_URI.") from exc
+    if experiment is None:
+        return pd.DataFrame()
+    rows = []
+    token = None
+    while True:
+        page = client.search_runs([experiment.experiment_id], filter_string="",
+                                  order_by=["attributes.start_time DESC"], max_results=1000,
+                                  page_token=token)
+        for run in page:
+            if run.info.status != "FINISHED":
+                continue
+            params = run.data.params
+            row = {
+                "run_id": run.info.run_id,
+                "start_time": run.info.start_time,
+                "method": params.get("method"),
+                "seed": int(params.get("seed", -1)),
+                "profile": params.get("profile"),
+                "split_hash": params.get("split_hash"),
+                "backbone_weights": params.get("backbone_weights", ""),
+                "contaminated": params.get("contaminated", "false"),
+            }
+            row.update({f"metric.{k}": v for k, v in run.data.metrics.items()})
+            rows.append(row)
+        token = page.token
+        if not token:
+            break
+    return pd.DataFrame(rows)

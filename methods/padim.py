@@ -1,0 +1,108 @@
+"""PaDiM (Defard et al. 2020) through anomalib's torch model.
+
+A pretrained CNN embeds every patch; a Gaussian per patch position is fitted on healthy
+images; the anomaly map is the Mahalanobis distance, the image score its maximum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from benchmark.api import Method, Progress, TrainSet, register_method
+from benchmark.seeding import seed_everything
+from methods._anomalib import (
+    backbone_input,
+    batches,
+    load_backbone_weights,
+    n_batches,
+    resize_maps,
+)
+
+#: anomalib adds this to the covariance diagonal before inverting it.
+COVARIANCE_RIDGE = 0.01 + 1e-5
+
+
+@dataclass(frozen=True)
+class PadimConfig:
+    """Defaults are anomalib's / the paper's published settings."""
+
+    backbone: str = "resnet18"
+    layers: tuple[str, ...] = ("layer1", "layer2", "layer3")
+    n_features: int = 100
+    image_size: int = 256
+    #: "imagenet", "random" or the path of a local state-dict file.
+    weights: str = "imagenet"
+    batch_size: int = 32
+
+
+@register_method
+class Padim(Method):
+    name = "padim"
+    description = "PaDiM: per-position Gaussian of pretrained CNN patch features (anomalib)"
+    uses = ("normal",)
+    Config = PadimConfig
+
+    @classmethod
+    def profile_config(cls, profile: str, *, image_size: int, channels: int) -> PadimConfig:
+        if profile == "quick":
+            return PadimConfig(image_size=image_size)
+        return PadimConfig()
+
+    def fit(self, train: TrainSet, *, seed: int, device: torch.device,
+            progress: Progress | None = None) -> None:
+        from anomalib.models.image.padim.torch_model import PadimModel
+
+        progress = progress or Progress()
+        cfg = self.config
+        seed_everything(seed)  # PadimModel draws its random feature subset at construction
+        model = PadimModel(backbone=cfg.backbone, layers=list(cfg.layers), pre_trained=False,
+                           n_features=cfg.n_features)
+        self.run_info["backbone_weights"] = load_backbone_weights(
+            model.feature_extractor.feature_extractor, cfg.backbone, cfg.weights)
+        model = model.to(device).eval()
+
+        # Streaming mean and covariance: memory stays flat however many images there are
+        # (anomalib would stack every embedding before fitting).
+        total, outer, count = None, None, 0
+        progress.stage("embed", n_batches(len(train.normal), cfg.batch_size))
+        with torch.inference_mode():
+            for chunk in batches(train.normal, cfg.batch_size):
+                features = model.feature_extractor(backbone_input(chunk, cfg.image_size, device))
+                emb = model.generate_embedding(features).flatten(2).double()  # (B, C, P)
+                if total is None:
+                    total = torch.zeros_like(emb[0])
+                    outer = torch.zeros(emb.shape[2], emb.shape[1], emb.shape[1],
+                                        dtype=torch.float64, device=device)
+                total += emb.sum(0)
+                outer += torch.einsum("bcp,bdp->pcd", emb, emb)
+                count += emb.shape[0]
+                progress.advance()
+        if count < 2:
+            raise ValueError("PaDiM needs at least two healthy training images")
+        progress.stage("gaussian")
+        mean = total / count  # (C, P)
+        mean_t = mean.T  # (P, C)
+        cov = (outer - count * torch.einsum("pc,pd->pcd", mean_t, mean_t)) / (count - 1)
+        cov += COVARIANCE_RIDGE * torch.eye(cov.shape[-1], dtype=cov.dtype, device=device)
+        model.gaussian.mean = mean.float()
+        model.gaussian.inv_covariance = torch.linalg.inv(cov).float()
+        self.model = model
+
+    def _infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        device = self.model.gaussian.mean.device
+        scores, maps = [], []
+        with torch.inference_mode():
+            for chunk in batches(images, self.config.batch_size):
+                out = self.model(backbone_input(chunk, self.config.image_size, device))
+                scores.append(out.pred_score.float().cpu().numpy())
+                maps.append(resize_maps(out.anomaly_map, chunk.shape[-2:]))
+        return np.concatenate(scores), np.concatenate(maps)
+
+    def score(self, images: np.ndarray) -> np.ndarray:
+        return self._infer(images)[0]
+
+    def anomaly_maps(self, images: np.ndarray) -> np.ndarray:
+        return self._infer(images)[1]
