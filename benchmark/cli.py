@@ -21,7 +21,19 @@ def tracking_option(func: Any) -> Any:
     return click.option("--tracking-uri", default=None, metavar="URI", help=TRACKING_HELP)(func)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class BenchGroup(click.Group):
+    """Turns a BenchError into one clear red line and its exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BenchError as exc:
+            click.secho(f"Error: {exc}", fg="red", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=BenchGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="medad-bench")
 def cli() -> None:
     """Benchmark unsupervised anomaly detection methods on medical images.
@@ -61,7 +73,8 @@ def _parse_seeds(text: str) -> list[int]:
     try:
         seeds = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise UsageError(f"--seeds must be comma-separated integers such as 0,1,2; got '{text}'.")
+        raise UsageError(
+            f"--seeds must be comma-separated integers such as 0,1,2; got '{text}'.") from None
     if not seeds or any(s < 0 for s in seeds):
         raise UsageError(f"--seeds must be non-negative integers such as 0,1,2; got '{text}'.")
     return list(dict.fromkeys(seeds))
@@ -240,22 +253,11 @@ def ui(port: int, tracking_uri: str | None) -> None:
 
 
 def main() -> None:
-    """Entry point: user errors print one clear line and exit non-zero, no traceback."""
+    """Console-script entry point."""
     # Deprecation chatter of dependencies (timm, anomalib) says nothing about the user's run.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    try:
-        code = cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except BenchError as exc:
-        click.secho(f"Error: {exc}", fg="red", err=True)
-        sys.exit(exc.exit_code)
-    sys.exit(code if isinstance(code, int) else 0)
+    cli()
 
 
 if __name__ == "__main__":

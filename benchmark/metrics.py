@@ -40,7 +40,8 @@ def youden_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
     """
     labels, scores = _check_scores(labels, scores)
     if labels.min() == labels.max():
-        raise ValueError("Youden's J needs both healthy and diseased images in the validation split")
+        raise ValueError(
+            "Youden's J needs both healthy and diseased images in the validation split")
     fpr, tpr, thresholds = roc_curve(labels, scores, drop_intermediate=False)
     best = int(np.argmax(tpr - fpr))
     threshold = float(thresholds[best])
@@ -58,7 +59,8 @@ class ThresholdMetrics:
     accuracy: float
 
 
-def threshold_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> ThresholdMetrics:
+def threshold_metrics(labels: np.ndarray, scores: np.ndarray,
+                      threshold: float) -> ThresholdMetrics:
     """Precision, recall (sensitivity), specificity, F1 and accuracy of `score >= threshold`.
 
     A ratio whose denominator is zero (e.g. precision with no positive prediction) is 0, as in
@@ -86,7 +88,8 @@ def threshold_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) 
     )
 
 
-def evaluate(test_labels: np.ndarray, test_scores: np.ndarray, threshold: float) -> dict[str, float]:
+def evaluate(test_labels: np.ndarray, test_scores: np.ndarray,
+             threshold: float) -> dict[str, float]:
     """All report metrics for one run: AUC on the test split and the threshold metrics."""
     values = {"auc": roc_auc(test_labels, test_scores)}
     values.update(vars(threshold_metrics(test_labels, test_scores, threshold)))

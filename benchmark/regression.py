@@ -45,6 +45,7 @@ def reference_from(data: ReportData, tolerance: float = DEFAULT_TOLERANCE) -> di
         "dataset": data.dataset,
         "profile": data.profile,
         "split_hash": data.split_hash,
+        "data_version": data.data_version,
         "seeds": data.seeds,
         "tolerance": tolerance,
         "methods": methods,
@@ -80,6 +81,11 @@ def compare(reference: dict[str, Any], data: ReportData,
             f"the runs used split {data.split_hash[:12]}, the reference "
             f"{reference['split_hash'][:12]}: the dataset changed, so AUCs are not comparable. "
             f"If the change is intended, re-record with --update.")
+    if reference.get("data_version") and data.data_version != reference["data_version"]:
+        problems.append(
+            f"the runs used data version {data.data_version}, the reference "
+            f"{reference['data_version']}: the images changed (card or generator), so AUCs are "
+            f"not comparable. If the change is intended, re-record with --update.")
     seeds = [int(s) for s in reference["seeds"]]
     rows = []
     for method, ref in reference["methods"].items():

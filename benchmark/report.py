@@ -7,7 +7,6 @@ Markdown and LaTeX both come from one pandas table; the LaTeX goes through panda
 from __future__ import annotations
 
 import re
-
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +27,7 @@ class ReportData:
     dataset: str
     profile: str
     split_hash: str
+    data_version: str
     seeds: list[int]
     runs: pd.DataFrame  # one row per (method, seed): the latest finished run
     notes: list[str]
@@ -56,6 +56,8 @@ def select_runs(uri: str, dataset: str, profile: str | None = None,
     runs = runs[runs.split_hash == split_hash]
     if runs.empty:
         raise BenchError(f"no finished runs of '{dataset}' with split hash {split_hash}.")
+    data_version = runs.iloc[0].data_version
+    runs = runs[runs.data_version == data_version]
     latest = runs.sort_values("start_time", ascending=False).drop_duplicates(["method", "seed"])
     latest = latest.sort_values(["method", "seed"]).reset_index(drop=True)
     notes = []
@@ -69,6 +71,7 @@ def select_runs(uri: str, dataset: str, profile: str | None = None,
         detail = "; ".join(f"{m}: {list(s)}" for m, s in seeds_per_method.items())
         notes.append(f"methods ran on different seeds ({detail}).")
     return ReportData(dataset=dataset, profile=profile, split_hash=split_hash,
+                      data_version=data_version,
                       seeds=sorted(latest.seed.unique().tolist()), runs=latest, notes=notes)
 
 
@@ -111,7 +114,7 @@ def caption(data: ReportData, plus_minus: str = " ± ") -> str:
     return (f"Anomaly detection on {data.dataset} ({data.profile} profile): test-set ROC AUC, "
             f"and precision, recall, specificity, F1 and accuracy at the threshold maximising "
             f"Youden's J on the validation split; {spread}; best per column in bold. "
-            f"Split SHA-256 {data.split_hash}.")
+            f"Split SHA-256 {data.split_hash}; data version {data.data_version}.")
 
 
 def to_markdown(data: ReportData) -> str:

@@ -44,8 +44,8 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise UsageError("--device cuda: no CUDA GPU is visible to torch. "
-                             "Use --device cpu (or auto), or check the driver / CUDA_VISIBLE_DEVICES.")
+            raise UsageError("--device cuda: no CUDA GPU is visible to torch. Use --device cpu "
+                             "(or auto), or check the driver / CUDA_VISIBLE_DEVICES.")
         return torch.device(name)
     raise UsageError(f"--device must be auto, cpu or cuda[:N], got '{name}'.")
 
@@ -145,7 +145,7 @@ def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, see
         logger.params({
             "method": method_cls.name, "dataset": data.card.name, "seed": seed,
             "profile": plan.profile, "device": str(device), "split_hash": data.split_hash,
-            "contaminated": str(plan.contaminated).lower(),
+            "data_version": data.data_version, "contaminated": str(plan.contaminated).lower(),
             "trained_on": ",".join(s for s in ("normal", "unlabeled")
                                    if len(getattr(train, s))),
             "n_train_normal": len(train.normal), "n_train_unlabeled": len(train.unlabeled),

@@ -191,6 +191,7 @@ def finished_runs(uri: str, dataset: str) -> pd.DataFrame:
                 "seed": int(params.get("seed", -1)),
                 "profile": params.get("profile"),
                 "split_hash": params.get("split_hash"),
+                "data_version": params.get("data_version", ""),
                 "backbone_weights": params.get("backbone_weights", ""),
                 "contaminated": params.get("contaminated", "false"),
             }

@@ -111,7 +111,8 @@ def _pretrained_file(backbone: str) -> Path:
     try:
         socket.getaddrinfo("huggingface.co", 443)
     except OSError as exc:
-        raise RuntimeError(f"not in the local cache and the model hub is unreachable: {exc}")
+        raise RuntimeError(
+            f"not in the local cache and the model hub is unreachable: {exc}") from exc
     return Path(hf_hub_download(cfg.hf_hub_id, "model.safetensors"))
 
 
@@ -133,7 +134,8 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise BenchError(f"backbone weights {path} hold a {type(state).__name__}, not a state dict.")
+        raise BenchError(
+            f"backbone weights {path} hold a {type(state).__name__}, not a state dict.")
     return state
 
 

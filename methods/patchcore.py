@@ -88,7 +88,7 @@ class Patchcore(Method):
         with torch.inference_mode():
             for chunk in batches(images, self.config.batch_size):
                 out = self.model(backbone_input(chunk, self.config.image_size, device))
-                scores.append(out.pred_score.float().cpu().numpy())
+                scores.append(out.pred_score.float().reshape(-1).cpu().numpy())
                 maps.append(resize_maps(out.anomaly_map, chunk.shape[-2:]))
         return np.concatenate(scores), np.concatenate(maps)
 

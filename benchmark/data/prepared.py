@@ -43,6 +43,9 @@ class PreparedDataset:
     card: DatasetCard
     manifest: pd.DataFrame  # image_id, split, label, subject_id, row (index into the arrays)
     split_hash: str
+    #: Identifies the image content (card text + generator/reader version): two runs with the
+    #: same split hash but another data version saw other pixels.
+    data_version: str
     images: np.ndarray  # (N, C, H, W) float32 in [0, 1], memory-mapped
     masks: np.ndarray | None  # (N, H, W) uint8 lesion masks where the dataset has them
     folder: Path
@@ -170,6 +173,7 @@ def _build_synthetic_cache(card: DatasetCard, config: synthetic.SyntheticConfig,
         meta = {
             "dataset": card.name,
             "split_hash": manifest_hash(manifest),
+            "data_version": folder.name.rsplit("-", 1)[-1],
             "n_images": len(specs),
             "image_shape": [card.channels, size, size],
             "cache_version": CACHE_VERSION,
@@ -199,5 +203,6 @@ def _open(card: DatasetCard, folder: Path, *, built: bool) -> PreparedDataset:
     images = np.load(folder / "images.npy", mmap_mode="r")
     masks_path = folder / "masks.npy"
     masks = np.load(masks_path, mmap_mode="r") if masks_path.is_file() else None
-    return PreparedDataset(card=card, manifest=manifest, split_hash=split_hash, images=images,
-                           masks=masks, folder=folder, built=built)
+    return PreparedDataset(card=card, manifest=manifest, split_hash=split_hash,
+                           data_version=meta["data_version"], images=images, masks=masks,
+                           folder=folder, built=built)

@@ -19,7 +19,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 #: Bump when the drawing changes: it is part of the cache key, so old caches are not reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 LESION_KINDS = ("consolidation", "nodule", "ground_glass")
 SPLITS = ("train_mixed", "train_normal", "val", "test")
@@ -104,16 +104,19 @@ def image_specs(config: SyntheticConfig) -> list[ImageSpec]:
 
 def generate_image(config: SyntheticConfig, spec: ImageSpec) -> tuple[np.ndarray, np.ndarray]:
     """Draw one image and its lesion mask: ((H, W) float32 in [0, 1], (H, W) uint8)."""
-    rng = np.random.default_rng([config.seed, spec.index])
+    # Anatomy, lesions and acquisition draw from separate streams, so the healthy twin of a
+    # diseased image (same index, label 0) differs from it by the lesions alone.
+    anatomy_rng, lesion_rng, acquisition_rng = (
+        np.random.default_rng([config.seed, spec.index, stream]) for stream in range(3))
     size = config.image_size
-    x, y = _patient_grid(rng, size)
-    anatomy = _draw_anatomy(rng, x, y)
+    x, y = _patient_grid(anatomy_rng, size)
+    anatomy = _draw_anatomy(anatomy_rng, x, y)
     density = anatomy.density
     mask = np.zeros((size, size), dtype=bool)
     if spec.label:
-        lesion, mask = _draw_lesions(rng, config, x, y, anatomy.lungs)
+        lesion, mask = _draw_lesions(lesion_rng, config, x, y, anatomy.lungs)
         density = density + lesion
-    image = _acquire(rng, density, size)
+    image = _acquire(acquisition_rng, density, size)
     return image.astype(np.float32), mask.astype(np.uint8)
 
 

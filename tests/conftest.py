@@ -1,0 +1,51 @@
+"""Shared fixtures: a tiny synthetic dataset card, a private cache and a private MLflow store.
+
+Every test works in its own temp folders, so tests never touch the repository's results/.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+TINY_CARD = """
+name = "{name}"
+description = "tiny synthetic set for tests"
+format = "synthetic"
+channels = 1
+image_size = 32
+
+[synthetic]
+seed = 11
+n_mixed = 20
+n_normal = 40
+n_val = 20
+n_test = 30
+lesion_contrast = {contrast}
+lesion_size = 1.5
+"""
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Cards, cache and tracking store in a temp folder; the working directory too."""
+    cards = tmp_path / "cards"
+    cards.mkdir()
+    (cards / "tiny.toml").write_text(TINY_CARD.format(name="tiny", contrast=0.3))
+    (cards / "tiny-subtle.toml").write_text(TINY_CARD.format(name="tiny-subtle", contrast=0.05))
+    monkeypatch.setenv("BENCH_DATASETS_PATH", str(cards))
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("MPLBACKEND", "Agg")

@@ -1,0 +1,186 @@
+"""The `bench` command end to end: real runs on a tiny synthetic set, a real SQLite MLflow
+store, the report and the regression gate."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from benchmark.cli import cli
+
+FAST = ["--dataset", "tiny", "--no-progress", "--weights", "padim=random",
+        "--weights", "patchcore=random"]
+
+
+def bench(*args, ok=True):
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture
+def two_seed_store(tracking_uri):
+    bench("run", "--methods", "padim,patchcore", "--seeds", "0,1", *FAST,
+          "--tracking-uri", tracking_uri)
+    return tracking_uri
+
+
+def finished(uri):
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("bench/tiny")
+    return client, client.search_runs([experiment.experiment_id],
+                                      filter_string="attributes.status = 'FINISHED'")
+
+
+def test_run_logs_one_complete_mlflow_run_per_method_and_seed(two_seed_store, tmp_path):
+    client, runs = finished(two_seed_store)
+    assert sorted((r.data.params["method"], r.data.params["seed"]) for r in runs) == [
+        ("padim", "0"), ("padim", "1"), ("patchcore", "0"), ("patchcore", "1")]
+    run = next(r for r in runs if r.data.params["method"] == "padim")
+    params, metric_values = run.data.params, run.data.metrics
+    assert len(params["split_hash"]) == 64
+    assert params["config.n_features"] == "100" and params["config.image_size"] == "32"
+    assert params["backbone_weights"] == "random (requested)"
+    assert params["trained_on"] == "normal" and params["n_train_normal"] == "40"
+    assert params["version.torch"] and params["version.anomalib"] and params["git_commit"]
+    for name in ("auc", "precision", "recall", "specificity", "f1", "accuracy", "threshold"):
+        assert name in metric_values
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"scores.csv", "roc.csv", "config.json"} <= artifacts
+    scores = pd.read_csv(client.download_artifacts(run.info.run_id, "scores.csv", str(tmp_path)))
+    assert list(scores.columns) == ["image_id", "split", "label", "score"]
+    assert scores.split.value_counts().to_dict() == {"test": 30, "val": 20}
+    from sklearn.metrics import roc_auc_score
+
+    test = scores[scores.split == "test"]
+    assert roc_auc_score(test.label, test.score) == pytest.approx(metric_values["auc"])
+
+
+def test_the_same_seed_twice_gives_the_same_auc(tracking_uri):
+    bench("run", "--methods", "padim,patchcore", "--seeds", "5", *FAST,
+          "--tracking-uri", tracking_uri)
+    bench("run", "--methods", "padim,patchcore", "--seeds", "5", *FAST,
+          "--tracking-uri", tracking_uri)
+    _, runs = finished(tracking_uri)
+    by_method = {}
+    for run in runs:
+        by_method.setdefault(run.data.params["method"], []).append(run.data.metrics["auc"])
+    assert set(by_method) == {"padim", "patchcore"}
+    for aucs in by_method.values():
+        assert len(aucs) == 2 and aucs[0] == aucs[1]
+
+
+def test_report_markdown_and_latex(two_seed_store, isolated):
+    result = bench("report", "--dataset", "tiny", "--tracking-uri", two_seed_store)
+    text = (isolated / "reports" / "tiny.md").read_text()
+    assert text.strip() == result.output.split("Written to")[0].strip()
+    _, runs = finished(two_seed_store)
+    assert runs[0].data.params["split_hash"] in text
+    assert "2 seeds (0, 1)" in text
+    rows = [line for line in text.splitlines() if line.startswith("| padim")
+            or line.startswith("| patchcore")]
+    assert len(rows) == 2 and all(" ± " in row for row in rows)
+    # Exactly one bold cell per column (ties aside): six metric columns.
+    assert 6 <= text.count("**") // 2 - 1 <= 12  # minus the caption's bold "Table 1."
+
+    latex_path = isolated / "table.tex"
+    bench("report", "--dataset", "tiny", "--format", "latex", "--out", str(latex_path),
+          "--tracking-uri", two_seed_store)
+    latex = latex_path.read_text()
+    for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"\bfseries", r"$\pm$"):
+        assert rule in latex
+    if shutil.which("pdflatex") is None:
+        pytest.skip("pdflatex not installed: LaTeX compile check skipped")
+    document = isolated / "doc.tex"
+    document.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+                        f"{latex}\n\\end{{document}}\n")
+    compiled = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error",
+                               document.name], cwd=isolated, capture_output=True, text=True,
+                              timeout=120)
+    assert compiled.returncode == 0, compiled.stdout[-2000:]
+    assert (isolated / "doc.pdf").stat().st_size > 1000
+
+
+def test_check_passes_on_its_own_reference_and_fails_on_a_regression(two_seed_store, isolated):
+    reference = isolated / "ref.json"
+    bench("check", "--dataset", "tiny", "--update", "--against", str(reference),
+          "--tracking-uri", two_seed_store)
+    recorded = json.loads(reference.read_text())
+    assert set(recorded["methods"]) == {"padim", "patchcore"} and recorded["seeds"] == [0, 1]
+    passed = bench("check", "--dataset", "tiny", "--against", str(reference),
+                   "--tracking-uri", two_seed_store)
+    assert "within tolerance" in passed.output
+
+    recorded["methods"]["padim"]["auc"] += 0.1
+    reference.write_text(json.dumps(recorded))
+    failed = bench("check", "--dataset", "tiny", "--against", str(reference),
+                   "--tracking-uri", two_seed_store, ok=False)
+    assert failed.exit_code == 1
+    assert "REGRESSED" in failed.output and "padim" in failed.output
+
+    changed = dict(recorded, data_version="0000000000000000")
+    changed["methods"] = json.loads(json.dumps(recorded["methods"]))
+    changed["methods"]["padim"]["auc"] -= 0.1
+    reference.write_text(json.dumps(changed))
+    other_data = bench("check", "--dataset", "tiny", "--against", str(reference),
+                       "--tracking-uri", two_seed_store, ok=False)
+    assert other_data.exit_code == 1 and "the images changed" in other_data.output
+
+    recorded["seeds"] = [0, 1, 2]
+    recorded["methods"]["padim"]["auc"] -= 0.1
+    reference.write_text(json.dumps(recorded))
+    missing = bench("check", "--dataset", "tiny", "--against", str(reference),
+                    "--tracking-uri", two_seed_store, ok=False)
+    assert missing.exit_code == 1 and "MISSING seeds [2]" in missing.output
+
+
+def test_tracking_uri_comes_from_the_environment(tracking_uri, monkeypatch, isolated):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    bench("run", "--methods", "padim", *FAST[:-2])
+    assert len(finished(tracking_uri)[1]) == 1
+    bench("report", "--dataset", "tiny")
+    assert not (isolated / "results" / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("args, code, needle", [
+    (["run", "--methods", "pdim"], 2, "Valid methods: padim, patchcore"),
+    (["run", "--dataset", "nope"], 2, "Valid datasets:"),
+    (["run", "--seeds", "0,x"], 2, "--seeds"),
+    (["run", "--profile", "fast"], 2, "'fast' is not one of"),
+    (["run", "--device", "tpu"], 2, "--device"),
+    (["run", "--methods", "padim", "--set", "padim.colour=1", "--dataset", "tiny"], 2,
+     "no setting colour"),
+    (["run", "--methods", "padim", "--dataset", "covidx", "--data-root", "nowhere"], 1,
+     "data root nowhere does not exist"),
+    (["report", "--dataset", "tiny"], 1, "no finished runs"),
+    (["check", "--dataset", "tiny", "--against", "missing.json"], 1, "does not exist"),
+])
+def test_bad_input_gives_one_clear_message(args, code, needle, tracking_uri):
+    result = bench(*args, "--tracking-uri", tracking_uri, ok=False)
+    assert result.exit_code == code, result.output
+    assert needle in result.output
+    assert "Traceback" not in result.output
+
+
+def test_console_script_exit_code_and_help():
+    script = Path(sys.executable).parent / "bench"
+    done = subprocess.run([str(script), "run", "--methods", "nope"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and "Valid methods" in done.stderr
+    helped = subprocess.run([str(script), "run", "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert helped.returncode == 0 and "--tracking-uri" in helped.stdout
+
+
+def test_list_describes_methods_and_datasets():
+    output = bench("list").output
+    for needle in ("padim", "patchcore", "trains on: normal", "quick, full", "synthetic-easy",
+                   "tiny", "covidx"):
+        assert needle in output
