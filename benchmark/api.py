@@ -14,9 +14,9 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -38,10 +38,16 @@ class TrainSet:
 
     normal: np.ndarray
     unlabeled: np.ndarray
+    #: Unlabelled test images for label-free model selection (AUCp, DESIGN section 4), and the
+    #: protocol's share of healthy images among them (rho). None where selection is not used.
+    selection: np.ndarray | None = None
+    selection_normal_share: float | None = None
 
     def __post_init__(self) -> None:
-        for name in TRAINING_SETS:
+        for name in (*TRAINING_SETS, "selection"):
             array = getattr(self, name)
+            if array is None:
+                continue
             if array.ndim != 4:
                 raise ValueError(f"TrainSet.{name} must be (N, C, H, W), got shape {array.shape}")
 
@@ -67,6 +73,9 @@ class Progress:
     def advance(self, n: int = 1) -> None:  # noqa: B027 - optional hook
         """Mark `n` more steps of the current stage done."""
 
+    def metric(self, name: str, value: float, step: int) -> None:  # noqa: B027 - optional hook
+        """Record a value of a training curve (losses, AUCp per checkpoint) at `step`."""
+
 
 class Method(ABC):
     """Base class of every anomaly-detection method in the suite.
@@ -79,12 +88,21 @@ class Method(ABC):
     description: ClassVar[str]
     #: Which TrainSet fields the method trains on by default ("normal", "unlabeled").
     uses: ClassVar[tuple[str, ...]] = ("normal",)
+    #: True if the method picks its checkpoint by AUCp on the unlabelled test images
+    #: (TrainSet.selection); their labels are never handed over.
+    uses_selection: ClassVar[bool] = False
     Config: ClassVar[type]
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
         #: Facts about the run the method wants recorded (e.g. which backbone weights it used).
         self.run_info: dict[str, Any] = {}
+        #: A private folder for checkpoints, set by the runner; a method that finds its own
+        #: checkpoint there resumes from it. None: keep everything in memory.
+        self.workdir: Path | None = None
+        #: Per checkpoint: (step, {"aucp": ..., ...}, test-image scores). The runner turns the
+        #: scores into true AUCs after final scoring, to show how well selection worked.
+        self.selection_history: list[tuple[int, dict[str, float], np.ndarray]] = []
 
     @classmethod
     @abstractmethod
@@ -108,6 +126,10 @@ class Method(ABC):
 
     def anomaly_maps(self, images: np.ndarray) -> np.ndarray | None:
         """Per-pixel anomaly maps (N, H, W) where the method has them, else None."""
+        return None
+
+    def figure(self, images: np.ndarray) -> Any | None:
+        """A matplotlib figure explaining the method's output on `images`, or None."""
         return None
 
     def config_dict(self) -> dict[str, Any]:
@@ -201,5 +223,3 @@ def parse_method_list(spec: str) -> list[str]:
             raise unknown_name("method", name, list(methods))
     return list(dict.fromkeys(names))
 
-
-ProgressFactory = Callable[[str], Progress]

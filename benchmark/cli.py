@@ -239,6 +239,55 @@ def check(dataset: str, against: Path | None, tolerance: float | None, update: b
 
 
 @cli.command()
+@click.option("--method", type=click.Choice(["anomalypro"]), default="anomalypro",
+              show_default=True)
+@click.option("--dataset", default="synthetic", show_default=True)
+@click.option("--profile", type=click.Choice(["quick", "full"]), default="quick",
+              show_default=True)
+@click.option("--iterations", type=click.IntRange(2), default=60, show_default=True,
+              help="Training iterations per timed run.")
+@click.option("--repeats", type=click.IntRange(1), default=5, show_default=True,
+              help="Timed runs of each loop; medians are reported.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="torch.set_num_threads (default: torch's choice).")
+@click.option("--set", "settings", multiple=True, metavar="FIELD=VALUE",
+              help="Override a config field, e.g. --set batch_size=8.")
+def perf(method: str, dataset: str, profile: str, iterations: int, repeats: int, device: str,
+         threads: int | None, settings: tuple[str, ...]) -> None:
+    """Training and scoring images/s of a method in the suite vs a bare PyTorch loop."""
+    import dataclasses
+
+    import torch
+
+    from benchmark.api import get_method, make_config
+    from benchmark.data import load_card, prepare
+    from benchmark.perf import measure
+    from benchmark.runner import resolve_device
+
+    if threads:
+        torch.set_num_threads(threads)
+    card = load_card(dataset)
+    data = prepare(card)
+    cls = get_method(method)
+    overrides = _parse_settings(tuple(f"{method}.{s}" for s in settings), (), [method])
+    config = make_config(cls, profile, image_size=card.image_size, channels=card.channels,
+                         overrides=overrides.get(method))
+    config = dataclasses.replace(config, iterations=iterations, decay_iterations=0)
+    torch_device = resolve_device(device)
+    name = torch.cuda.get_device_name(torch_device) if torch_device.type == "cuda" else "cpu"
+    click.echo(f"{method} ({profile}: {config.image_size}px, batch {config.batch_size}) on "
+               f"{name}, {torch.get_num_threads()} threads; {iterations} iterations x "
+               f"{repeats} repeats")
+    result = measure(config, data.train_set(), data.images_of("test"), torch_device,
+                     repeats=repeats, report=click.echo)
+    summary = result.summary()
+    click.echo("\nmedians:")
+    for key, value in summary.items():
+        click.echo(f"  {key:<28} {value:10.3f}")
+
+
+@cli.command()
 @click.option("--port", default=5000, show_default=True)
 @tracking_option
 def ui(port: int, tracking_uri: str | None) -> None:

@@ -101,3 +101,21 @@ def roc_points(labels: np.ndarray, scores: np.ndarray) -> dict[str, np.ndarray]:
     labels, scores = _check_scores(labels, scores)
     fpr, tpr, thresholds = roc_curve(labels, scores)
     return {"fpr": fpr, "tpr": tpr, "threshold": thresholds}
+
+
+def aucp(normal_scores: np.ndarray, unlabeled_scores: np.ndarray) -> float:
+    """AUCp: the AUC of known-normal images (pseudo-label 0) against unlabelled test images
+    (pseudo-label 1). Needs no test label; higher means the model separates better."""
+    normal_scores = np.asarray(normal_scores, dtype=float).ravel()
+    unlabeled_scores = np.asarray(unlabeled_scores, dtype=float).ravel()
+    labels = np.r_[np.zeros(normal_scores.size), np.ones(unlabeled_scores.size)]
+    return roc_auc(labels, np.r_[normal_scores, unlabeled_scores])
+
+
+def debiased_aucp(aucp_value: float, normal_share: float) -> float:
+    """Estimate of the true AUC from AUCp: (AUCp - 0.5 rho) / (1 - rho), rho the share of
+    healthy images among the unlabelled test images (the healthy ones score like the known
+    normals, contributing AUC 0.5 for their share)."""
+    if not 0.0 <= normal_share < 1.0:
+        raise ValueError(f"the share of normals must be in [0, 1), got {normal_share}")
+    return (aucp_value - 0.5 * normal_share) / (1.0 - normal_share)

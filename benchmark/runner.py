@@ -7,6 +7,9 @@ threshold comes from the labelled validation split (Youden's J), never from the 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import shutil
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -24,6 +27,9 @@ from benchmark.data import PreparedDataset, load_card, prepare
 from benchmark.data.prepared import resolve_data_root
 from benchmark.errors import BenchError, UsageError
 from benchmark.tracking import RunLogger, ensure_experiment, environment_params
+
+#: Per-run working folders (checkpoints for resume); removed when a run finishes.
+WORK_ROOT = Path("results") / "runs"
 
 
 @dataclass
@@ -51,12 +57,25 @@ def resolve_device(name: str) -> torch.device:
 
 
 class BarProgress(Progress):
-    """Turns a method's stage/advance calls into one tqdm bar per run."""
+    """Turns a method's stage/advance calls into one tqdm bar per run, and its training
+    curves into MLflow metrics (buffered: one call per few hundred points)."""
 
-    def __init__(self, label: str, enabled: bool = True) -> None:
+    def __init__(self, label: str, enabled: bool = True, logger: RunLogger | None = None) -> None:
         self.label = label
+        self.logger = logger
+        self.points: list[tuple[str, float, int]] = []
         self.bar = tqdm(total=None, desc=label, unit="step", leave=False, disable=not enabled,
                         dynamic_ncols=True)
+
+    def metric(self, name: str, value: float, step: int) -> None:
+        self.points.append((name, value, step))
+        if len(self.points) >= 500:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.logger is not None and self.points:
+            self.logger.series(self.points)
+        self.points = []
 
     def stage(self, name: str, total: int | None = None) -> None:
         self.bar.reset(total=total)
@@ -66,6 +85,7 @@ class BarProgress(Progress):
         self.bar.update(n)
 
     def close(self) -> None:
+        self.flush()
         self.bar.close()
 
 
@@ -122,12 +142,14 @@ def training_set(method: type[Method], data: PreparedDataset, contaminated: bool
 
     A set the method does not use is handed over empty, so it cannot see it by accident.
     """
-    full = data.train_set()
+    full = data.train_set(with_selection=method.uses_selection)
     empty = full.normal[:0]
     if contaminated and "unlabeled" not in method.uses:
-        return TrainSet(normal=np.concatenate([full.normal, full.unlabeled]), unlabeled=empty)
-    return TrainSet(normal=full.normal if "normal" in method.uses else empty,
-                    unlabeled=full.unlabeled if "unlabeled" in method.uses else empty)
+        return dataclasses.replace(full, normal=np.concatenate([full.normal, full.unlabeled]),
+                                   unlabeled=empty)
+    return dataclasses.replace(
+        full, normal=full.normal if "normal" in method.uses else empty,
+        unlabeled=full.unlabeled if "unlabeled" in method.uses else empty)
 
 
 def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, seed: int,
@@ -139,8 +161,9 @@ def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, see
                        tags={"method": method_cls.name, "dataset": data.card.name,
                              "seed": str(seed), "profile": plan.profile,
                              "split_hash": data.split_hash})
-    progress = BarProgress(label, enabled=plan.show_progress)
+    progress = BarProgress(label, enabled=plan.show_progress, logger=logger)
     train = training_set(method_cls, data, plan.contaminated)
+    method.workdir = run_workdir(method_cls.name, config, data, seed, plan.contaminated)
     try:
         logger.params({
             "method": method_cls.name, "dataset": data.card.name, "seed": seed,
@@ -148,6 +171,8 @@ def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, see
             "data_version": data.data_version, "contaminated": str(plan.contaminated).lower(),
             "trained_on": ",".join(s for s in ("normal", "unlabeled")
                                    if len(getattr(train, s))),
+            "model_selection": ("aucp_on_unlabelled_test" if method_cls.uses_selection
+                                else "none"),
             "n_train_normal": len(train.normal), "n_train_unlabeled": len(train.unlabeled),
             "threshold_rule": "youden_j_on_val",
             **{f"config.{k}": v for k, v in dataclasses.asdict(config).items()},
@@ -180,7 +205,11 @@ def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, see
         logger.metrics(values)
         logger.table(_scores_table(data, val_scores, test_scores), "scores.csv")
         logger.table(pd.DataFrame(metrics.roc_points(test_labels, test_scores)), "roc.csv")
+        _log_selection_quality(logger, method, test_labels)
+        _log_figure(logger, method, test_images, test_labels)
+        progress.flush()
         logger.finish(ok=True)
+        shutil.rmtree(method.workdir, ignore_errors=True)  # finished: nothing to resume
         return RunResult(method_cls.name, seed, logger.run_id, ok=True, metrics=values)
     except BenchError:
         logger.finish(ok=False)
@@ -194,6 +223,39 @@ def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, see
                          error=f"{type(exc).__name__}: {exc}")
     finally:
         progress.close()
+
+
+def run_workdir(method: str, config: Any, data: PreparedDataset, seed: int,
+                contaminated: bool) -> Path:
+    """Where a run keeps its checkpoints: keyed by everything that defines the run, so a rerun
+    of a killed run resumes and a changed run starts afresh."""
+    identity = json.dumps({"method": method, "config": dataclasses.asdict(config),
+                           "split": data.split_hash, "data": data.data_version, "seed": seed,
+                           "contaminated": contaminated}, sort_keys=True, default=str)
+    key = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    return WORK_ROOT / data.card.name / f"{method}-s{seed}-{key}"
+
+
+def _log_selection_quality(logger: RunLogger, method: Method, test_labels: np.ndarray) -> None:
+    """After final scoring only: the true test AUC of every checkpoint the method weighed,
+    beside its label-free AUCp, to show whether AUCp picked a good one."""
+    if not method.selection_history:
+        return
+    rows = []
+    for step, values, scores in method.selection_history:
+        rows.append({"iteration": step, **values,
+                     "true_auc": metrics.roc_auc(test_labels, scores)})
+    logger.series([("checkpoint_true_auc", row["true_auc"], row["iteration"]) for row in rows])
+    logger.table(pd.DataFrame(rows), "selection.csv")
+
+
+def _log_figure(logger: RunLogger, method: Method, images: np.ndarray,
+                labels: np.ndarray) -> None:
+    """The method's own figure on 4 healthy and 4 diseased test images, where it has one."""
+    sample = np.r_[np.flatnonzero(labels == 0)[:4], np.flatnonzero(labels == 1)[:4]]
+    figure = method.figure(images[sample])
+    if figure is not None:
+        logger.figure(figure, "figure_grid.png")
 
 
 def _checked_scores(method: Method, images: np.ndarray, split: str) -> np.ndarray:

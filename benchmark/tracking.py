@@ -14,8 +14,6 @@ import platform
 import subprocess
 import tempfile
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -123,14 +121,28 @@ class RunLogger:
         for start in range(0, len(items), 100):  # MLflow's per-call limit
             self.client.log_batch(self.run_id, params=items[start:start + 100])
 
-    def metrics(self, metrics: dict[str, float]) -> None:
+    def metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        self.series([(name, value, step) for name, value in metrics.items()])
+
+    def series(self, points: list[tuple[str, float, int]]) -> None:
+        """Log (name, value, step) points, e.g. a training curve, in as few calls as possible."""
         import time
 
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=items)
+        items = [Metric(name, float(value), now, int(step)) for name, value, step in points]
+        for start in range(0, len(items), 1000):  # MLflow's per-call limit
+            self.client.log_batch(self.run_id, metrics=items[start:start + 1000])
+
+    def figure(self, figure: Any, name: str) -> None:
+        import matplotlib.pyplot as plt
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / name
+            figure.savefig(path, dpi=110)
+            plt.close(figure)
+            self.client.log_artifact(self.run_id, str(path))
 
     def table(self, frame: pd.DataFrame, name: str) -> None:
         with tempfile.TemporaryDirectory() as folder:
@@ -151,13 +163,6 @@ class RunLogger:
 def _param_text(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     return text[:6000]
-
-
-@contextmanager
-def quiet_mlflow() -> Iterator[None]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
 
 
 def finished_runs(uri: str, dataset: str) -> pd.DataFrame:

@@ -65,9 +65,19 @@ class PreparedDataset:
     def ids_of(self, split: str) -> np.ndarray:
         return self.manifest.set_index("row").loc[np.sort(self.rows(split)), "image_id"].to_numpy()
 
-    def train_set(self) -> TrainSet:
+    def train_set(self, with_selection: bool = False) -> TrainSet:
+        """Training images; with_selection adds the unlabelled test images for AUCp."""
         return TrainSet(normal=self.images_of("train_normal"),
-                        unlabeled=self.images_of("train_mixed"))
+                        unlabeled=self.images_of("train_mixed"),
+                        selection=self.images_of("test") if with_selection else None,
+                        selection_normal_share=self.test_normal_share if with_selection else None)
+
+    @property
+    def test_normal_share(self) -> float:
+        """The protocol's share of healthy test images (a design fact, not read from labels)."""
+        if self.card.is_synthetic:
+            return 1.0 - synthetic_config(self.card).diseased_share_eval
+        return float(self.card.settings.get("test_normal_share", 0.5))
 
     def counts(self) -> pd.DataFrame:
         """Images per split and label (0 healthy, 1 diseased)."""

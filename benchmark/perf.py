@@ -1,0 +1,138 @@
+"""Throughput of AnomalyPro inside the suite against a bare PyTorch loop, side by side.
+
+Both loops use the same networks, losses, batch size and data, in the same process; they are
+run alternately, several times, and the medians are compared, so machine noise hits both.
+The suite's loop adds what the suite needs (learning-rate schedule, seeded sampling with flips,
+progress, loss logging); the bare loop is what a researcher would write in a notebook.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from benchmark.api import TrainSet
+from benchmark.runner import BarProgress
+from methods.anomalypro import (
+    AnomalyPro,
+    AnomalyProConfig,
+    Generator,
+    PatchDiscriminator,
+    critic_loss,
+    generator_loss,
+    to_model_range,
+    translate,
+)
+
+
+@dataclass
+class Throughput:
+    suite_train: list[float]
+    bare_train: list[float]
+    suite_score: list[float]
+    bare_score: list[float]
+
+    def summary(self) -> dict[str, float]:
+        med = statistics.median
+        return {
+            "suite_train_images_per_s": med(self.suite_train),
+            "bare_train_images_per_s": med(self.bare_train),
+            "train_ratio": med(self.suite_train) / med(self.bare_train),
+            "suite_score_images_per_s": med(self.suite_score),
+            "bare_score_images_per_s": med(self.bare_score),
+            "score_ratio": med(self.suite_score) / med(self.bare_score),
+        }
+
+
+def suite_training(config: AnomalyProConfig, train: TrainSet, device: torch.device,
+                   seed: int) -> AnomalyPro:
+    method = AnomalyPro(config)
+    # A real (disabled) progress bar and metric buffer: the suite's per-step overhead.
+    method.fit(train, seed=seed, device=device, progress=BarProgress("perf", enabled=False))
+    return method
+
+
+def bare_training(config: AnomalyProConfig, train: TrainSet, device: torch.device,
+                  seed: int) -> Generator:
+    torch.manual_seed(seed)
+    channels = train.normal.shape[1]
+    generator = Generator(channels, config.base_channels, config.residual_blocks).to(device)
+    critic = PatchDiscriminator(channels, config.critic_base_channels,
+                                config.critic_layers).to(device)
+    opt_g = torch.optim.Adam(generator.parameters(), config.lr_g, (config.beta1, config.beta2))
+    opt_d = torch.optim.Adam(critic.parameters(), config.lr_d, (config.beta1, config.beta2))
+    set_a = to_model_range(train.unlabeled, device, config.image_size)
+    set_b = to_model_range(train.normal, device, config.image_size)
+    size = config.batch_size
+    for step in range(config.iterations):
+        a = set_a[torch.randint(len(set_a), (size,), device=device)]
+        b = set_b[torch.randint(len(set_b), (size,), device=device)]
+        loss_d, _ = critic_loss(generator, critic, a, b, torch.rand(size, 1, 1, 1, device=device),
+                                config.lambda_gp)
+        opt_d.zero_grad()
+        loss_d.backward()
+        opt_d.step()
+        if (step + 1) % config.critic_steps_per_g == 0:
+            loss_g, _ = generator_loss(generator, critic, a, b, config)
+            opt_g.zero_grad()
+            loss_g.backward()
+            opt_g.step()
+    return generator
+
+
+def bare_scores(generator: Generator, images: np.ndarray, config: AnomalyProConfig,
+                device: torch.device) -> np.ndarray:
+    generator.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), config.score_batch_size):
+            x = to_model_range(images[start:start + config.score_batch_size], device,
+                               config.image_size)
+            out.append((torch.abs(x - translate(x, *generator(x))) / 2).mean(dim=(1, 2, 3)))
+    return torch.cat(out).cpu().numpy()
+
+
+def _timed(function: Callable[[], object], device: torch.device) -> tuple[float, object]:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    result = function()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, result
+
+
+def measure(config: AnomalyProConfig, train: TrainSet, test_images: np.ndarray,
+            device: torch.device, repeats: int = 5, seed: int = 0,
+            report: Callable[[str], None] = print) -> Throughput:
+    """Alternate suite and bare runs `repeats` times; images/s of training and scoring."""
+    # No checkpoint evaluation inside the timed loop: both sides train the same steps.
+    config = dataclasses.replace(config, checkpoint_every=config.iterations + 1,
+                                 log_every=max(1, config.log_every))
+    train = dataclasses.replace(train, selection=None, selection_normal_share=None)
+    trained_images = config.iterations * config.batch_size
+    result = Throughput([], [], [], [])
+    # One untimed warm-up of each (allocator, thread pools, lazy imports).
+    warm = dataclasses.replace(config, iterations=2, decay_iterations=0)
+    suite_training(warm, train, device, seed)
+    bare_training(warm, train, device, seed)
+    for repeat in range(repeats):
+        seconds, method = _timed(lambda: suite_training(config, train, device, seed), device)
+        result.suite_train.append(trained_images / seconds)
+        seconds, generator = _timed(lambda: bare_training(config, train, device, seed), device)
+        result.bare_train.append(trained_images / seconds)
+        seconds, _ = _timed(lambda m=method: m.score(test_images), device)
+        result.suite_score.append(len(test_images) / seconds)
+        seconds, _ = _timed(lambda g=generator: bare_scores(g, test_images, config, device),
+                            device)
+        result.bare_score.append(len(test_images) / seconds)
+        report(f"repeat {repeat + 1}/{repeats}: train suite {result.suite_train[-1]:.1f} vs bare "
+               f"{result.bare_train[-1]:.1f} img/s; score suite {result.suite_score[-1]:.0f} vs "
+               f"bare {result.bare_score[-1]:.0f} img/s")
+    return result

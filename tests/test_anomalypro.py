@@ -1,0 +1,250 @@
+"""AnomalyPro: networks, losses, AUCp selection, resume and a short real training run."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from benchmark.api import Progress, TrainSet, get_method, make_config
+from benchmark.data import load_card, prepare
+from benchmark.metrics import aucp, debiased_aucp, roc_auc
+from methods.anomalypro import (
+    AnomalyPro,
+    Generator,
+    PatchDiscriminator,
+    gradient_penalty,
+    mask_loss,
+    reconstruct,
+    translate,
+)
+
+CPU = torch.device("cpu")
+LEARNING_ITERATIONS = 900
+
+
+def small_config(**changes):
+    config = make_config(AnomalyPro, "quick", image_size=32, channels=1)
+    return dataclasses.replace(config, **changes)
+
+
+def test_generator_and_critic_output_shapes():
+    generator = Generator(channels=1, base=8, residual_blocks=2)
+    b_int, mask = generator(torch.rand(3, 1, 32, 32) * 2 - 1)
+    assert b_int.shape == (3, 1, 32, 32) and mask.shape == (3, 1, 32, 32)
+    assert b_int.min() >= -1 and b_int.max() <= 1
+    assert mask.min() >= 0 and mask.max() <= 1
+    critic = PatchDiscriminator(channels=1, base=8, layers=3)
+    assert critic(torch.zeros(2, 1, 32, 32)).shape == (2, 1, 4, 4)
+    # The full profile's critic: 6 stride-2 layers take 256 px to a 4x4 patch grid.
+    assert PatchDiscriminator(1, 4, 6)(torch.zeros(1, 1, 256, 256)).shape == (1, 1, 4, 4)
+
+
+def test_generator_has_no_bias_in_its_head_and_rgb_gets_rgb():
+    generator = Generator(channels=3, base=8, residual_blocks=1)
+    assert generator.net[-1].bias is None and generator.net[-1].out_channels == 4
+    b_int, mask = generator(torch.zeros(1, 3, 16, 16))
+    assert b_int.shape == (1, 3, 16, 16) and mask.shape == (1, 1, 16, 16)
+
+
+def test_mask_zero_keeps_the_input_and_mask_one_gives_the_generated_image():
+    x, b_int = torch.rand(2, 1, 8, 8), torch.rand(2, 1, 8, 8)
+    zeros, ones = torch.zeros_like(x), torch.ones_like(x)
+    torch.testing.assert_close(translate(x, b_int, zeros), x)
+    torch.testing.assert_close(translate(x, b_int, ones), b_int)
+    torch.testing.assert_close(reconstruct(x, b_int, ones), x)
+    torch.testing.assert_close(reconstruct(x, b_int, zeros), b_int)
+
+
+def test_focus_term_is_zero_at_zero_and_one_and_largest_at_a_half():
+    def focus(value):
+        mask = torch.full((1, 1, 4, 4), value)
+        return float(mask_loss(mask) - mask.mean() ** 2)
+
+    assert focus(0.0) == pytest.approx(0.0, abs=1e-5)
+    assert focus(1.0) == pytest.approx(0.0, abs=1e-5)
+    values = {v: focus(v) for v in (0.1, 0.3, 0.5, 0.7, 0.9)}
+    assert max(values, key=values.get) == 0.5
+    assert values[0.5] == pytest.approx(1 / 0.01 - 1 / 0.51, rel=1e-5)
+    # And the size term: an all-ones mask costs 1, an empty one nothing.
+    assert float(mask_loss(torch.ones(1, 1, 4, 4))) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_gradient_penalty_on_a_linear_critic():
+    """D(x) = sum(w * x): its gradient is w everywhere, so GP = (||w|| - 1)^2 exactly."""
+
+    class Linear(torch.nn.Module):
+        def __init__(self, weight):
+            super().__init__()
+            self.weight = torch.nn.Parameter(weight)
+
+        def forward(self, x):
+            return (x * self.weight).sum(dim=(1, 2, 3))
+
+    weight = torch.full((1, 2, 2), 1.5)  # ||w|| = sqrt(4 * 2.25) = 3
+    real, fake = torch.rand(4, 1, 2, 2), torch.rand(4, 1, 2, 2)
+    gp = gradient_penalty(Linear(weight), real, fake, torch.rand(4, 1, 1, 1))
+    assert float(gp.detach()) == pytest.approx((3.0 - 1.0) ** 2)
+    unit = torch.full((1, 2, 2), 0.5)  # ||w|| = 1: no penalty
+    assert float(gradient_penalty(Linear(unit), real, fake, torch.rand(4, 1, 1, 1))) == \
+        pytest.approx(0.0, abs=1e-6)
+
+
+def test_aucp_and_its_debiased_estimate_by_hand():
+    normals = np.array([0.1, 0.2, 0.3, 0.4])
+    unlabeled = np.array([0.15, 0.35, 0.5, 0.6])
+    # Pairs (normal < unlabeled): 0.15 beats 1, 0.35 beats 3, 0.5 and 0.6 beat 4 -> 12 of 16.
+    assert aucp(normals, unlabeled) == pytest.approx(12 / 16)
+    assert debiased_aucp(0.75, 0.5) == pytest.approx((0.75 - 0.25) / 0.5)
+    assert debiased_aucp(0.5, 0.0) == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        debiased_aucp(0.7, 1.0)
+
+
+@pytest.fixture(scope="module")
+def easy(tmp_path_factory):
+    from conftest import TINY_CARD
+
+    folder = tmp_path_factory.mktemp("easy")
+    card = folder / "tiny-easy.toml"
+    card.write_text(TINY_CARD.format(name="tiny-easy", contrast=0.35))
+    return prepare(load_card(str(card)), cache_root=folder / "cache", show_progress=False)
+
+
+def train(data, config, seed=0, workdir=None, progress=None):
+    method = AnomalyPro(config)
+    method.workdir = workdir
+    method.fit(data.train_set(with_selection=True), seed=seed, device=CPU, progress=progress)
+    return method
+
+
+def test_scores_maps_and_masks_have_the_right_shapes(easy):
+    method = train(easy, small_config(iterations=4, checkpoint_every=2, decay_iterations=2))
+    images = easy.images_of("test")[:5]
+    scores = method.score(images)
+    assert scores.shape == (5,) and np.all(scores >= 0)
+    maps = method.anomaly_maps(images)
+    assert maps.shape == (5, 32, 32)
+    np.testing.assert_allclose(maps.mean(axis=(1, 2)), scores, rtol=1e-5)
+    masks = method.masks(images)
+    assert masks.shape == (5, 32, 32) and masks.min() >= 0 and masks.max() <= 1
+    assert method.figure(images[:2]) is not None
+
+
+def test_selection_keeps_the_best_aucp_checkpoint(easy):
+    method = train(easy, small_config(iterations=6, checkpoint_every=2, decay_iterations=2))
+    steps = [step for step, _, _ in method.selection_history]
+    assert steps == [2, 4, 6]
+    values = [v["aucp"] for _, v, _ in method.selection_history]
+    best = steps[int(np.argmax(values))]  # argmax: first on ties
+    assert method.run_info["selected_iteration"] == best
+    for _, v, _ in method.selection_history:
+        assert v["aucp_debiased"] == pytest.approx(debiased_aucp(v["aucp"], 0.5))
+    last = train(easy, small_config(iterations=6, checkpoint_every=2, decay_iterations=2,
+                                    select="last"))
+    assert last.run_info["selected_iteration"] == 6
+
+
+def test_same_seed_same_scores(easy):
+    config = small_config(iterations=6, checkpoint_every=3, decay_iterations=2)
+    images = easy.images_of("test")
+    first = train(easy, config, seed=4).score(images)
+    np.testing.assert_array_equal(first, train(easy, config, seed=4).score(images))
+    assert not np.array_equal(first, train(easy, config, seed=5).score(images))
+
+
+class Killer(Progress):
+    """Stops training the way a kill would: an exception in the middle of an iteration."""
+
+    def __init__(self, after):
+        self.after, self.done = after, 0
+
+    def advance(self, n=1):
+        self.done += n
+        if self.done >= self.after:
+            raise KeyboardInterrupt("killed for the test")
+
+
+def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_one_ends(easy, tmp_path):
+    config = small_config(iterations=10, checkpoint_every=4, decay_iterations=4)
+    images = easy.images_of("test")
+    straight = train(easy, config, seed=2)
+    with pytest.raises(KeyboardInterrupt):
+        train(easy, config, seed=2, workdir=tmp_path, progress=Killer(after=7))
+    assert (tmp_path / "last.pt").is_file()
+    resumed = train(easy, config, seed=2, workdir=tmp_path)
+    assert resumed.run_info["resumed_from_iteration"] == 4
+    np.testing.assert_array_equal(straight.score(images), resumed.score(images))
+    assert resumed.run_info["selected_iteration"] == straight.run_info["selected_iteration"]
+    for name, value in straight.generator.state_dict().items():
+        torch.testing.assert_close(resumed.generator.state_dict()[name], value, rtol=0, atol=0)
+
+
+def test_needs_both_training_sets(easy):
+    empty = easy.images_of("train_mixed")[:0]
+    with pytest.raises(ValueError, match="both"):
+        AnomalyPro(small_config()).fit(TrainSet(normal=easy.images_of("train_normal"),
+                                                unlabeled=empty), seed=0, device=CPU)
+
+
+LEARNING_CARD = """
+name = "learn"
+description = "obvious lesions, half of the mixed set diseased"
+format = "synthetic"
+channels = 1
+image_size = 32
+[synthetic]
+seed = 5
+n_mixed = 80
+n_normal = 60
+n_val = 10
+n_test = 40
+diseased_share_mixed = 0.5
+lesion_contrast = 0.4
+lesion_size = 2.0
+"""
+
+
+def test_short_training_on_obvious_lesions_scores_diseased_above_healthy(tmp_path):
+    (tmp_path / "learn.toml").write_text(LEARNING_CARD)
+    data = prepare(load_card(str(tmp_path / "learn.toml")), cache_root=tmp_path,
+                   show_progress=False)
+    method = train(data, small_config(iterations=LEARNING_ITERATIONS, checkpoint_every=150,
+                                      decay_iterations=100))
+    auc = roc_auc(data.labels_of("test"), method.score(data.images_of("test")))
+    assert auc > 0.75, auc
+
+
+def test_registered_with_both_training_sets_and_profiles():
+    cls = get_method("anomalypro")
+    assert cls is AnomalyPro and set(cls.uses) == {"normal", "unlabeled"}
+    full = make_config(cls, "full", image_size=64, channels=1)
+    assert (full.image_size, full.base_channels, full.residual_blocks, full.batch_size,
+            full.iterations, full.decay_iterations) == (256, 64, 6, 16, 400_000, 100_000)
+    assert (full.lambda_gp, full.lambda_id, full.lambda_rec, full.lambda_mask) == (10, 1, 1, 0.1)
+
+
+def test_a_run_logs_curves_selection_quality_and_the_figure(tracking_uri, isolated):
+    from click.testing import CliRunner
+    from mlflow.tracking import MlflowClient
+
+    from benchmark.cli import cli
+
+    result = CliRunner().invoke(cli, [
+        "run", "--methods", "anomalypro", "--dataset", "tiny", "--no-progress",
+        "--set", "anomalypro.iterations=4", "--set", "anomalypro.checkpoint_every=2",
+        "--set", "anomalypro.decay_iterations=2", "--set", "anomalypro.log_every=1",
+        "--tracking-uri", tracking_uri], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(tracking_uri=tracking_uri)
+    run = client.search_runs([client.get_experiment_by_name("bench/tiny").experiment_id])[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["trained_on"] == "normal,unlabeled"
+    assert run.data.params["model_selection"] == "aucp_on_unlabelled_test"
+    assert run.data.params["selected_iteration"] in ("2", "4")
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "aucp")] == [2, 4]
+    assert len(client.get_metric_history(run.info.run_id, "checkpoint_true_auc")) == 2
+    assert len(client.get_metric_history(run.info.run_id, "train_d_total")) == 4
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"figure_grid.png", "selection.csv", "scores.csv"} <= artifacts
+    assert not list((isolated / "results" / "runs").rglob("last.pt")), "finished run kept state"
