@@ -195,6 +195,9 @@ class AnomalyProConfig:
     aucp_normals: int = 256
     log_every: int = 100
     score_batch_size: int = 64
+    #: NHWC memory layout. Measured on 2 CPU cores with the quick networks: training 1.2x
+    #: faster (`bench perf`); DESIGN reports 0.75x for the full-size networks, so full keeps NCHW.
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         if self.select not in ("aucp", "last"):
@@ -242,7 +245,7 @@ class AnomalyPro(Method):
             image_size=size, base_channels=16, residual_blocks=3,
             critic_base_channels=16, critic_layers=critic_layers_for(size),
             iterations=3000, decay_iterations=750, lr_g=5e-4, lr_d=5e-4,
-            checkpoint_every=500, log_every=50)
+            checkpoint_every=500, log_every=50, channels_last=True)
 
     # -- training -------------------------------------------------------------------------
 
@@ -259,13 +262,16 @@ class AnomalyPro(Method):
         self.generator = Generator(channels, cfg.base_channels, cfg.residual_blocks).to(device)
         self.critic = PatchDiscriminator(channels, cfg.critic_base_channels,
                                          cfg.critic_layers).to(device)
+        if cfg.channels_last:
+            self.generator.to(memory_format=torch.channels_last)
+            self.critic.to(memory_format=torch.channels_last)
         opt_g = torch.optim.Adam(self.generator.parameters(), cfg.lr_g, (cfg.beta1, cfg.beta2))
         opt_d = torch.optim.Adam(self.critic.parameters(), cfg.lr_d, (cfg.beta1, cfg.beta2))
         sampler = torch.Generator(device="cpu").manual_seed(seed + 1)
 
         # Keep the training sets on the device once, in [-1, 1]: no per-step host copies.
-        set_a = to_model_range(train.unlabeled, device, cfg.image_size)
-        set_b = to_model_range(train.normal, device, cfg.image_size)
+        set_a = self._inputs(train.unlabeled)
+        set_b = self._inputs(train.normal)
         selection = self._selection_inputs(train, sampler)
 
         state = TrainingState()
@@ -300,6 +306,10 @@ class AnomalyPro(Method):
             if state.iteration % cfg.checkpoint_every == 0 or state.iteration == cfg.iterations:
                 self._checkpoint(state, selection, train, opt_g, opt_d, sampler, progress)
         self._select(state)
+
+    def _inputs(self, images: np.ndarray) -> torch.Tensor:
+        x = to_model_range(images, self.device, self.config.image_size)
+        return x.contiguous(memory_format=torch.channels_last) if self.config.channels_last else x
 
     def _batch(self, images: torch.Tensor, sampler: torch.Generator) -> torch.Tensor:
         index = torch.randint(len(images), (self.config.batch_size,), generator=sampler)
@@ -414,8 +424,7 @@ class AnomalyPro(Method):
         self.generator.eval()
         with torch.inference_mode():
             for start in range(0, len(images), self.config.score_batch_size):
-                x = to_model_range(images[start:start + self.config.score_batch_size],
-                                   self.device, self.config.image_size)
+                x = self._inputs(images[start:start + self.config.score_batch_size])
                 b_int, mask = self.generator(x)
                 b0 = translate(x, b_int, mask)
                 # |x - B0| / 2 on the [-1, 1] scale = |x - B0| on the [0, 1] scale.
@@ -433,8 +442,7 @@ class AnomalyPro(Method):
         scores = []
         with torch.inference_mode():
             for start in range(0, len(images), self.config.score_batch_size):
-                x = to_model_range(images[start:start + self.config.score_batch_size],
-                                   self.device, self.config.image_size)
+                x = self._inputs(images[start:start + self.config.score_batch_size])
                 b0 = translate(x, *self.generator(x))
                 scores.append(torch.abs(x - b0).mean(dim=(1, 2, 3)) / 2)
         self.generator.train(was_training)
