@@ -155,6 +155,25 @@ def make_config(method: type[Method], profile: str, *, image_size: int, channels
     return config
 
 
+def config_from_params(method: type[Method], params: dict[str, str]) -> Any:
+    """Rebuild a method's config from a run's MLflow params (`config.<field>` entries), so a
+    logged run can be reproduced exactly."""
+    import json
+
+    values = {}
+    for field in dataclasses.fields(method.Config):
+        key = f"config.{field.name}"
+        if key not in params:
+            raise BenchError(f"the run has no param {key}: it was logged by another version.")
+        text = params[key]
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text  # strings are logged bare
+        values[field.name] = tuple(value) if isinstance(value, list) else value
+    return method.Config(**values)
+
+
 # ----------------------------------------------------------------------------- registry
 
 _REGISTRY: dict[str, type[Method]] = {}

@@ -129,22 +129,34 @@ def _parse_settings(items: tuple[str, ...], weights: tuple[str, ...],
                    "falling back to random init with a warning.")
 @click.option("--set", "settings", multiple=True, metavar="METHOD.FIELD=VALUE",
               help="Override one config field, e.g. --set patchcore.coreset_sampling_ratio=0.05.")
+@click.option("--select", type=click.Choice(["aucp", "last"]), default=None,
+              help="Checkpoint selection of the methods that select (anomalypro): highest "
+                   "label-free AUCp, or the last. Default: the method's (aucp).")
 @click.option("--contaminated", is_flag=True,
               help="Train every method on normal + unlabeled images (contaminated setting).")
 @click.option("--no-progress", is_flag=True, help="No progress bars (for logs).")
 @tracking_option
 def run(methods: str, dataset: str, seeds: str, profile: str, device: str,
         data_root: Path | None, weights: tuple[str, ...], settings: tuple[str, ...],
-        contaminated: bool, no_progress: bool, tracking_uri: str | None) -> None:
+        select: str | None, contaminated: bool, no_progress: bool,
+        tracking_uri: str | None) -> None:
     """Train and evaluate methods on a dataset; log every run to MLflow."""
-    from benchmark.api import parse_method_list
+    from benchmark.api import get_method, parse_method_list
     from benchmark.runner import RunPlan, run_plan
     from benchmark.tracking import resolve_tracking_uri
 
     names = parse_method_list(methods)
+    overrides = _parse_settings(settings, weights, names)
+    if select:
+        selecting = [n for n in names if get_method(n).uses_selection]
+        if not selecting:
+            raise UsageError(f"--select applies to methods that select checkpoints "
+                             f"(anomalypro); none among --methods {','.join(names)}.")
+        for name in selecting:
+            overrides.setdefault(name, {})["select"] = select
     plan = RunPlan(methods=names, dataset=dataset, seeds=_parse_seeds(seeds), profile=profile,
                    device=device, tracking_uri=resolve_tracking_uri(tracking_uri),
-                   data_root=data_root, overrides=_parse_settings(settings, weights, names),
+                   data_root=data_root, overrides=overrides,
                    contaminated=contaminated, show_progress=not no_progress)
     results = run_plan(plan)
     click.echo(f"\n{'method':<12} {'seed':>4}  {'AUC':>6}  {'F1':>6}  {'fit s':>7}  run id")

@@ -4,4 +4,4 @@ Adding a method: write `methods/<name>.py` with a `@register_method` class, and 
 below. Other packages register theirs through the `benchmark.methods` entry-point group.
 """
 
-from methods import anomalypro, padim, patchcore  # noqa: F401  (imported to register)
+from methods import alad, alocc, anomalypro, fanogan, ganomaly, padim, patchcore  # noqa: F401

@@ -234,6 +234,7 @@ def test_a_run_logs_curves_selection_quality_and_the_figure(tracking_uri, isolat
         "run", "--methods", "anomalypro", "--dataset", "tiny", "--no-progress",
         "--set", "anomalypro.iterations=4", "--set", "anomalypro.checkpoint_every=2",
         "--set", "anomalypro.decay_iterations=2", "--set", "anomalypro.log_every=1",
+        "--select", "aucp",
         "--tracking-uri", tracking_uri], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -241,6 +242,7 @@ def test_a_run_logs_curves_selection_quality_and_the_figure(tracking_uri, isolat
     assert run.info.status == "FINISHED"
     assert run.data.params["trained_on"] == "normal,unlabeled"
     assert run.data.params["model_selection"] == "aucp_on_unlabelled_test"
+    assert run.data.params["config.select"] == "aucp"
     assert run.data.params["selected_iteration"] in ("2", "4")
     assert [m.step for m in client.get_metric_history(run.info.run_id, "aucp")] == [2, 4]
     assert len(client.get_metric_history(run.info.run_id, "checkpoint_true_auc")) == 2

@@ -160,6 +160,8 @@ def test_tracking_uri_comes_from_the_environment(tracking_uri, monkeypatch, isol
     (["run", "--methods", "padim", "--dataset", "covidx", "--data-root", "nowhere"], 1,
      "data root nowhere does not exist"),
     (["report", "--dataset", "tiny"], 1, "no finished runs"),
+    (["run", "--methods", "padim", "--select", "last", "--dataset", "tiny"], 2,
+     "--select applies to methods that select"),
     (["check", "--dataset", "tiny", "--against", "missing.json"], 1, "does not exist"),
 ])
 def test_bad_input_gives_one_clear_message(args, code, needle, tracking_uri):

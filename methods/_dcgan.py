@@ -1,0 +1,132 @@
+"""Building blocks the own-PyTorch GAN baselines share (f-AnoGAN, ALAD, ALOCC).
+
+DCGAN-style convolutional stacks that halve (or double) the resolution per layer between the
+image size and a 4x4 grid, a seeded batch sampler, and the [0, 1] -> [-1, 1] input conversion.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def stages(image_size: int) -> int:
+    """Stride-2 stages between `image_size` and 4 px (3 at 32 px, 6 at 256 px)."""
+    if image_size < 8 or image_size & (image_size - 1):
+        raise ValueError(f"image_size must be a power of two >= 8, got {image_size}")
+    return int(math.log2(image_size)) - 2
+
+
+def down_stack(channels: int, base: int, image_size: int, norm: str = "batch",
+               slope: float = 0.2) -> tuple[nn.Sequential, int]:
+    """Conv 4x4 stride 2 per stage, image -> (width, 4, 4); returns (stack, width).
+
+    norm: "batch", "layer" (per-sample, as WGAN-GP critics need) or "none"; never on the
+    first layer (DCGAN convention).
+    """
+    layers: list[nn.Module] = []
+    width_in, width = channels, base
+    for stage in range(stages(image_size)):
+        layers.append(nn.Conv2d(width_in, width, 4, 2, 1, bias=norm == "none" or stage == 0))
+        if stage > 0 and norm == "batch":
+            layers.append(nn.BatchNorm2d(width))
+        elif stage > 0 and norm == "layer":
+            layers.append(nn.GroupNorm(1, width))
+        layers.append(nn.LeakyReLU(slope, inplace=True))
+        width_in, width = width, width * 2
+    return nn.Sequential(*layers), width_in
+
+
+def up_stack(width: int, channels: int, image_size: int) -> nn.Sequential:
+    """(width, 4, 4) -> image: transposed conv 4x4 stride 2 + BatchNorm + ReLU per stage, tanh
+    at the end."""
+    layers: list[nn.Module] = []
+    for _ in range(stages(image_size) - 1):
+        layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False),
+                   nn.BatchNorm2d(width // 2), nn.ReLU(inplace=True)]
+        width //= 2
+    layers += [nn.ConvTranspose2d(width, channels, 4, 2, 1), nn.Tanh()]
+    return nn.Sequential(*layers)
+
+
+class LatentDecoder(nn.Module):
+    """z (N, latent) -> image: a linear projection to (width, 4, 4), then `up_stack`."""
+
+    def __init__(self, latent: int, channels: int, base: int, image_size: int) -> None:
+        super().__init__()
+        self.width = base * 2 ** (stages(image_size) - 1)
+        self.project = nn.Sequential(nn.Linear(latent, self.width * 16),
+                                     nn.BatchNorm1d(self.width * 16), nn.ReLU(inplace=True))
+        self.up = up_stack(self.width, channels, image_size)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.up(self.project(z).view(-1, self.width, 4, 4))
+
+
+class ImageEncoder(nn.Module):
+    """image -> vector (N, out): `down_stack`, then a linear layer."""
+
+    def __init__(self, channels: int, base: int, image_size: int, out: int,
+                 norm: str = "batch") -> None:
+        super().__init__()
+        self.features, width = down_stack(channels, base, image_size, norm)
+        self.head = nn.Linear(width * 16, out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).flatten(1))
+
+
+def dcgan_init(module: nn.Module) -> None:
+    """N(0, 0.02) convolution / linear weights, N(1, 0.02) norm scales (DCGAN)."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
+            nn.init.normal_(layer.weight, 0.0, 0.02)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+        elif isinstance(layer, nn.BatchNorm2d | nn.BatchNorm1d | nn.GroupNorm):
+            nn.init.normal_(layer.weight, 1.0, 0.02)
+            nn.init.zeros_(layer.bias)
+
+
+def to_model_input(images: np.ndarray, device: torch.device, size: int) -> torch.Tensor:
+    """[0, 1] images -> [-1, 1] tensor at `size` px (area when shrinking)."""
+    x = torch.as_tensor(np.asarray(images, dtype=np.float32), device=device)
+    if tuple(x.shape[-2:]) != (size, size):
+        shrink = x.shape[-1] > size
+        x = F.interpolate(x, size=(size, size), mode="area" if shrink else "bilinear",
+                          **({} if shrink else {"align_corners": False}))
+    return x * 2.0 - 1.0
+
+
+class BatchSampler:
+    """Seeded epochs of shuffled batches, dropping the ragged last batch."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        if n < batch_size:
+            batch_size = n
+        self.n, self.batch_size = n, batch_size
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        self._queue: list[torch.Tensor] = []
+
+    def next(self) -> torch.Tensor:
+        if not self._queue:
+            order = torch.randperm(self.n, generator=self.generator)
+            self._queue = list(order[: self.n - self.n % self.batch_size].split(self.batch_size))
+        return self._queue.pop(0)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.n // self.batch_size
+
+
+def batched(function: object, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """Apply `function` (array -> tensor of per-image values) in batches, without gradients."""
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(x), batch_size):
+            out.append(function(x[start:start + batch_size]).float().cpu())
+    return torch.cat(out).numpy().astype(np.float64)

@@ -1,0 +1,184 @@
+"""ALAD, Adversarially Learned Anomaly Detection (Zenati et al. 2018), own PyTorch.
+
+A bidirectional GAN: encoder E (x -> z) and generator G (z -> x) against three discriminators,
+D_xz on (x, z) pairs, D_xx on (x, x') pairs and D_zz on (z, z') pairs, the last two enforcing
+cycle consistency. BCE losses, Adam 2e-4 beta1 0.5, batch 32, latent 100; inference uses an
+exponential moving average (0.999) of the weights. Score: the L1 distance between D_xx's
+features of (x, x) and of (x, G(E(x))).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from benchmark.api import Method, Progress, TrainSet, register_method
+from benchmark.seeding import seed_everything
+from methods._dcgan import (
+    BatchSampler,
+    ImageEncoder,
+    LatentDecoder,
+    batched,
+    dcgan_init,
+    down_stack,
+    to_model_input,
+)
+
+
+@dataclass(frozen=True)
+class AladConfig:
+    """Defaults: the published ALAD settings (DESIGN section 5)."""
+
+    image_size: int = 32
+    base_channels: int = 64
+    latent: int = 100
+    batch_size: int = 32
+    iterations: int = 50_000
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    ema_decay: float = 0.999
+    log_every: int = 50
+    score_batch_size: int = 64
+
+
+class JointXZ(nn.Module):
+    """D_xz: image features and latent features, joined."""
+
+    def __init__(self, channels: int, base: int, image_size: int, latent: int) -> None:
+        super().__init__()
+        self.x_path, width = down_stack(channels, base, image_size, norm="batch")
+        self.z_path = nn.Sequential(nn.Linear(latent, 512), nn.LeakyReLU(0.2, inplace=True))
+        self.joint = nn.Sequential(nn.Linear(width * 16 + 512, 1024),
+                                   nn.LeakyReLU(0.2, inplace=True), nn.Linear(1024, 1))
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.joint(torch.cat([self.x_path(x).flatten(1), self.z_path(z)], 1))
+
+
+class PairXX(nn.Module):
+    """D_xx: two images stacked on channels; `features` feed the anomaly score."""
+
+    def __init__(self, channels: int, base: int, image_size: int) -> None:
+        super().__init__()
+        self.body, width = down_stack(2 * channels, base, image_size, norm="none")
+        self.head = nn.Linear(width * 16, 1)
+
+    def features(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        return self.body(torch.cat([x, other], 1)).flatten(1)
+
+    def forward(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x, other))
+
+
+class PairZZ(nn.Module):
+    """D_zz: two latents, concatenated."""
+
+    def __init__(self, latent: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2 * latent, 64), nn.LeakyReLU(0.2, inplace=True),
+                                 nn.Linear(64, 32), nn.LeakyReLU(0.2, inplace=True),
+                                 nn.Linear(32, 1))
+
+    def forward(self, z: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([z, other], 1))
+
+
+def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+@register_method
+class Alad(Method):
+    name = "alad"
+    description = "ALAD: BiGAN with D_xz, D_xx, D_zz; score = D_xx feature distance"
+    uses = ("normal",)
+    Config = AladConfig
+
+    @classmethod
+    def profile_config(cls, profile: str, *, image_size: int, channels: int) -> AladConfig:
+        if profile == "quick":
+            return AladConfig(image_size=min(image_size, 32), base_channels=16,
+                              iterations=600, ema_decay=0.99, log_every=25)
+        return AladConfig()
+
+    def fit(self, train: TrainSet, *, seed: int, device: torch.device,
+            progress: Progress | None = None) -> None:
+        progress = progress or Progress()
+        cfg = self.config
+        seed_everything(seed)
+        self.device = device
+        channels = train.channels
+        encoder = ImageEncoder(channels, cfg.base_channels, cfg.image_size, cfg.latent)
+        generator = LatentDecoder(cfg.latent, channels, cfg.base_channels, cfg.image_size)
+        d_xz = JointXZ(channels, cfg.base_channels, cfg.image_size, cfg.latent)
+        d_xx = PairXX(channels, cfg.base_channels, cfg.image_size)
+        d_zz = PairZZ(cfg.latent)
+        nets = (encoder, generator, d_xz, d_xx, d_zz)
+        for net in nets:
+            dcgan_init(net)
+            net.to(device).train()
+        betas = (cfg.beta1, cfg.beta2)
+        opt_ge = torch.optim.Adam([*encoder.parameters(), *generator.parameters()], cfg.lr,
+                                  betas)
+        opt_d = torch.optim.Adam([*d_xz.parameters(), *d_xx.parameters(),
+                                  *d_zz.parameters()], cfg.lr, betas)
+        # The averaged copies used at inference.
+        self.encoder, self.generator, self.d_xx = (copy.deepcopy(n) for n in nets[:2] + nets[3:4])
+        images = to_model_input(train.normal, device, cfg.image_size)
+        sampler = BatchSampler(len(images), cfg.batch_size, seed + 1)
+        noise = torch.Generator(device="cpu").manual_seed(seed + 2)
+        progress.stage("train", cfg.iterations)
+        for step in range(1, cfg.iterations + 1):
+            x = images[sampler.next().to(device)]
+            z = torch.randn(len(x), cfg.latent, generator=noise).to(device)
+            # Discriminators: real pairs 1, generated pairs 0.
+            with torch.no_grad():
+                z_hat, x_gen = encoder(x), generator(z)
+                x_rec, z_rec = generator(z_hat), encoder(x_gen)
+            d_loss = (_bce(d_xz(x, z_hat), 1) + _bce(d_xz(x_gen, z), 0)
+                      + _bce(d_xx(x, x), 1) + _bce(d_xx(x, x_rec), 0)
+                      + _bce(d_zz(z, z), 1) + _bce(d_zz(z, z_rec), 0))
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+            # Encoder and generator: the same pairs with the labels flipped.
+            z_hat, x_gen = encoder(x), generator(z)
+            x_rec, z_rec = generator(z_hat), encoder(x_gen)
+            ge_loss = (_bce(d_xz(x, z_hat), 0) + _bce(d_xz(x_gen, z), 1)
+                       + _bce(d_xx(x, x), 0) + _bce(d_xx(x, x_rec), 1)
+                       + _bce(d_zz(z, z), 0) + _bce(d_zz(z, z_rec), 1))
+            opt_ge.zero_grad(set_to_none=True)
+            ge_loss.backward()
+            opt_ge.step()
+            with torch.no_grad():
+                for live, average in ((encoder, self.encoder), (generator, self.generator),
+                                      (d_xx, self.d_xx)):
+                    _ema_update(average, live, cfg.ema_decay)
+            progress.advance()
+            if step % cfg.log_every == 0:
+                progress.metric("train_d_loss", float(d_loss.detach()), step)
+                progress.metric("train_ge_loss", float(ge_loss.detach()), step)
+        for net in (self.encoder, self.generator, self.d_xx):
+            net.eval()
+
+    def score(self, images: np.ndarray) -> np.ndarray:
+        def distance(chunk: np.ndarray) -> torch.Tensor:
+            x = to_model_input(chunk, self.device, self.config.image_size)
+            rec = self.generator(self.encoder(x))
+            return torch.abs(self.d_xx.features(x, x) - self.d_xx.features(x, rec)).sum(1)
+
+        return batched(distance, images, self.config.score_batch_size)
+
+
+def _ema_update(average: nn.Module, live: nn.Module, decay: float) -> None:
+    """average <- decay * average + (1 - decay) * live, for weights; buffers copied."""
+    for avg_param, param in zip(average.parameters(), live.parameters(), strict=True):
+        avg_param.mul_(decay).add_(param.detach(), alpha=1.0 - decay)
+    for avg_buffer, buffer in zip(average.buffers(), live.buffers(), strict=True):
+        avg_buffer.copy_(buffer)
