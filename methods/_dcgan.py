@@ -92,6 +92,11 @@ def dcgan_init(module: nn.Module) -> None:
             nn.init.zeros_(layer.bias)
 
 
+def bce(logits: torch.Tensor, target: float) -> torch.Tensor:
+    """Binary cross-entropy of logits against a constant label."""
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
 def to_model_input(images: np.ndarray, device: torch.device, size: int) -> torch.Tensor:
     """[0, 1] images -> [-1, 1] tensor at `size` px (area when shrinking)."""
     x = torch.as_tensor(np.asarray(images, dtype=np.float32), device=device)

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from benchmark.api import Method, Progress, TrainSet, register_method
 from benchmark.seeding import seed_everything
@@ -24,6 +23,7 @@ from methods._dcgan import (
     ImageEncoder,
     LatentDecoder,
     batched,
+    bce,
     dcgan_init,
     down_stack,
     to_model_input,
@@ -89,8 +89,22 @@ class PairZZ(nn.Module):
         return self.net(torch.cat([z, other], 1))
 
 
-def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+def _pairs(encoder: nn.Module, generator: nn.Module, x: torch.Tensor,
+           z: torch.Tensor) -> dict[str, torch.Tensor]:
+    z_hat, x_gen = encoder(x), generator(z)
+    return {"x": x, "z": z, "z_hat": z_hat, "x_gen": x_gen, "x_rec": generator(z_hat),
+            "z_rec": encoder(x_gen)}
+
+
+def _pair_losses(d_xz: nn.Module, d_xx: nn.Module, d_zz: nn.Module, p: dict[str, torch.Tensor],
+                 real_label: float) -> torch.Tensor:
+    """BCE of the three discriminators: real pairs (x, E(x)), (x, x), (z, z) get `real_label`,
+    generated pairs (G(z), z), (x, G(E(x))), (z, E(G(z))) the other label."""
+    fake_label = 1.0 - real_label
+    x, z = p["x"], p["z"]
+    return (bce(d_xz(x, p["z_hat"]), real_label) + bce(d_xz(p["x_gen"], z), fake_label)
+            + bce(d_xx(x, x), real_label) + bce(d_xx(x, p["x_rec"]), fake_label)
+            + bce(d_zz(z, z), real_label) + bce(d_zz(z, p["z_rec"]), fake_label))
 
 
 @register_method
@@ -139,20 +153,14 @@ class Alad(Method):
             z = torch.randn(len(x), cfg.latent, generator=noise).to(device)
             # Discriminators: real pairs 1, generated pairs 0.
             with torch.no_grad():
-                z_hat, x_gen = encoder(x), generator(z)
-                x_rec, z_rec = generator(z_hat), encoder(x_gen)
-            d_loss = (_bce(d_xz(x, z_hat), 1) + _bce(d_xz(x_gen, z), 0)
-                      + _bce(d_xx(x, x), 1) + _bce(d_xx(x, x_rec), 0)
-                      + _bce(d_zz(z, z), 1) + _bce(d_zz(z, z_rec), 0))
+                pairs = _pairs(encoder, generator, x, z)
+            d_loss = _pair_losses(d_xz, d_xx, d_zz, pairs, real_label=1.0)
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             opt_d.step()
             # Encoder and generator: the same pairs with the labels flipped.
-            z_hat, x_gen = encoder(x), generator(z)
-            x_rec, z_rec = generator(z_hat), encoder(x_gen)
-            ge_loss = (_bce(d_xz(x, z_hat), 0) + _bce(d_xz(x_gen, z), 1)
-                       + _bce(d_xx(x, x), 0) + _bce(d_xx(x, x_rec), 1)
-                       + _bce(d_zz(z, z), 0) + _bce(d_zz(z, z_rec), 1))
+            ge_loss = _pair_losses(d_xz, d_xx, d_zz, _pairs(encoder, generator, x, z),
+                                   real_label=0.0)
             opt_ge.zero_grad(set_to_none=True)
             ge_loss.backward()
             opt_ge.step()

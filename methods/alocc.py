@@ -22,6 +22,7 @@ from methods._dcgan import (
     BatchSampler,
     ImageEncoder,
     batched,
+    bce,
     dcgan_init,
     down_stack,
     to_model_input,
@@ -52,10 +53,6 @@ class Reconstructor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
-
-
-def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
 
 
 @register_method
@@ -93,11 +90,11 @@ class Alocc(Method):
             x = images[sampler.next().to(device)]
             noisy = x + cfg.noise_sigma * torch.randn(x.shape, generator=noise).to(device)
             rebuilt = self.reconstructor(noisy)
-            d_loss = _bce(self.discriminator(x), 1) + _bce(self.discriminator(rebuilt.detach()), 0)
+            d_loss = bce(self.discriminator(x), 1) + bce(self.discriminator(rebuilt.detach()), 0)
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             opt_d.step()
-            r_loss = (_bce(self.discriminator(rebuilt), 1)
+            r_loss = (bce(self.discriminator(rebuilt), 1)
                       + cfg.lambda_reconstruction * F.mse_loss(rebuilt, x))
             opt_r.zero_grad(set_to_none=True)
             r_loss.backward()

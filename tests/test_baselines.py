@@ -20,7 +20,7 @@ FEW = {"fanogan": {"gan_iterations": 3, "encoder_iterations": 3}, "alad": {"iter
        "alocc": {"iterations": 3}, "ganomaly": {"epochs": 1}}
 #: A short but real training run on obvious lesions (see test_score_direction).
 SHORT = {"fanogan": {"gan_iterations": 150, "encoder_iterations": 150},
-         "alad": {"iterations": 200}, "alocc": {"iterations": 300}, "ganomaly": {"epochs": 8}}
+         "alad": {"iterations": 300}, "alocc": {"iterations": 300}, "ganomaly": {"epochs": 40}}
 
 
 @pytest.fixture(scope="module")
