@@ -31,6 +31,7 @@ class ReportData:
     seeds: list[int]
     runs: pd.DataFrame  # one row per (method, seed): the latest finished run
     notes: list[str]
+    contaminated: bool = False
 
 
 def select_runs(uri: str, dataset: str, profile: str | None = None,
@@ -72,7 +73,8 @@ def select_runs(uri: str, dataset: str, profile: str | None = None,
         notes.append(f"methods ran on different seeds ({detail}).")
     return ReportData(dataset=dataset, profile=profile, split_hash=split_hash,
                       data_version=data_version,
-                      seeds=sorted(latest.seed.unique().tolist()), runs=latest, notes=notes)
+                      seeds=sorted(latest.seed.unique().tolist()), runs=latest, notes=notes,
+                      contaminated=contaminated)
 
 
 def summary_table(data: ReportData) -> pd.DataFrame:
@@ -111,7 +113,10 @@ def caption(data: ReportData, plus_minus: str = " ± ") -> str:
         spread = f"mean{plus_minus}std over {len(data.seeds)} seeds ({seeds})"
     else:
         spread = f"1 seed ({seeds}), no spread"
-    return (f"Anomaly detection on {data.dataset} ({data.profile} profile): test-set ROC AUC, "
+    setting = (" in the contaminated setting (every method trained on healthy + unlabelled "
+               "images)" if data.contaminated else "")
+    return (f"Anomaly detection on {data.dataset}{setting} ({data.profile} profile): "
+            f"test-set ROC AUC, "
             f"and precision, recall, specificity, F1 and accuracy at the threshold maximising "
             f"Youden's J on the validation split; {spread}; best per column in bold. "
             f"Split SHA-256 {data.split_hash}; data version {data.data_version}.")
