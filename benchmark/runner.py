@@ -64,7 +64,9 @@ class BarProgress(Progress):
         self.label = label
         self.logger = logger
         self.points: list[tuple[str, float, int]] = []
-        self.bar = tqdm(total=None, desc=label, unit="step", leave=False, disable=not enabled,
+        # disable=None: a bar on a terminal, none when output goes to a file or CI log.
+        self.bar = tqdm(total=None, desc=label, unit="step", leave=False,
+                        disable=None if enabled else True,
                         dynamic_ncols=True)
 
     def metric(self, name: str, value: float, step: int) -> None:

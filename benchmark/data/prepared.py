@@ -162,7 +162,7 @@ def _build_synthetic_cache(card: DatasetCard, config: synthetic.SyntheticConfig,
         masks = open_memmap(tmp / "masks.npy", mode="w+", dtype=np.uint8,
                             shape=(len(specs), size, size))
         bar = tqdm(total=len(specs), desc=f"generating {card.name}", unit="img",
-                   disable=not show_progress, leave=False)
+                   disable=None if show_progress else True, leave=False)
         for spec, image, mask in synthetic.iter_images(config, specs):
             images[spec.index] = image[None]
             masks[spec.index] = mask
