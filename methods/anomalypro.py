@@ -26,6 +26,7 @@ from torch.nn import functional as F
 from benchmark.api import Method, Progress, TrainSet, register_method
 from benchmark.metrics import aucp, debiased_aucp
 from benchmark.seeding import seed_everything
+from methods._dcgan import to_model_input as to_model_range
 
 # ----------------------------------------------------------------------------- networks
 
@@ -492,17 +493,6 @@ class TrainingState:
     best_aucp: float | None = None
     best_iteration: int | None = None
     best_generator: dict | None = None
-
-
-def to_model_range(images: np.ndarray, device: torch.device, size: int) -> torch.Tensor:
-    """[0, 1] images -> [-1, 1] float tensor on `device` at `size` x `size` px (area averaging
-    when shrinking, bilinear when enlarging)."""
-    x = torch.as_tensor(np.asarray(images, dtype=np.float32), device=device)
-    if tuple(x.shape[-2:]) != (size, size):
-        mode = "area" if x.shape[-1] > size else "bilinear"
-        x = F.interpolate(x, size=(size, size), mode=mode,
-                          **({} if mode == "area" else {"align_corners": False}))
-    return x * 2.0 - 1.0
 
 
 def _resize(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from benchmark.api import Method, Progress, TrainSet, register_method
 from benchmark.seeding import seed_everything
+from methods._dcgan import to_model_input
 
 
 @dataclass(frozen=True)
@@ -110,12 +110,7 @@ class Ganomaly(Method):
 
     def _inputs(self, images: np.ndarray) -> torch.Tensor:
         """[0, 1] images -> [-1, 1] (the decoder's tanh range) at the working size."""
-        x = torch.as_tensor(np.asarray(images, dtype=np.float32), device=self.device)
-        size = self.config.image_size
-        if tuple(x.shape[-2:]) != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="area" if x.shape[-1] > size
-                              else "bilinear")
-        return x * 2.0 - 1.0
+        return to_model_input(images, self.device, self.config.image_size)
 
     def score(self, images: np.ndarray) -> np.ndarray:
         scores = []
