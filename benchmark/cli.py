@@ -80,6 +80,14 @@ def _parse_seeds(text: str) -> list[int]:
     return list(dict.fromkeys(seeds))
 
 
+def _has_setting(method: str, name: str) -> bool:
+    import dataclasses
+
+    from benchmark.api import get_method
+
+    return name in {f.name for f in dataclasses.fields(get_method(method).Config)}
+
+
 def _parse_settings(items: tuple[str, ...], weights: tuple[str, ...],
                     methods: list[str]) -> dict[str, dict[str, Any]]:
     """--set METHOD.FIELD=VALUE and --weights [METHOD=]PATH -> {method: {field: value}}."""
@@ -100,7 +108,7 @@ def _parse_settings(items: tuple[str, ...], weights: tuple[str, ...],
     for item in weights:
         method, sep, path = item.partition("=")
         if not sep:
-            targets = [m for m in methods if m in ("padim", "patchcore")]
+            targets = [m for m in methods if _has_setting(m, "weights")]
             if len(targets) != 1:
                 raise UsageError("--weights PATH is ambiguous with several backbone methods: "
                                  "use --weights METHOD=PATH (e.g. padim=resnet18.pth).")

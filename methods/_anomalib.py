@@ -19,10 +19,35 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from benchmark.api import Method
+
 logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class BackboneMethod(Method):
+    """Scoring shared by anomalib's feature-based torch models (PaDiM, PatchCore): `fit` sets
+    `self.model`; the image score is the model's `pred_score`, the map its `anomaly_map`."""
+
+    model: nn.Module
+
+    def _infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        device = next(self.model.parameters()).device
+        scores, maps = [], []
+        with torch.inference_mode():
+            for chunk in batches(images, self.config.batch_size):
+                out = self.model(backbone_input(chunk, self.config.image_size, device))
+                scores.append(out.pred_score.float().reshape(-1).cpu().numpy())
+                maps.append(resize_maps(out.anomaly_map, chunk.shape[-2:]))
+        return np.concatenate(scores), np.concatenate(maps)
+
+    def score(self, images: np.ndarray) -> np.ndarray:
+        return self._infer(images)[0]
+
+    def anomaly_maps(self, images: np.ndarray) -> np.ndarray:
+        return self._infer(images)[1]
 
 
 class BackboneWeightsWarning(UserWarning):

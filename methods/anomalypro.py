@@ -129,12 +129,6 @@ def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
     return torch.mean((norms - 1.0) ** 2)
 
 
-@dataclass
-class Losses:
-    critic: torch.Tensor
-    generator: torch.Tensor | None = None
-    parts: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
-
 
 def critic_loss(generator: Generator, critic: nn.Module, a: torch.Tensor, b: torch.Tensor,
                 gp_weights: torch.Tensor, lambda_gp: float) -> tuple[torch.Tensor, dict]:

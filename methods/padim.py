@@ -8,17 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from benchmark.api import Method, Progress, TrainSet, register_method
+from benchmark.api import Progress, TrainSet, register_method
 from benchmark.seeding import seed_everything
 from methods._anomalib import (
+    BackboneMethod,
     backbone_input,
     batches,
     load_backbone_weights,
     n_batches,
-    resize_maps,
 )
 
 #: anomalib adds this to the covariance diagonal before inverting it.
@@ -39,7 +38,7 @@ class PadimConfig:
 
 
 @register_method
-class Padim(Method):
+class Padim(BackboneMethod):
     name = "padim"
     description = "PaDiM: per-position Gaussian of pretrained CNN patch features (anomalib)"
     uses = ("normal",)
@@ -90,19 +89,3 @@ class Padim(Method):
         model.gaussian.mean = mean.float()
         model.gaussian.inv_covariance = torch.linalg.inv(cov).float()
         self.model = model
-
-    def _infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        device = self.model.gaussian.mean.device
-        scores, maps = [], []
-        with torch.inference_mode():
-            for chunk in batches(images, self.config.batch_size):
-                out = self.model(backbone_input(chunk, self.config.image_size, device))
-                scores.append(out.pred_score.float().reshape(-1).cpu().numpy())
-                maps.append(resize_maps(out.anomaly_map, chunk.shape[-2:]))
-        return np.concatenate(scores), np.concatenate(maps)
-
-    def score(self, images: np.ndarray) -> np.ndarray:
-        return self._infer(images)[0]
-
-    def anomaly_maps(self, images: np.ndarray) -> np.ndarray:
-        return self._infer(images)[1]

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from benchmark.api import Method, Progress, TrainSet, register_method
+from benchmark.api import Progress, TrainSet, register_method
 from benchmark.seeding import seed_everything
 from methods._anomalib import (
+    BackboneMethod,
     backbone_input,
     batches,
     load_backbone_weights,
     n_batches,
-    resize_maps,
 )
 
 
@@ -38,7 +37,7 @@ class PatchcoreConfig:
 
 
 @register_method
-class Patchcore(Method):
+class Patchcore(BackboneMethod):
     name = "patchcore"
     description = "PatchCore: coreset memory bank of pretrained CNN patch features (anomalib)"
     uses = ("normal",)
@@ -81,22 +80,6 @@ class Patchcore(Method):
         chosen = greedy_coreset(embeddings, coreset_size, seed=seed, progress=progress)
         model.memory_bank = embeddings[chosen].contiguous()
         self.model = model.eval()
-
-    def _infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        device = self.model.memory_bank.device
-        scores, maps = [], []
-        with torch.inference_mode():
-            for chunk in batches(images, self.config.batch_size):
-                out = self.model(backbone_input(chunk, self.config.image_size, device))
-                scores.append(out.pred_score.float().reshape(-1).cpu().numpy())
-                maps.append(resize_maps(out.anomaly_map, chunk.shape[-2:]))
-        return np.concatenate(scores), np.concatenate(maps)
-
-    def score(self, images: np.ndarray) -> np.ndarray:
-        return self._infer(images)[0]
-
-    def anomaly_maps(self, images: np.ndarray) -> np.ndarray:
-        return self._infer(images)[1]
 
 
 def greedy_coreset(embeddings: torch.Tensor, size: int, *, seed: int,
