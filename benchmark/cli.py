@@ -321,6 +321,147 @@ def ui(port: int, tracking_uri: str | None) -> None:
     os.execv(sys.executable, command)
 
 
+@cli.group(cls=BenchGroup)
+def data() -> None:
+    """Prepare and inspect datasets (split manifest, hash, preprocessed cache).
+
+    \b
+      bench data prepare --dataset covidx --data-root /data/covidx
+      bench data info --dataset covidx
+      bench data make-fixture --format covidx --out /tmp/covidx --count 1000 --size 512
+    """
+
+
+DATA_ROOT_HELP = ("Folder holding the dataset (see the card's layout). Default: "
+                  "$BENCH_<NAME>_ROOT, else the card's default_data_root.")
+
+
+@data.command("prepare")
+@click.option("--dataset", required=True, help="Card name (bench list) or path to a .toml card.")
+@click.option("--data-root", type=click.Path(path_type=Path), default=None, help=DATA_ROOT_HELP)
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Decoding processes. Default: the available cores.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
+def data_prepare(dataset: str, data_root: Path | None, workers: int | None,
+                 no_progress: bool) -> None:
+    """Validate the tree, write the split manifest and its hash, build the cache."""
+    prepared = _prepared(dataset, data_root, workers, not no_progress)
+    verb = "built" if prepared.built else "already prepared"
+    click.echo(f"{prepared.card.name}: {verb}, {len(prepared.manifest)} images, split SHA-256 "
+               f"{prepared.split_hash}\ncache: {prepared.folder}")
+    _print_notes(prepared)
+
+
+@data.command("info")
+@click.option("--dataset", required=True, help="Card name (bench list) or path to a .toml card.")
+@click.option("--data-root", type=click.Path(path_type=Path), default=None, help=DATA_ROOT_HELP)
+def data_info(dataset: str, data_root: Path | None) -> None:
+    """Counts per split and label, image sizes seen, split hash (prepares on first use)."""
+    prepared = _prepared(dataset, data_root, None, True)
+    card = prepared.card
+    click.secho(f"{card.name}: {card.description}", bold=True)
+    click.echo(f"format {card.format}; cache {card.channels} x {card.image_size} x "
+               f"{card.image_size}; evaluation unit: {card.unit}")
+    if prepared.meta.get("data_root"):
+        click.echo(f"data root: {prepared.meta['data_root']}")
+    counts = prepared.counts().reindex(["train_mixed", "train_normal", "val", "test"])
+    counts = counts.fillna(0).astype(int)
+    counts["total"] = counts.sum(axis=1)
+    if card.unit == "subject":
+        subjects = prepared.manifest.groupby(["split", "label"]).subject_id.nunique()
+        counts["subjects (healthy/diseased)"] = [
+            f"{subjects.get((s, 0), 0)}/{subjects.get((s, 1), 0)}" for s in counts.index]
+    click.echo(counts.to_string())
+    sizes = prepared.meta.get("image_sizes") or {
+        f"{card.image_size}x{card.image_size}": len(prepared.manifest)}
+    click.echo("image sizes seen (H x W: files): " +
+               ", ".join(f"{k}: {v}" for k, v in sizes.items()))
+    click.echo(f"split SHA-256: {prepared.split_hash}\ndata version: {prepared.data_version}")
+    _print_notes(prepared)
+
+
+@data.command("make-fixture")
+@click.option("--format", "fmt", type=click.Choice(["covidx", "chestxray14", "brain_mri"]),
+              required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Folder to write the tree into (must not exist or be empty).")
+@click.option("--count", type=click.IntRange(10), default=200, show_default=True,
+              help="Images (chest sets) or subjects (brain MRI).")
+@click.option("--size", type=click.IntRange(16), default=256, show_default=True,
+              help="Image side in pixels (chest sets) or volume side (brain MRI).")
+@click.option("--seed", default=0, show_default=True)
+def data_make_fixture(fmt: str, out: Path, count: int, size: int, seed: int) -> None:
+    """Write a little tree in a real dataset's format (synthetic pixels), for trying things."""
+    from tqdm.auto import tqdm
+
+    from benchmark.data import fixtures
+
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"--out {out} is not empty; name a new folder.")
+    out.mkdir(parents=True, exist_ok=True)
+    with tqdm(total=count, desc=f"writing {fmt}", unit="file") as bar:
+        if fmt == "covidx":
+            n_test = max(4, count // 5)
+            fixtures.write_covidx(out, n_train=count - n_test, n_test=n_test, size=size,
+                                  seed=seed, progress=bar.update)
+        elif fmt == "chestxray14":
+            fixtures.write_chestxray14(out, n_images=count, size=size, seed=seed,
+                                       progress=bar.update)
+        else:
+            fixtures.write_brain_mri(out, n_subjects=count, size=size, seed=seed,
+                                     progress=bar.update)
+    click.echo(f"wrote a {fmt} tree to {out}")
+
+
+@data.command("perf")
+@click.option("--counts", default="1000,5000", show_default=True, metavar="N[,N]",
+              help="Tree sizes (PNG files) to measure.")
+@click.option("--size", type=click.IntRange(16), default=512, show_default=True,
+              help="Side of the generated PNGs in pixels.")
+@click.option("--repeats", type=click.IntRange(1), default=3, show_default=True,
+              help="Cold preparations per size; medians are reported.")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Decoding processes. Default: the available cores.")
+@click.option("--trees", type=click.Path(path_type=Path), default=Path("results/perf-trees"),
+              show_default=True, help="Where the generated trees are kept between runs.")
+def data_perf(counts: str, size: int, repeats: int, workers: int | None, trees: Path) -> None:
+    """Measure `bench data prepare` (images/s, peak memory) on generated COVIDx trees."""
+    from benchmark.prepare_perf import ensure_tree, measure_prepare, median_measurement
+
+    sizes = [int(c) for c in counts.split(",") if c.strip()]
+    click.echo(f"{'images':>7} {'run':>4} {'seconds':>8} {'images/s':>9} {'peak MB':>8}")
+    for count in sizes:
+        click.echo(f"generating/reusing a {count}-image {size}px COVIDx tree in {trees} ...",
+                   err=True)
+        tree = ensure_tree(trees, count, size)
+        runs = []
+        for repeat in range(repeats):
+            runs.append(measure_prepare(tree, count, workers=workers))
+            m = runs[-1]
+            click.echo(f"{count:>7} {repeat + 1:>4} {m.seconds:8.1f} {m.images_per_second:9.1f} "
+                       f"{m.peak_rss_bytes / 2**20:8.0f}")
+        m = median_measurement(runs)
+        click.secho(f"{count:>7} {'med':>4} {m.seconds:8.1f} {m.images_per_second:9.1f} "
+                    f"{m.peak_rss_bytes / 2**20:8.0f}", bold=True)
+
+
+def _prepared(dataset: str, data_root: Path | None, workers: int | None,
+              show_progress: bool) -> Any:
+    from benchmark.data import load_card, prepare
+
+    return prepare(load_card(dataset), data_root=data_root, workers=workers,
+                   show_progress=show_progress)
+
+
+def _print_notes(prepared: Any) -> None:
+    meta = prepared.meta
+    for note in meta.get("notes", []):
+        click.secho(f"note: {note}", fg="yellow")
+    for kind, counts in (meta.get("dropped") or {}).items():
+        if counts:
+            click.secho(f"note: dropped ({kind.replace('_', ' ')}): {counts}", fg="yellow")
+
+
 def main() -> None:
     """Console-script entry point."""
     # Deprecation chatter of dependencies (timm, anomalib) says nothing about the user's run.

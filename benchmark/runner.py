@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import shutil
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -123,6 +124,8 @@ def run_plan(plan: RunPlan) -> list[RunResult]:
     # Fail before any training if the tracking store is unusable.
     experiment_id = ensure_experiment(plan.tracking_uri, card.name)
     data = prepare(card, data_root=plan.data_root, show_progress=plan.show_progress)
+    for note in data.meta.get("notes", []):
+        print(f"note ({card.name}): {note}", file=sys.stderr)
     configs = {
         name: make_config(cls, plan.profile, image_size=card.image_size, channels=card.channels,
                           overrides=plan.overrides.get(name))
@@ -177,6 +180,8 @@ def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, see
                                 else "none"),
             "n_train_normal": len(train.normal), "n_train_unlabeled": len(train.unlabeled),
             "threshold_rule": "youden_j_on_val",
+            "evaluation_unit": data.card.unit,
+            **_data_params(data),
             **{f"config.{k}": v for k, v in dataclasses.asdict(config).items()},
             **environment_params(),
         })
@@ -195,20 +200,23 @@ def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, see
         score_seconds = time.perf_counter() - started
 
         # Labels are read only now, after scoring.
-        threshold = metrics.youden_threshold(data.labels_of("val"), val_scores)
-        test_labels = data.labels_of("test")
-        values = metrics.evaluate(test_labels, test_scores, threshold)
+        val_labels, val_units = evaluation_units(data, "val", val_scores)
+        test_labels, test_units = evaluation_units(data, "test", test_scores)
+        threshold = metrics.youden_threshold(val_labels, val_units)
+        values = metrics.evaluate(test_labels, test_units, threshold)
         values.update({
             "threshold": threshold,
-            "val_auc": metrics.roc_auc(data.labels_of("val"), val_scores),
+            "val_auc": metrics.roc_auc(val_labels, val_units),
             "fit_seconds": fit_seconds,
             "score_images_per_second": (len(val_scores) + len(test_scores)) / score_seconds,
         })
         logger.metrics(values)
         logger.table(_scores_table(data, val_scores, test_scores), "scores.csv")
-        logger.table(pd.DataFrame(metrics.roc_points(test_labels, test_scores)), "roc.csv")
-        _log_selection_quality(logger, method, test_labels)
-        _log_figure(logger, method, test_images, test_labels)
+        if data.card.unit == "subject":
+            logger.table(_subject_table(data, val_scores, test_scores), "subject_scores.csv")
+        logger.table(pd.DataFrame(metrics.roc_points(test_labels, test_units)), "roc.csv")
+        _log_selection_quality(logger, method, data)
+        _log_figure(logger, method, test_images, data.labels_of("test"))
         progress.flush()
         logger.finish(ok=True)
         shutil.rmtree(method.workdir, ignore_errors=True)  # finished: nothing to resume
@@ -238,15 +246,47 @@ def run_workdir(method: str, config: Any, data: PreparedDataset, seed: int,
     return WORK_ROOT / data.card.name / f"{method}-s{seed}-{key}"
 
 
-def _log_selection_quality(logger: RunLogger, method: Method, test_labels: np.ndarray) -> None:
+def evaluation_units(data: PreparedDataset, split: str,
+                     scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, scores) per evaluation unit: per image, or slice scores averaged per subject."""
+    labels = data.labels_of(split)
+    if data.card.unit != "subject":
+        return labels, scores
+    table = pd.DataFrame({"subject": data.subjects_of(split), "label": labels, "score": scores})
+    grouped = table.groupby("subject", sort=True).agg(label=("label", "first"),
+                                                      score=("score", "mean"))
+    return grouped.label.to_numpy(), grouped.score.to_numpy()
+
+
+def _data_params(data: PreparedDataset) -> dict[str, Any]:
+    """What the run should say about the data: protocol scale, notes, image sizes seen."""
+    if data.card.is_synthetic:
+        return {}
+    return {"data_root": data.meta.get("data_root", ""),
+            "protocol_scale": data.meta.get("protocol_scale", 1.0),
+            "protocol_notes": "; ".join(data.meta.get("notes", [])) or "none"}
+
+
+def _subject_table(data: PreparedDataset, val_scores: np.ndarray,
+                   test_scores: np.ndarray) -> pd.DataFrame:
+    parts = []
+    for split, scores in (("val", val_scores), ("test", test_scores)):
+        labels, units = evaluation_units(data, split, scores)
+        subjects = np.unique(data.subjects_of(split))
+        parts.append(pd.DataFrame({"subject_id": subjects, "split": split, "label": labels,
+                                   "score": units}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _log_selection_quality(logger: RunLogger, method: Method, data: PreparedDataset) -> None:
     """After final scoring only: the true test AUC of every checkpoint the method weighed,
     beside its label-free AUCp, to show whether AUCp picked a good one."""
     if not method.selection_history:
         return
     rows = []
     for step, values, scores in method.selection_history:
-        rows.append({"iteration": step, **values,
-                     "true_auc": metrics.roc_auc(test_labels, scores)})
+        labels, units = evaluation_units(data, "test", scores)
+        rows.append({"iteration": step, **values, "true_auc": metrics.roc_auc(labels, units)})
     logger.series([("checkpoint_true_auc", row["true_auc"], row["iteration"]) for row in rows])
     logger.table(pd.DataFrame(rows), "selection.csv")
 

@@ -8,12 +8,14 @@ Later runs memory-map the arrays: neither regenerated nor re-decoded.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from numpy.lib.format import open_memmap
 from tqdm.auto import tqdm
 
 from benchmark.api import TrainSet
-from benchmark.data import synthetic
+from benchmark.data import build, protocol, readers, synthetic
 from benchmark.data.cards import DatasetCard
 from benchmark.data.splits import (
     check_subject_disjoint,
@@ -49,6 +51,8 @@ class PreparedDataset:
     images: np.ndarray  # (N, C, H, W) float32 in [0, 1], memory-mapped
     masks: np.ndarray | None  # (N, H, W) uint8 lesion masks where the dataset has them
     folder: Path
+    #: The cache's meta.json: protocol notes and scale, native image sizes, dropped rows.
+    meta: dict = dataclasses.field(default_factory=dict)
     #: True when this call built the cache, False when it was read from disk.
     built: bool = False
 
@@ -65,6 +69,10 @@ class PreparedDataset:
     def ids_of(self, split: str) -> np.ndarray:
         return self.manifest.set_index("row").loc[np.sort(self.rows(split)), "image_id"].to_numpy()
 
+    def subjects_of(self, split: str) -> np.ndarray:
+        return self.manifest.set_index("row").loc[np.sort(self.rows(split)),
+                                                  "subject_id"].to_numpy()
+
     def train_set(self, with_selection: bool = False) -> TrainSet:
         """Training images; with_selection adds the unlabelled test images for AUCp."""
         return TrainSet(normal=self.images_of("train_normal"),
@@ -77,7 +85,11 @@ class PreparedDataset:
         """The protocol's share of healthy test images (a design fact, not read from labels)."""
         if self.card.is_synthetic:
             return 1.0 - synthetic_config(self.card).diseased_share_eval
-        return float(self.card.settings.get("test_normal_share", 0.5))
+        settings = self.card.settings
+        if "test_healthy" in settings and "test_positive" in settings:
+            total = settings["test_healthy"] + settings["test_positive"]
+            return settings["test_healthy"] / total
+        return float(settings.get("test_normal_share", 0.5))
 
     def counts(self) -> pd.DataFrame:
         """Images per split and label (0 healthy, 1 diseased)."""
@@ -86,16 +98,13 @@ class PreparedDataset:
 
 
 def prepare(card: DatasetCard, *, data_root: Path | None = None,
-            cache_root: Path | None = None, show_progress: bool = True) -> PreparedDataset:
+            cache_root: Path | None = None, show_progress: bool = True,
+            workers: int | None = None) -> PreparedDataset:
     """Return the card's prepared dataset, building its cache on first use."""
     cache_root = Path(cache_root or os.environ.get("BENCH_CACHE_DIR") or DEFAULT_CACHE_ROOT)
     if not card.is_synthetic:
-        root = resolve_data_root(card, data_root)
-        raise BenchError(
-            f"dataset '{card.name}' (format '{card.format}', data root {root}): the reader for "
-            f"this format is not implemented yet; it is planned in the real-datasets issue. "
-            f"Use --dataset synthetic meanwhile."
-        )
+        return _prepare_real(card, resolve_data_root(card, data_root), cache_root,
+                             workers=workers, show_progress=show_progress)
     config = synthetic_config(card)
     key = _cache_key(card, extra=str(synthetic.GENERATOR_VERSION))
     folder = cache_root / f"{card.name}-{key[:16]}"
@@ -153,9 +162,7 @@ def _cache_key(card: DatasetCard, extra: str = "") -> str:
 def _build_synthetic_cache(card: DatasetCard, config: synthetic.SyntheticConfig, folder: Path,
                            *, show_progress: bool) -> None:
     specs = synthetic.image_specs(config)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+    with _temporary_folder(folder) as tmp:
         size = config.image_size
         images = open_memmap(tmp / "images.npy", mode="w+", dtype=np.float32,
                              shape=(len(specs), card.channels, size, size))
@@ -192,13 +199,6 @@ def _build_synthetic_cache(card: DatasetCard, config: synthetic.SyntheticConfig,
         }
         # meta.json last: its presence marks a complete cache.
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if folder.exists():  # a concurrent run finished first; keep its (identical) cache
-            shutil.rmtree(tmp)
-        else:
-            tmp.rename(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _open(card: DatasetCard, folder: Path, *, built: bool) -> PreparedDataset:
@@ -215,4 +215,70 @@ def _open(card: DatasetCard, folder: Path, *, built: bool) -> PreparedDataset:
     masks = np.load(masks_path, mmap_mode="r") if masks_path.is_file() else None
     return PreparedDataset(card=card, manifest=manifest, split_hash=split_hash,
                            data_version=meta["data_version"], images=images, masks=masks,
-                           folder=folder, built=built)
+                           folder=folder, meta=meta, built=built)
+
+
+#: Bump when a reader or the preprocessing changes what pixels a tree gives.
+READER_VERSION = 1
+
+
+def _prepare_real(card: DatasetCard, root: Path, cache_root: Path, *, workers: int | None,
+                  show_progress: bool) -> PreparedDataset:
+    """Read and check the tree, assign the splits, and build (or reuse) the cache."""
+    reader = readers.reader_for(card.format)
+    source, dropped = reader.read(card, root)
+    published = readers.published_split(card, root, source)
+    assignment = protocol.assign_splits(source, card.settings, published=published)
+    items = assignment.table.sort_values("image_id").reset_index(drop=True)
+    key = _cache_key(card, extra=f"{READER_VERSION}\n{_tree_fingerprint(items, root)}")
+    folder = cache_root / f"{card.name}-{key[:16]}"
+    if (folder / "meta.json").is_file():
+        return _open(card, folder, built=False)
+    meta = {"dataset": card.name, "data_root": str(root.resolve()),
+            "protocol_scale": assignment.scale, "notes": assignment.notes,
+            "unused": assignment.unused, "dropped": dropped}
+    with _temporary_folder(folder) as tmp:
+        result = build.build_images(items, root, tmp / "images.npy", _decoding(card),
+                                    workers=workers, show_progress=show_progress,
+                                    label=f"preparing {card.name}")
+        manifest = result.manifest
+        check_subject_disjoint(manifest)
+        write_manifest(manifest, tmp / "manifest.csv")
+        meta.update({"split_hash": manifest_hash(manifest), "data_version": key[:16],
+                     "n_images": len(manifest), "image_sizes": result.image_sizes,
+                     "image_shape": [card.channels, card.image_size, card.image_size],
+                     "cache_version": CACHE_VERSION, "reader_version": READER_VERSION})
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return _open(card, folder, built=True)
+
+
+def _decoding(card: DatasetCard) -> build.Decoding:
+    settings = card.settings
+    return build.Decoding(size=card.image_size, channels=card.channels,
+                          intensity=settings.get("intensity", "dtype"),
+                          drop_top_fraction=float(settings.get("drop_top_fraction", 0.0)),
+                          min_foreground=float(settings.get("min_foreground", 0.05)))
+
+
+def _tree_fingerprint(items: pd.DataFrame, root: Path) -> str:
+    """Ids, labels, splits and file sizes: a changed tree gets a new cache, a moved one not."""
+    sizes = [(root / path).stat().st_size for path in items.path]
+    table = items.loc[:, ["image_id", "path", "label", "subject_id", "split"]].assign(size=sizes)
+    text = table.to_csv(index=False, lineterminator="\n")
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@contextlib.contextmanager
+def _temporary_folder(folder: Path) -> Iterator[Path]:
+    """A sibling temp folder renamed to `folder` on success and deleted on any failure."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        yield tmp
+        if folder.exists():  # a concurrent preparation finished first; keep its copy
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

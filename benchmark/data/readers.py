@@ -1,0 +1,25 @@
+"""Format name -> reader module. Each reader has `read(card, root) -> (source table, dropped)`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+
+import pandas as pd
+
+from benchmark.data import brain_mri, chestxray14, covidx, folder
+from benchmark.data.cards import DatasetCard
+
+READERS: dict[str, ModuleType] = {"covidx": covidx, "chestxray14": chestxray14,
+                                  "brain_mri": brain_mri, "folder": folder}
+
+
+def reader_for(fmt: str) -> ModuleType:
+    return READERS[fmt]
+
+
+def published_split(card: DatasetCard, root: Path, source: pd.DataFrame) -> pd.Series | None:
+    """A published image -> split assignment where the format has one (COVIDx lists)."""
+    if card.format == "covidx":
+        return covidx.published_split(card, root, source)
+    return None

@@ -1,0 +1,117 @@
+"""What a reader hands to the cache builder: one row per source item, checked against the tree.
+
+A reader turns a dataset tree (label files, folders, CSVs) into a *source table* with columns
+
+    image_id    unique id of the image (or, for an MRI volume, of the subject's volume)
+    path        file path relative to the data root
+    label       0 healthy, 1 diseased
+    subject_id  patient / subject (splits are disjoint by it)
+    pool        where the published split puts it: "train", "val", "test", or "any" when the
+                dataset has no official split (the protocol then carves all splits from it)
+    kind        "image" (one file, one row in the cache) or "volume" (one NIfTI file, many slices)
+
+The helpers here turn every way a tree can be wrong into one message naming the file and the
+problem: a path escaping the root, a missing file, a duplicate id, an unknown label, an empty
+class, a file that is not an image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import pandas as pd
+
+from benchmark.data.pixels import IMAGE_SUFFIXES, VOLUME_SUFFIXES
+from benchmark.errors import BenchError
+
+SOURCE_COLUMNS = ("image_id", "path", "label", "subject_id", "pool", "kind")
+LABEL_NAMES = {0: "healthy", 1: "diseased"}
+
+
+def source_table(rows: Iterable[dict], *, origin: str) -> pd.DataFrame:
+    """Build the table from row dicts; an empty result is an error (wrong root or empty lists)."""
+    table = pd.DataFrame(list(rows), columns=list(SOURCE_COLUMNS))
+    if table.empty:
+        raise BenchError(f"{origin} lists no images. Check that the data root is the right "
+                         f"folder and that the label files are not empty.")
+    table["label"] = table["label"].astype(int)
+    return table
+
+
+def resolve_inside(root: Path, relative: str, *, origin: str) -> Path:
+    """`root/relative`, refusing absolute paths and `..` that would leave the data root."""
+    candidate = Path(relative)
+    if candidate.is_absolute() or ".." in candidate.parts:
+        raise BenchError(f"{origin}: the file name '{relative}' points outside the data root "
+                         f"{root}. Label files must name images inside the tree; fix that line.")
+    return root / candidate
+
+
+def require_files(root: Path, required: Iterable[str], *, dataset: str, layout: str) -> None:
+    """A wrong root fails here, listing what is missing and the layout it should have."""
+    missing = [name for name in required if not (root / name).exists()]
+    if missing:
+        raise BenchError(
+            f"{root} does not look like a {dataset} tree: {', '.join(missing)} not found.\n"
+            f"Expected layout:\n{layout.rstrip()}\nPoint --data-root at the folder holding it."
+        )
+
+
+def map_label(raw: str, label_map: Mapping[str, int | None], *, origin: str) -> int | None:
+    """0/1 for a known label, None for one the card drops on purpose; unknown ones stop."""
+    if raw in label_map:
+        return label_map[raw]
+    known = ", ".join(sorted(label_map))
+    raise BenchError(f"{origin}: unknown label '{raw}'. Known labels: {known}. Add it to the "
+                     f"card's label map (or fix the label file).")
+
+
+def check_table(table: pd.DataFrame, root: Path, *, origin: str) -> None:
+    """Files exist and are images; ids are unique; both classes are present."""
+    _check_duplicates(table, origin=origin)
+    _check_files(table, root, origin=origin)
+    _check_classes(table, origin=origin)
+
+
+def _check_duplicates(table: pd.DataFrame, *, origin: str) -> None:
+    duplicated = table.image_id[table.image_id.duplicated()]
+    if len(duplicated):
+        raise BenchError(f"{origin}: image id '{duplicated.iloc[0]}' appears more than once "
+                         f"({len(duplicated)} duplicate(s)). Each image must be listed once; "
+                         f"remove the duplicate lines.")
+
+
+def _check_files(table: pd.DataFrame, root: Path, *, origin: str) -> None:
+    missing: list[str] = []
+    for path, kind in zip(table.path, table.kind, strict=True):
+        suffixes = VOLUME_SUFFIXES if kind == "volume" else IMAGE_SUFFIXES
+        if not any(path.lower().endswith(s) for s in suffixes):
+            raise BenchError(f"{origin}: '{path}' is not an image file (expected one of "
+                             f"{', '.join(suffixes)}). Remove it or convert it.")
+        if not (root / path).is_file():
+            missing.append(path)
+    if missing:
+        raise BenchError(f"{origin} names {len(missing)} image(s) that are not in {root}, "
+                         f"first: '{missing[0]}'. Unpack the missing images there, or fix the "
+                         f"label file.")
+
+
+def _check_classes(table: pd.DataFrame, *, origin: str) -> None:
+    for label, name in LABEL_NAMES.items():
+        if not (table.label == label).any():
+            raise BenchError(f"{origin}: no {name} images found, so the class is empty. "
+                             f"Anomaly detection needs both; check the labels and the label map.")
+
+
+def image_files(folder: Path, *, origin: str) -> list[Path]:
+    """Every image in a folder tree (sorted); any other non-hidden file there is an error."""
+    files: list[Path] = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue  # .DS_Store and friends
+        if not path.name.lower().endswith(IMAGE_SUFFIXES):
+            raise BenchError(f"{origin}: {path} is not an image file (expected one of "
+                             f"{', '.join(IMAGE_SUFFIXES)}). Move it out of the image folders.")
+        files.append(path)
+    return files
