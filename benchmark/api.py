@@ -132,6 +132,11 @@ class Method(ABC):
         """A matplotlib figure explaining the method's output on `images`, or None."""
         return None
 
+    def explain(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Extra per-pixel outputs worth showing beside the anomaly map, name -> (N, H, W)
+        (AnomalyPro: the healthy-looking translation and its mask M). Default: none."""
+        return {}
+
     def config_dict(self) -> dict[str, Any]:
         """The full resolved config, for logging."""
         return dataclasses.asdict(self.config)

@@ -80,6 +80,17 @@ def _parse_seeds(text: str) -> list[int]:
     return list(dict.fromkeys(seeds))
 
 
+def _stop_cleanly_on_sigterm() -> None:
+    """SIGTERM (a scheduler's kill, `kill PID`) ends the run like Ctrl-C: the run in progress
+    is marked failed in MLflow and keeps its checkpoint; finished runs are already logged."""
+    import signal
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def _has_setting(method: str, name: str) -> bool:
     import dataclasses
 
@@ -143,12 +154,28 @@ def _parse_settings(items: tuple[str, ...], weights: tuple[str, ...],
 @click.option("--contaminated", is_flag=True,
               help="Train every method on normal + unlabeled images (contaminated setting).")
 @click.option("--no-progress", is_flag=True, help="No progress bars (for logs).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
+              show_default=True,
+              help="local: in this process (or --jobs worker processes); ray: one Ray task "
+                   "per run (pip install 'medad-bench[ray]').")
+@click.option("--jobs", type=click.IntRange(1), default=1, show_default=True,
+              help="Runs at a time with --executor local (worker processes).")
+@click.option("--ray-address", default=None, metavar="ADDRESS",
+              help="Join this Ray cluster (e.g. ray://head:10001); default: start a local one.")
+@click.option("--force", is_flag=True,
+              help="Rerun runs already finished with the same run key (normally skipped).")
 @tracking_option
 def run(methods: str, dataset: str, seeds: str, profile: str, device: str,
         data_root: Path | None, weights: tuple[str, ...], settings: tuple[str, ...],
-        select: str | None, contaminated: bool, no_progress: bool,
-        tracking_uri: str | None) -> None:
-    """Train and evaluate methods on a dataset; log every run to MLflow."""
+        select: str | None, contaminated: bool, no_progress: bool, executor: str, jobs: int,
+        ray_address: str | None, force: bool, tracking_uri: str | None) -> None:
+    """Train and evaluate methods on a dataset; log every run to MLflow.
+
+    Each run has a key (method, resolved config, split hash, data version, seed, code
+    version). A run already finished with its key is skipped, so an interrupted grid is
+    finished by running the same command again; runs killed midway are marked failed in MLflow
+    and done again (AnomalyPro resumes from its last checkpoint). --force reruns everything.
+    """
     from benchmark.api import get_method, parse_method_list
     from benchmark.runner import RunPlan, run_plan
     from benchmark.tracking import resolve_tracking_uri
@@ -165,14 +192,21 @@ def run(methods: str, dataset: str, seeds: str, profile: str, device: str,
     plan = RunPlan(methods=names, dataset=dataset, seeds=_parse_seeds(seeds), profile=profile,
                    device=device, tracking_uri=resolve_tracking_uri(tracking_uri),
                    data_root=data_root, overrides=overrides,
-                   contaminated=contaminated, show_progress=not no_progress)
+                   contaminated=contaminated, show_progress=not no_progress,
+                   executor=executor, jobs=jobs, ray_address=ray_address, force=force)
+    if ray_address and executor != "ray":
+        raise UsageError("--ray-address needs --executor ray.")
+    if jobs > 1 and executor != "local":
+        raise UsageError("--jobs applies to --executor local; Ray schedules by resources.")
+    _stop_cleanly_on_sigterm()
     results = run_plan(plan)
     click.echo(f"\n{'method':<12} {'seed':>4}  {'AUC':>6}  {'F1':>6}  {'fit s':>7}  run id")
     for result in results:
         if result.ok:
             m = result.metrics
+            done = "skipped: finished before" if result.skipped else ""
             click.echo(f"{result.method:<12} {result.seed:>4}  {m['auc']:6.4f}  {m['f1']:6.4f}  "
-                       f"{m['fit_seconds']:7.1f}  {result.run_id}")
+                       f"{m['fit_seconds']:7.1f}  {result.run_id} {done}".rstrip())
         else:
             click.secho(f"{result.method:<12} {result.seed:>4}  FAILED: {result.error}", fg="red")
     click.echo(f"\nLogged to {plan.tracking_uri}. Table: bench report --dataset {dataset}")
@@ -184,30 +218,61 @@ def run(methods: str, dataset: str, seeds: str, profile: str, device: str,
 
 @cli.command()
 @click.option("--dataset", default="synthetic", show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["md", "latex"]), default="md",
-              show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["md", "latex", "html"]), default="md",
+              show_default=True,
+              help="md: Markdown linking the figures; latex: a booktabs table; html: one "
+                   "self-contained page with the table and every figure.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Output file. Default: reports/<dataset>.md or .tex; `-` prints only.")
+              help="Output file. Default: reports/<dataset>.md|.tex|.html; `-` prints the "
+                   "table only (no figures, nothing logged).")
 @click.option("--profile", type=click.Choice(["quick", "full"]), default=None,
               help="Which runs to tabulate. Default: the profile of the newest run.")
 @click.option("--contaminated", is_flag=True, help="Tabulate the contaminated-setting runs.")
+@click.option("--no-figures", is_flag=True, help="The table only (faster; no figures).")
+@click.option("--no-log", is_flag=True, help="Do not log the report to MLflow.")
 @tracking_option
 def report(dataset: str, fmt: str, out: Path | None, profile: str | None, contaminated: bool,
-           tracking_uri: str | None) -> None:
-    """Build Table 1 (a row per method, mean ± std over seeds) from the tracking store."""
-    from benchmark.report import select_runs, to_latex, to_markdown
-    from benchmark.tracking import resolve_tracking_uri
+           no_figures: bool, no_log: bool, tracking_uri: str | None) -> None:
+    """Build Table 1 (a row per method: AUC mean ± std over seeds with its 95% CI and a paired
+    test against the best) and the figures: ROC curves, score distributions, anomaly maps,
+    cost and the paired comparison. Figures go to reports/<dataset>/ and, with the table, to
+    an MLflow run tagged bench.kind=report."""
+    from benchmark.report import caption, select_runs, to_html_table, to_latex, to_markdown
+    from benchmark.tracking import log_report, resolve_tracking_uri
 
-    data = select_runs(resolve_tracking_uri(tracking_uri), dataset, profile,
-                       contaminated=contaminated)
-    text = to_markdown(data) if fmt == "md" else to_latex(data)
-    click.echo(text)
+    uri = resolve_tracking_uri(tracking_uri)
+    data = select_runs(uri, dataset, profile, contaminated=contaminated)
+    suffix = "-contaminated" if contaminated else ""
+    extension = {"md": "md", "latex": "tex", "html": "html"}[fmt]
+    out = out or Path("reports") / f"{dataset}{suffix}.{extension}"
+    printing_only = str(out) == "-"
+    figure_dir = out.parent / f"{dataset}{suffix}"
+    figures: dict[str, Path] = {}
+    if not no_figures and fmt != "latex" and not printing_only:
+        from benchmark.report_figures import build_figures
+
+        figures = build_figures(data, figure_dir)
+    if fmt == "md":
+        text = to_markdown(data, figures, relative_to=out.parent if str(out) != "-" else None)
+    elif fmt == "latex":
+        text = to_latex(data)
+    else:
+        from benchmark.html_report import render_html
+
+        text = render_html(title=f"Table 1: {dataset}", caption=caption(data),
+                           table_html=to_html_table(data), figures=figures, notes=data.notes)
+    if fmt != "html" or str(out) == "-":
+        click.echo(text)
     if str(out) != "-":
-        suffix = "-contaminated" if contaminated else ""
-        out = out or Path("reports") / f"{dataset}{suffix}.{'md' if fmt == 'md' else 'tex'}"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
-        click.echo(f"Written to {out}", err=True)
+        click.echo(f"Written to {out}" + (f"; figures in {figure_dir}" if figures else ""),
+                   err=True)
+        if not no_log:
+            run_id = log_report(uri, dataset, [out, *figures.values()],
+                                {"format": fmt, "profile": data.profile,
+                                 "split_hash": data.split_hash, "seeds": data.seeds})
+            click.echo(f"Logged to MLflow run {run_id} ({uri}).", err=True)
 
 
 @cli.command()
@@ -237,7 +302,7 @@ def check(dataset: str, against: Path | None, tolerance: float | None, update: b
     against = against or Path("results") / "reference" / f"{dataset}.json"
     uri = resolve_tracking_uri(tracking_uri)
     if update:
-        data = select_runs(uri, dataset, profile)
+        data = select_runs(uri, dataset, profile, statistics=False)
         reference = reference_from(data, DEFAULT_TOLERANCE if tolerance is None else tolerance)
         write_reference(reference, against)
         click.echo(json.dumps(reference, indent=2))
@@ -247,7 +312,7 @@ def check(dataset: str, against: Path | None, tolerance: float | None, update: b
     if reference["dataset"] != dataset:
         raise UsageError(f"{against} is the reference of '{reference['dataset']}', "
                          f"not '{dataset}'.")
-    data = select_runs(uri, dataset, profile or reference["profile"])
+    data = select_runs(uri, dataset, profile or reference["profile"], statistics=False)
     outcome = compare(reference, data, tolerance)
     click.echo(outcome.table.to_markdown(index=False))
     if not outcome.ok:

@@ -6,12 +6,15 @@ Markdown and LaTeX both come from one pandas table; the LaTeX goes through panda
 
 from __future__ import annotations
 
+import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from benchmark import stats
 from benchmark.errors import BenchError
 from benchmark.metrics import METRIC_NAMES
 from benchmark.tracking import finished_runs
@@ -32,10 +35,19 @@ class ReportData:
     runs: pd.DataFrame  # one row per (method, seed): the latest finished run
     notes: list[str]
     contaminated: bool = False
+    uri: str = ""
+    #: Seed-mean AUC statistics over the shared test images (stats.seed_mean_comparison):
+    #: summary (CI, p vs best, ties) and the pairwise p-values; None when scores are missing.
+    statistics: pd.DataFrame | None = None
+    pairwise: pd.DataFrame | None = None
+    #: Test labels and per-method (seeds x images) test scores, at the evaluation unit.
+    test_labels: np.ndarray | None = None
+    test_scores: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def select_runs(uri: str, dataset: str, profile: str | None = None,
-                split_hash: str | None = None, contaminated: bool = False) -> ReportData:
+                split_hash: str | None = None, contaminated: bool = False,
+                statistics: bool = True) -> ReportData:
     """The latest finished run per (method, seed) with one profile and one split hash.
 
     Defaults: the profile and split hash of the newest finished run, so a report never mixes
@@ -71,10 +83,64 @@ def select_runs(uri: str, dataset: str, profile: str | None = None,
     if seeds_per_method.nunique() > 1:
         detail = "; ".join(f"{m}: {list(s)}" for m, s in seeds_per_method.items())
         notes.append(f"methods ran on different seeds ({detail}).")
-    return ReportData(dataset=dataset, profile=profile, split_hash=split_hash,
+    data = ReportData(dataset=dataset, profile=profile, split_hash=split_hash,
                       data_version=data_version,
                       seeds=sorted(latest.seed.unique().tolist()), runs=latest, notes=notes,
-                      contaminated=contaminated)
+                      contaminated=contaminated, uri=uri)
+    if statistics:
+        add_statistics(data)
+    return data
+
+
+#: Resamples of the bootstrap over test images behind every CI and paired p-value.
+N_BOOT = 2000
+ALPHA = 0.05
+STATS_TEXT = (f"95% CI of the seed-mean AUC and paired p-values against the best method from "
+              f"a stratified bootstrap over the test images ({N_BOOT} resamples, the same "
+              f"resamples for every method and seed)")
+
+
+def add_statistics(data: ReportData) -> None:
+    """Load every run's test scores and compute the seed-mean AUC CI and paired tests."""
+    labels, scores = load_test_scores(data.uri, data.runs)
+    if labels is None:
+        data.notes.append("no CIs or paired tests: some runs lack their scores.csv artifact.")
+        return
+    data.test_labels, data.test_scores = labels, scores
+    data.statistics, data.pairwise = stats.seed_mean_comparison(labels, scores, alpha=ALPHA,
+                                                                n_boot=N_BOOT, seed=0)
+
+
+def load_test_scores(uri: str, runs: pd.DataFrame
+                     ) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+    """(test labels, method -> (seeds, units) scores) from the runs' score artifacts; the
+    evaluation unit's table (subject_scores.csv) where the dataset is evaluated per subject."""
+    labels: np.ndarray | None = None
+    ids: np.ndarray | None = None
+    per_method: dict[str, list[np.ndarray]] = {}
+    for run in runs.itertuples(index=False):
+        table = _test_table(uri, run.run_id)
+        if table is None:
+            return None, {}
+        if ids is None:
+            ids, labels = table.iloc[:, 0].to_numpy(), table.label.to_numpy()
+        elif not np.array_equal(ids, table.iloc[:, 0].to_numpy()):
+            raise BenchError(f"run {run.run_id} scored other test images than the others, "
+                             f"although its split hash matches. Rerun it.")
+        per_method.setdefault(run.method, []).append(table.score.to_numpy())
+    return labels, {m: np.stack(v) for m, v in per_method.items()}
+
+
+def _test_table(uri: str, run_id: str) -> pd.DataFrame | None:
+    from benchmark.tracking import download_artifact
+
+    for name in ("subject_scores.csv", "scores.csv"):
+        path = download_artifact(uri, run_id, name)
+        if path is not None:
+            table = pd.read_csv(path, dtype={"image_id": str, "subject_id": str})
+            table = table[table.split == "test"]
+            return table.sort_values(table.columns[0]).reset_index(drop=True)
+    return None
 
 
 def summary_table(data: ReportData) -> pd.DataFrame:
@@ -84,6 +150,7 @@ def summary_table(data: ReportData) -> pd.DataFrame:
     if missing:
         raise BenchError(f"runs lack metrics {missing}: they were logged by an older version. "
                          f"Rerun them.")
+    columns += [f"metric.{m}" for m in PIXEL_TITLES if f"metric.{m}" in data.runs.columns]
     grouped = data.runs.groupby("method")[columns]
     table = pd.concat({"mean": grouped.mean(), "std": grouped.std(ddof=1),
                        "n": grouped.count()}, axis=1)
@@ -92,19 +159,53 @@ def summary_table(data: ReportData) -> pd.DataFrame:
     return table
 
 
-def _cells(table: pd.DataFrame, plus_minus: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Display strings and a same-shaped boolean frame marking the best mean per column."""
+PIXEL_TITLES = {"pixel_auroc": "Pixel AUROC", "pixel_dice": "Dice"}
+TIE_MARK = "†"
+
+
+def _cells(data: ReportData, table: pd.DataFrame,
+           plus_minus: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Display strings and a same-shaped boolean frame marking what is bold.
+
+    AUC: the best is bold only when its lead over every other method holds in the paired test
+    at the 5% level; otherwise the best and the methods tied with it carry a dagger. Other
+    columns: the best mean in bold.
+    """
     text = pd.DataFrame(index=table.index)
-    best = pd.DataFrame(index=table.index)
+    bold = pd.DataFrame(index=table.index)
     for metric in METRIC_NAMES:
         mean, std = table[(metric, "mean")], table[(metric, "std")]
-        text[COLUMN_TITLES[metric]] = [
-            f"{m:.3f}" if np.isnan(s) else f"{m:.3f}{plus_minus}{s:.3f}"
-            for m, s in zip(mean, std, strict=True)
-        ]
-        best[COLUMN_TITLES[metric]] = np.isclose(mean, mean.max(), rtol=0, atol=5e-4)
+        title = COLUMN_TITLES[metric]
+        text[title] = [f"{m:.3f}" if np.isnan(s) else f"{m:.3f}{plus_minus}{s:.3f}"
+                       for m, s in zip(mean, std, strict=True)]
+        bold[title] = np.isclose(mean, mean.max(), rtol=0, atol=5e-4)
+        if metric == "auc" and data.statistics is not None:
+            _auc_statistics(data.statistics, text, bold)
+    for metric, title in PIXEL_TITLES.items():
+        if (metric, "mean") in table.columns and table[(metric, "mean")].notna().any():
+            mean, std = table[(metric, "mean")], table[(metric, "std")]
+            text[title] = ["—" if np.isnan(m) else f"{m:.3f}" if np.isnan(s)
+                           else f"{m:.3f}{plus_minus}{s:.3f}"
+                           for m, s in zip(mean, std, strict=True)]
+            bold[title] = np.isclose(mean, mean.max(), rtol=0, atol=5e-4)
     text.index.name = "Method"
-    return text, best
+    return text, bold
+
+
+def _auc_statistics(statistics: pd.DataFrame, text: pd.DataFrame, bold: pd.DataFrame) -> None:
+    by_method = statistics.set_index("method").reindex(text.index)
+    text["AUC 95% CI"] = [f"[{lo:.3f}, {hi:.3f}]" for lo, hi in
+                          zip(by_method.ci_low, by_method.ci_high, strict=True)]
+    text["p vs best"] = ["best" if np.isnan(p) else "<0.001" if p < 0.001 else f"{p:.3f}"
+                         for p in by_method.p_value]
+    tied = by_method.tied_with_best.to_numpy(dtype=bool)
+    alone = tied.sum() == 1
+    bold["AUC"] = tied & alone
+    if not alone:
+        text["AUC"] = [f"{t} {TIE_MARK}" if is_tied else t
+                       for t, is_tied in zip(text["AUC"], tied, strict=True)]
+    bold["AUC 95% CI"] = False
+    bold["p vs best"] = False
 
 
 def caption(data: ReportData, plus_minus: str = " ± ") -> str:
@@ -115,23 +216,51 @@ def caption(data: ReportData, plus_minus: str = " ± ") -> str:
         spread = f"1 seed ({seeds}), no spread"
     setting = (" in the contaminated setting (every method trained on healthy + unlabelled "
                "images)" if data.contaminated else "")
+    if data.statistics is not None:
+        tied = data.statistics.tied_with_best.sum()
+        significance = (f"{STATS_TEXT}. The best AUC is bold only where its lead holds at the "
+                        f"{ALPHA:.0%} level; "
+                        + ("here it does" if tied == 1 else
+                           f"here it does not: {TIE_MARK} marks the {tied} methods not "
+                           f"significantly different from the best") + "; ")
+    else:
+        significance = ""
     return (f"Anomaly detection on {data.dataset}{setting} ({data.profile} profile): "
             f"test-set ROC AUC, "
             f"and precision, recall, specificity, F1 and accuracy at the threshold maximising "
-            f"Youden's J on the validation split; {spread}; best per column in bold. "
+            f"Youden's J on the validation split; {spread}. {significance}"
+            f"other columns: best mean in bold. "
             f"Split SHA-256 {data.split_hash}; data version {data.data_version}.")
 
 
-def to_markdown(data: ReportData) -> str:
-    text, best = _cells(summary_table(data), " ± ")
+def to_markdown(data: ReportData, figures: dict[str, Path] | None = None,
+                relative_to: Path | None = None) -> str:
+    text, best = _cells(data, summary_table(data), " ± ")
     shown = text.where(~best, "**" + text + "**")
     lines = [f"**Table 1.** {caption(data)}", "", shown.to_markdown(), ""]
     lines += [f"Note: {note}" for note in data.notes]
+    if figures:
+        lines += ["", "Figures:", ""]
+        for title, path in figures.items():
+            link = os.path.relpath(path, relative_to) if relative_to else str(path)
+            lines.append(f"- [{title}]({Path(link).as_posix()})")
     return "\n".join(lines).rstrip() + "\n"
 
 
+def to_html_table(data: ReportData) -> str:
+    """The table as HTML (bold kept), for the self-contained page."""
+    text, best = _cells(data, summary_table(data), " ± ")
+    styler = text.style.apply(lambda col: np.where(best[col.name], "font-weight: bold;", ""),
+                              axis=0)
+    return styler.set_uuid("table1").to_html()
+
+
 def to_latex(data: ReportData) -> str:
-    text, best = _cells(summary_table(data), r" $\pm$ ")
+    text, best = _cells(data, summary_table(data), r" $\pm$ ")
+    text = text.apply(lambda col: col.str.replace(TIE_MARK, r"$^{\dagger}$", regex=False)
+                      .str.replace("<", "$<$", regex=False))
+    best.columns = [_escape_latex(c) for c in best.columns]
+    text.columns = [_escape_latex(c) for c in text.columns]
     # "Method" as an ordinary first column: a named index would add a second header row.
     text = text.reset_index()
     text["Method"] = [_escape_latex(str(name)) for name in text["Method"]]
@@ -143,7 +272,8 @@ def to_latex(data: ReportData) -> str:
     latex = styler.to_latex(
         hrules=True,  # booktabs \toprule \midrule \bottomrule
         convert_css=True,
-        caption=_escape_latex(caption(data, " +- ") + notes).replace("+-", r"$\pm$"),
+        caption=_escape_latex(caption(data, " +- ") + notes).replace("+-", r"$\pm$")
+        .replace(TIE_MARK, r"$^{\dagger}$"),
         label=f"tab:{_escape_latex(data.dataset)}",
         position_float="centering",
         column_format="l" + "c" * (len(text.columns) - 1),

@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
+import socket
 import sys
 import time
 import traceback
@@ -22,12 +24,20 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from benchmark import metrics
+from benchmark import metrics, stats
 from benchmark.api import Method, Progress, TrainSet, get_method, make_config
 from benchmark.data import PreparedDataset, load_card, prepare
 from benchmark.data.prepared import resolve_data_root
 from benchmark.errors import BenchError, UsageError
-from benchmark.tracking import RunLogger, ensure_experiment, environment_params
+from benchmark.tracking import (
+    RunLogger,
+    code_version,
+    ensure_experiment,
+    environment_params,
+    is_alive_here,
+    mark_killed,
+    runs_by_key,
+)
 
 #: Per-run working folders (checkpoints for resume); removed when a run finishes.
 WORK_ROOT = Path("results") / "runs"
@@ -41,6 +51,8 @@ class RunResult:
     ok: bool
     metrics: dict[str, float] = field(default_factory=dict)
     error: str = ""
+    #: Finished earlier with the same run key, so not run again.
+    skipped: bool = False
 
 
 def resolve_device(name: str) -> torch.device:
@@ -108,12 +120,30 @@ class RunPlan:
     #: Train every method on normal + unlabeled (the contaminated setting).
     contaminated: bool = False
     show_progress: bool = True
+    #: local (in process, or `jobs` worker processes) or ray.
+    executor: str = "local"
+    jobs: int = 1
+    ray_address: str | None = None
+    #: Rerun even runs already finished with the same key.
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One (method, seed) of a plan, with its run key; small and picklable for workers."""
+
+    method: str
+    seed: int
+    key: str
+    label: str
 
 
 def run_plan(plan: RunPlan) -> list[RunResult]:
-    """Prepare the dataset once, then run every (method, seed); returns one result per run."""
+    """Prepare the dataset once, skip runs already finished with the same key, and execute the
+    rest with the plan's executor; returns one result per (method, seed), skipped ones too."""
     card = load_card(plan.dataset)
-    method_classes = {name: get_method(name) for name in plan.methods}
+    for name in plan.methods:
+        get_method(name)  # an unknown name fails here, before any work
     unknown = set(plan.overrides) - set(plan.methods)
     if unknown:
         raise UsageError(f"settings given for {', '.join(sorted(unknown))}, which is not among "
@@ -126,20 +156,74 @@ def run_plan(plan: RunPlan) -> list[RunResult]:
     data = prepare(card, data_root=plan.data_root, show_progress=plan.show_progress)
     for note in data.meta.get("notes", []):
         print(f"note ({card.name}): {note}", file=sys.stderr)
-    configs = {
-        name: make_config(cls, plan.profile, image_size=card.image_size, channels=card.channels,
-                          overrides=plan.overrides.get(name))
-        for name, cls in method_classes.items()
-    }
-    results = []
+    configs = plan_configs(plan, card)
+    version = code_version()
+    specs = []
     total = len(plan.methods) * len(plan.seeds)
     for number, (name, seed) in enumerate(
             ((m, s) for m in plan.methods for s in plan.seeds), start=1):
-        label = f"[{number}/{total}] {name} seed={seed}"
-        results.append(run_one(method_classes[name], configs[name], data, seed=seed,
-                               device=device, plan=plan, experiment_id=experiment_id,
-                               label=label))
-    return results
+        key = run_key(name, configs[name], data, seed, plan, version)
+        specs.append(RunSpec(name, seed, key, f"[{number}/{total}] {name} seed={seed}"))
+    skipped, todo = triage(plan, experiment_id, specs)
+    from benchmark.executors import execute
+
+    done = execute(plan, todo, device=str(device), experiment_id=experiment_id)
+    order = {(s.method, s.seed): i for i, s in enumerate(specs)}
+    return sorted(skipped + done, key=lambda r: order[(r.method, r.seed)])
+
+
+def plan_configs(plan: RunPlan, card: Any) -> dict[str, Any]:
+    return {name: make_config(get_method(name), plan.profile, image_size=card.image_size,
+                              channels=card.channels, overrides=plan.overrides.get(name))
+            for name in plan.methods}
+
+
+def run_key(method: str, config: Any, data: PreparedDataset, seed: int, plan: RunPlan,
+            version: str) -> str:
+    """Hash of everything that defines a run's result: same key, same result."""
+    identity = json.dumps({"method": method, "config": dataclasses.asdict(config),
+                           "split": data.split_hash, "data": data.data_version, "seed": seed,
+                           "profile": plan.profile, "contaminated": plan.contaminated,
+                           "code": version}, sort_keys=True, default=str)
+    return hashlib.sha256(identity.encode()).hexdigest()[:24]
+
+
+def triage(plan: RunPlan, experiment_id: str,
+           specs: list[RunSpec]) -> tuple[list[RunResult], list[RunSpec]]:
+    """Split the grid into runs already finished with their key (skipped) and runs to do.
+
+    A run left RUNNING by a process that no longer exists was killed: it is marked FAILED and
+    done again. One still alive on this machine belongs to another `bench run`: left alone.
+    """
+    existing = runs_by_key(plan.tracking_uri, experiment_id)
+    skipped: list[RunResult] = []
+    todo: list[RunSpec] = []
+    for spec in specs:
+        runs = existing.get(spec.key, [])
+        finished = [r for r in runs if r.status == "FINISHED"]
+        for run in runs:
+            if run.status == "RUNNING" and not is_alive_here(run):
+                mark_killed(plan.tracking_uri, run.run_id)
+        if finished and not plan.force:
+            skipped.append(RunResult(spec.method, spec.seed, finished[0].run_id, ok=True,
+                                     metrics=finished[0].metrics, skipped=True))
+        elif any(r.status == "RUNNING" and is_alive_here(r) for r in runs) and not plan.force:
+            print(f"{spec.label}: running now in another process here; not started twice",
+                  file=sys.stderr)
+        else:
+            todo.append(spec)
+    return skipped, todo
+
+
+def execute_spec(plan: RunPlan, spec: RunSpec, *, device: str,
+                 experiment_id: str) -> RunResult:
+    """Run one spec in this process (the body every executor calls)."""
+    card = load_card(plan.dataset)
+    data = prepare(card, data_root=plan.data_root, show_progress=False)
+    config = plan_configs(plan, card)[spec.method]
+    return run_one(get_method(spec.method), config, data, seed=spec.seed,
+                   device=torch.device(device), plan=plan, experiment_id=experiment_id,
+                   label=spec.label, key=spec.key)
 
 
 def training_set(method: type[Method], data: PreparedDataset, contaminated: bool) -> TrainSet:
@@ -158,22 +242,25 @@ def training_set(method: type[Method], data: PreparedDataset, contaminated: bool
 
 
 def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, seed: int,
-            device: torch.device, plan: RunPlan, experiment_id: str, label: str) -> RunResult:
+            device: torch.device, plan: RunPlan, experiment_id: str, label: str,
+            key: str) -> RunResult:
     """Train, score, evaluate and log one run. A failure inside the method marks the MLflow
     run FAILED and is returned (the grid goes on); a BenchError stops everything."""
     method = method_cls(config)
     logger = RunLogger(plan.tracking_uri, experiment_id, run_name=f"{method_cls.name}-s{seed}",
                        tags={"method": method_cls.name, "dataset": data.card.name,
                              "seed": str(seed), "profile": plan.profile,
-                             "split_hash": data.split_hash})
+                             "split_hash": data.split_hash, "run_key": key,
+                             "host": socket.gethostname(), "pid": str(os.getpid())})
     progress = BarProgress(label, enabled=plan.show_progress, logger=logger)
     train = training_set(method_cls, data, plan.contaminated)
-    method.workdir = run_workdir(method_cls.name, config, data, seed, plan.contaminated)
+    method.workdir = WORK_ROOT.resolve() / data.card.name / f"{method_cls.name}-s{seed}-{key}"
     try:
         logger.params({
             "method": method_cls.name, "dataset": data.card.name, "seed": seed,
             "profile": plan.profile, "device": str(device), "split_hash": data.split_hash,
             "data_version": data.data_version, "contaminated": str(plan.contaminated).lower(),
+            "run_key": key,
             "trained_on": ",".join(s for s in ("normal", "unlabeled")
                                    if len(getattr(train, s))),
             "model_selection": ("aucp_on_unlabelled_test" if method_cls.uses_selection
@@ -204,6 +291,7 @@ def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, see
         test_labels, test_units = evaluation_units(data, "test", test_scores)
         threshold = metrics.youden_threshold(val_labels, val_units)
         values = metrics.evaluate(test_labels, test_units, threshold)
+        values.update(_localisation(method, data, test_images))
         values.update({
             "threshold": threshold,
             "val_auc": metrics.roc_auc(val_labels, val_units),
@@ -217,6 +305,7 @@ def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, see
         logger.table(pd.DataFrame(metrics.roc_points(test_labels, test_units)), "roc.csv")
         _log_selection_quality(logger, method, data)
         _log_figure(logger, method, test_images, data.labels_of("test"))
+        _log_map_samples(logger, method, data, test_images)
         progress.flush()
         logger.finish(ok=True)
         shutil.rmtree(method.workdir, ignore_errors=True)  # finished: nothing to resume
@@ -233,17 +322,6 @@ def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, see
                          error=f"{type(exc).__name__}: {exc}")
     finally:
         progress.close()
-
-
-def run_workdir(method: str, config: Any, data: PreparedDataset, seed: int,
-                contaminated: bool) -> Path:
-    """Where a run keeps its checkpoints: keyed by everything that defines the run, so a rerun
-    of a killed run resumes and a changed run starts afresh."""
-    identity = json.dumps({"method": method, "config": dataclasses.asdict(config),
-                           "split": data.split_hash, "data": data.data_version, "seed": seed,
-                           "contaminated": contaminated}, sort_keys=True, default=str)
-    key = hashlib.sha256(identity.encode()).hexdigest()[:16]
-    return WORK_ROOT / data.card.name / f"{method}-s{seed}-{key}"
 
 
 def evaluation_units(data: PreparedDataset, split: str,
@@ -289,6 +367,47 @@ def _log_selection_quality(logger: RunLogger, method: Method, data: PreparedData
         rows.append({"iteration": step, **values, "true_auc": metrics.roc_auc(labels, units)})
     logger.series([("checkpoint_true_auc", row["true_auc"], row["iteration"]) for row in rows])
     logger.table(pd.DataFrame(rows), "selection.csv")
+
+
+def _localisation(method: Method, data: PreparedDataset,
+                  test_images: np.ndarray) -> dict[str, float]:
+    """Pixel AUROC and Dice on the test split where the dataset has lesion masks and the
+    method gives maps; the Dice threshold comes from the validation split's pixels."""
+    val_masks = data.masks_of("val")
+    if val_masks is None:
+        return {}
+    val_maps = method.anomaly_maps(data.images_of("val"))
+    if val_maps is None:
+        return {}
+    test_maps = method.anomaly_maps(test_images)
+    test_masks = data.masks_of("test")
+    threshold = stats.youden_pixel_threshold(val_masks, val_maps)
+    return {"pixel_auroc": stats.pixel_auroc(test_masks, test_maps),
+            "pixel_dice": stats.dice_at_threshold(test_masks, test_maps, threshold),
+            "pixel_threshold": threshold}
+
+
+def sample_rows(labels: np.ndarray, per_class: int = 4) -> np.ndarray:
+    """The first `per_class` healthy then diseased test images: the same ones for every method."""
+    return np.r_[np.flatnonzero(labels == 0)[:per_class], np.flatnonzero(labels == 1)[:per_class]]
+
+
+def _log_map_samples(logger: RunLogger, method: Method, data: PreparedDataset,
+                     test_images: np.ndarray) -> None:
+    """Inputs, anomaly maps, ground-truth masks and the method's extras for 4 + 4 test images,
+    for the report's map grids."""
+    rows = sample_rows(data.labels_of("test"))
+    images = test_images[rows]
+    arrays: dict[str, np.ndarray] = {"input": images.mean(axis=1),
+                                     "label": data.labels_of("test")[rows]}
+    maps = method.anomaly_maps(images)
+    if maps is not None:
+        arrays["anomaly map"] = maps
+    masks = data.masks_of("test")
+    if masks is not None:
+        arrays["ground truth"] = masks[rows]
+    arrays.update(method.explain(images))
+    logger.arrays(arrays, "map_samples.npz")
 
 
 def _log_figure(logger: RunLogger, method: Method, images: np.ndarray,

@@ -297,3 +297,45 @@ def youden_pixel_threshold(masks: np.ndarray, maps: np.ndarray, *, max_pixels: i
                                                           replace=False))
         flat_masks, flat_maps = flat_masks[keep], flat_maps[keep]
     return youden_threshold(flat_masks, flat_maps)
+
+
+def seed_mean_comparison(labels: np.ndarray, scores: Mapping[str, np.ndarray], *,
+                         alpha: float = 0.05, level: float = 0.95, n_boot: int = 2000,
+                         seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Statistics of the seed-mean AUC, the figure a report prints, for methods scored on the
+    same test images.
+
+    `scores`: method -> (S, N) test scores, one row per seed. One stratified bootstrap over the
+    test images resamples every method and seed with the same indices (paired), and each
+    resample's per-method figure is the mean AUC over that method's seeds. Returns
+
+    - a summary, one row per method by AUC descending: method, auc (mean over seeds), ci_low,
+      ci_high (percentile interval at `level`), p_value (paired, against the best; NaN for the
+      best), tied_with_best (the best and every method with p >= alpha);
+    - a method x method table of two-sided p-values (diagonal 1).
+    """
+    names = list(scores)
+    if not names:
+        raise ValueError("no methods to compare")
+    matrices = [np.atleast_2d(np.asarray(scores[name], dtype=float)) for name in names]
+    groups = np.repeat(np.arange(len(names)), [m.shape[0] for m in matrices])
+    labels, stacked = _stack(labels, *np.concatenate(matrices))
+    observed = _delong_sample(labels, stacked).aucs
+    boots = _bootstrap_aucs(labels, stacked, n_boot, seed)
+    means = np.stack([observed[groups == k].mean() for k in range(len(names))])
+    boot_means = np.stack([boots[:, groups == k].mean(axis=1) for k in range(len(names))])
+    sample = _AucSample(aucs=means, parts=((boot_means, 1.0),))
+    best = int(np.argmax(means))
+    tail = (1.0 - level) / 2.0
+    p = np.array([np.nan if i == best else sample.p_value(i, best) for i in range(len(names))])
+    summary = pd.DataFrame({
+        "method": names, "auc": means,
+        "ci_low": np.quantile(boot_means, tail, axis=1),
+        "ci_high": np.quantile(boot_means, 1.0 - tail, axis=1),
+        "p_value": p,
+        "tied_with_best": (np.arange(len(names)) == best) | (p >= alpha),
+    }).sort_values("auc", ascending=False, kind="stable").reset_index(drop=True)
+    pairwise = pd.DataFrame(
+        [[1.0 if i == j else sample.p_value(i, j) for j in range(len(names))]
+         for i in range(len(names))], index=names, columns=names)
+    return summary, pairwise

@@ -7,13 +7,18 @@ elsewhere (another file, or an `mlflow server`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import platform
+import socket
 import subprocess
 import tempfile
+import urllib.error
+import urllib.request
 import warnings
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -43,6 +48,8 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
 
 def _client(uri: str) -> Any:
     warnings.filterwarnings("ignore", module="mlflow")
+    # Its per-download progress bars would land in the middle of printed tables.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow.tracking import MlflowClient
 
     # MLflow announces its database migrations at INFO on every new store.
@@ -56,8 +63,27 @@ def experiment_name(dataset: str) -> str:
     return f"{EXPERIMENT_PREFIX}{dataset}"
 
 
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """For an http(s) store: one quick request, so an unreachable server stops the run before
+    any training instead of after an hour (MLflow's own client retries for minutes)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310
+            response.read()
+    except (OSError, urllib.error.URLError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise BenchError(
+            f"cannot reach the MLflow server at {uri} ({reason}). Start it (e.g. `mlflow "
+            f"server --host 127.0.0.1 --port 5000`) or fix --tracking-uri / "
+            f"MLFLOW_TRACKING_URI. Nothing was trained."
+        ) from exc
+
+
 def ensure_experiment(uri: str, dataset: str) -> str:
     """The experiment id for `dataset`, created if needed; fails fast if the store is unusable."""
+    check_server(uri)
     client = _client(uri)
     name = experiment_name(dataset)
     try:
@@ -90,6 +116,20 @@ def environment_params() -> dict[str, str]:
         except PackageNotFoundError:
             params[f"version.{package}"] = "not installed"
     return params
+
+
+def code_version() -> str:
+    """The code a run used: the commit, plus a hash of uncommitted changes when there are any,
+    so an edited working tree never reuses results of the committed code."""
+    root = Path(__file__).resolve().parents[1]
+    commit = git_commit()
+    if commit == "unknown":
+        return f"medad-bench {version('medad-bench')}"
+    if not commit.endswith("+dirty"):
+        return commit
+    diff = subprocess.run(["git", "diff", "HEAD"], cwd=root, capture_output=True,
+                          timeout=30).stdout
+    return f"{commit}:{hashlib.sha256(diff).hexdigest()[:12]}"
 
 
 def git_commit() -> str:
@@ -150,6 +190,15 @@ class RunLogger:
             frame.to_csv(path, index=False)
             self.client.log_artifact(self.run_id, str(path))
 
+    def arrays(self, arrays: dict[str, Any], name: str) -> None:
+        """Named numpy arrays as one compressed .npz artifact."""
+        import numpy as np
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / name
+            np.savez_compressed(path, **arrays)
+            self.client.log_artifact(self.run_id, str(path))
+
     def json(self, data: dict[str, Any], name: str) -> None:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / name
@@ -186,8 +235,8 @@ def finished_runs(uri: str, dataset: str) -> pd.DataFrame:
                                   order_by=["attributes.start_time DESC"], max_results=1000,
                                   page_token=token)
         for run in page:
-            if run.info.status != "FINISHED":
-                continue
+            if run.info.status != "FINISHED" or "method" not in run.data.params:
+                continue  # failed runs, and the report's own run
             params = run.data.params
             row = {
                 "run_id": run.info.run_id,
@@ -206,3 +255,84 @@ def finished_runs(uri: str, dataset: str) -> pd.DataFrame:
         if not token:
             break
     return pd.DataFrame(rows)
+
+
+@dataclass
+class KeyedRun:
+    run_id: str
+    status: str  # RUNNING, FINISHED, FAILED, KILLED
+    host: str
+    pid: int
+    start_time: int
+    metrics: dict[str, float]
+
+
+def runs_by_key(uri: str, experiment_id: str) -> dict[str, list[KeyedRun]]:
+    """Every run of the experiment that carries a run key, grouped by key, newest first."""
+    client = _client(uri)
+    grouped: dict[str, list[KeyedRun]] = {}
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string="",
+                                  order_by=["attributes.start_time DESC"], max_results=1000,
+                                  page_token=token)
+        for run in page:
+            tags = run.data.tags
+            key = tags.get(f"{TAG_PREFIX}run_key")
+            if key:
+                grouped.setdefault(key, []).append(KeyedRun(
+                    run_id=run.info.run_id, status=run.info.status,
+                    host=tags.get(f"{TAG_PREFIX}host", ""),
+                    pid=int(tags.get(f"{TAG_PREFIX}pid", "0") or 0),
+                    start_time=run.info.start_time, metrics=dict(run.data.metrics)))
+        token = page.token
+        if not token:
+            break
+    return grouped
+
+
+def is_alive_here(run: KeyedRun) -> bool:
+    """True when the run's process is still alive on this machine."""
+    if run.host != socket.gethostname() or run.pid <= 0:
+        return False
+    try:
+        os.kill(run.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def mark_killed(uri: str, run_id: str) -> None:
+    """A run left RUNNING by a killed process: mark it FAILED so no report uses it."""
+    client = _client(uri)
+    client.set_tag(run_id, f"{TAG_PREFIX}killed", "true")
+    client.set_terminated(run_id, "FAILED")
+
+
+def download_artifact(uri: str, run_id: str, name: str) -> Path | None:
+    """A run's artifact in a temp folder (kept for the process), or None when it has none."""
+    import mlflow.artifacts
+
+    names = {item.path for item in _client(uri).list_artifacts(run_id)}
+    if name not in names:
+        return None
+    target = Path(tempfile.mkdtemp(prefix="bench-artifact-"))
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name,
+                                                    dst_path=str(target), tracking_uri=uri))
+
+
+def log_report(uri: str, dataset: str, files: list[Path], params: dict[str, Any]) -> str:
+    """The report's files as one MLflow run (tag bench.kind=report) in the dataset's
+    experiment, so the figures sit beside the runs they summarise."""
+    experiment_id = ensure_experiment(uri, dataset)
+    client = _client(uri)
+    run = client.create_run(experiment_id, run_name=f"report-{dataset}",
+                            tags={f"{TAG_PREFIX}kind": "report"})
+    for key, value in params.items():
+        client.log_param(run.info.run_id, key, _param_text(value))
+    for path in files:
+        client.log_artifact(run.info.run_id, str(path))
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -272,6 +273,9 @@ class AnomalyPro(Method):
         state = TrainingState()
         resumed = self._resume(state, opt_g, opt_d, sampler)
         self.run_info["resumed_from_iteration"] = resumed
+        if resumed:
+            print(f"anomalypro: resumed from the checkpoint at iteration {resumed} "
+                  f"({self.workdir})", file=sys.stderr)
         progress.stage("train", cfg.iterations)
         progress.advance(state.iteration)
         self.generator.train()
@@ -454,6 +458,13 @@ class AnomalyPro(Method):
     def masks(self, images: np.ndarray) -> np.ndarray:
         """The generator's mask M (N, H, W) in [0, 1], at the input's size."""
         return _resize(self._outputs(images)["mask"], images.shape[-2:])
+
+    def explain(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """The translation B0 and the mask M (N, H, W) at the input's size."""
+        outs = self._outputs(images)
+        size = images.shape[-2:]
+        return {"translated": _resize(outs["translated"].mean(axis=1), size),
+                "mask M": _resize(outs["mask"], size)}
 
     def figure(self, images: np.ndarray) -> Any:
         """The paper's Figure 2: input, translation, difference and mask per image."""

@@ -66,7 +66,8 @@ def test_run_logs_one_complete_mlflow_run_per_method_and_seed(two_seed_store, tm
 def test_the_same_seed_twice_gives_the_same_auc(tracking_uri):
     bench("run", "--methods", "padim,patchcore", "--seeds", "5", *FAST,
           "--tracking-uri", tracking_uri)
-    bench("run", "--methods", "padim,patchcore", "--seeds", "5", *FAST,
+    # --force: the same run key would otherwise be skipped as finished.
+    bench("run", "--methods", "padim,patchcore", "--seeds", "5", *FAST, "--force",
           "--tracking-uri", tracking_uri)
     _, runs = finished(tracking_uri)
     by_method = {}

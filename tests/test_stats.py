@@ -277,3 +277,25 @@ def test_youden_threshold_on_a_subsample(separable):
         # lowest one are missed, which costs little Dice.
         assert 0.4 < threshold < 0.65
         assert stats.dice_at_threshold(masks, maps, threshold) > 0.9
+
+
+def test_seed_mean_comparison_matches_single_seed_auc_and_flags_clear_winner():
+    from benchmark.stats import seed_mean_comparison
+
+    rng = np.random.default_rng(3)
+    labels = np.r_[np.zeros(100, int), np.ones(100, int)]
+    strong = np.stack([labels * 2.0 + rng.normal(size=200) for _ in range(3)])
+    weak = np.stack([labels * 0.3 + rng.normal(size=200) for _ in range(3)])
+    twin = strong + rng.normal(scale=0.05, size=strong.shape)
+    summary, pairwise = seed_mean_comparison(labels, {"weak": weak, "strong": strong,
+                                                      "twin": twin}, n_boot=500)
+    by_name = summary.set_index("method")
+    expected = np.mean([roc_auc_score(labels, s) for s in strong])
+    assert by_name.loc["strong", "auc"] == pytest.approx(expected)
+    assert by_name.loc["weak", "p_value"] < 0.01 and not by_name.loc["weak", "tied_with_best"]
+    assert by_name.loc["strong", "tied_with_best"] and by_name.loc["twin", "tied_with_best"]
+    for name in ("weak", "strong"):
+        row = by_name.loc[name]
+        assert row.ci_low < row.auc < row.ci_high
+    assert pairwise.loc["weak", "strong"] == pairwise.loc["strong", "weak"]
+    assert pairwise.loc["weak", "weak"] == 1.0

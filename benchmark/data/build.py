@@ -12,9 +12,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 import struct
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import BinaryIO
 
@@ -26,6 +27,9 @@ from benchmark.data import pixels
 
 #: Below this many items a pool costs more (worker start-up) than it saves.
 MIN_ITEMS_FOR_POOL = 64
+#: Files per worker task, and tasks in flight per worker: bounds what waits in memory.
+CHUNK = 4
+WINDOW_PER_WORKER = 4
 HEADER_BYTES = 128  # magic + version + length + padded dict; a multiple of 64 as numpy advises
 
 
@@ -94,8 +98,18 @@ def _decoded(tasks: list[tuple[str, str]], decoding: Decoding,
         return
     # spawn, not fork: the parent may hold torch/OpenMP threads, which a fork can deadlock.
     context = multiprocessing.get_context("spawn")
+    chunks = iter([tasks[i:i + CHUNK] for i in range(0, len(tasks), CHUNK)])
     with context.Pool(workers, initializer=_set_decoding, initargs=(decoding,)) as pool:
-        yield from pool.imap(_decode_in_worker, tasks, chunksize=8)
+        # A sliding window, not imap: imap queues every task at once, and when one worker
+        # lags the others' finished images pile up in this process waiting for their turn.
+        pending: deque = deque(pool.apply_async(_decode_in_worker, (chunk,))
+                               for chunk in islice(chunks, workers * WINDOW_PER_WORKER))
+        while pending:
+            results = pending.popleft().get()
+            following = next(chunks, None)
+            if following is not None:
+                pending.append(pool.apply_async(_decode_in_worker, (following,)))
+            yield from results
 
 
 _WORKER_DECODING: Decoding | None = None
@@ -106,9 +120,9 @@ def _set_decoding(decoding: Decoding) -> None:
     _WORKER_DECODING = decoding
 
 
-def _decode_in_worker(task: tuple[str, str]) -> tuple[list, tuple[int, int]]:
+def _decode_in_worker(chunk: list[tuple[str, str]]) -> list[tuple[list, tuple[int, int]]]:
     assert _WORKER_DECODING is not None
-    return decode_item(task, _WORKER_DECODING)
+    return [decode_item(task, _WORKER_DECODING) for task in chunk]
 
 
 def decode_item(task: tuple[str, str], decoding: Decoding

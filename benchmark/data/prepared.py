@@ -18,13 +18,16 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from numpy.lib.format import open_memmap
+
+if TYPE_CHECKING:
+    from benchmark.api import TrainSet
 from tqdm.auto import tqdm
 
-from benchmark.api import TrainSet
 from benchmark.data import build, protocol, readers, synthetic
 from benchmark.data.cards import DatasetCard
 from benchmark.data.splits import (
@@ -69,12 +72,20 @@ class PreparedDataset:
     def ids_of(self, split: str) -> np.ndarray:
         return self.manifest.set_index("row").loc[np.sort(self.rows(split)), "image_id"].to_numpy()
 
+    def masks_of(self, split: str) -> np.ndarray | None:
+        """The split's lesion masks (N, H, W) uint8, where the dataset has them."""
+        if self.masks is None:
+            return None
+        return np.ascontiguousarray(self.masks[np.sort(self.rows(split))])
+
     def subjects_of(self, split: str) -> np.ndarray:
         return self.manifest.set_index("row").loc[np.sort(self.rows(split)),
                                                   "subject_id"].to_numpy()
 
     def train_set(self, with_selection: bool = False) -> TrainSet:
         """Training images; with_selection adds the unlabelled test images for AUCp."""
+        from benchmark.api import TrainSet  # torch: not needed to prepare data
+
         return TrainSet(normal=self.images_of("train_normal"),
                         unlabeled=self.images_of("train_mixed"),
                         selection=self.images_of("test") if with_selection else None,

@@ -51,9 +51,7 @@ def assign_splits(source: pd.DataFrame, settings: dict, *,
     if published is not None:
         table["split"] = table.image_id.map(published).fillna("")
         notes.append(f"published split lists used ({len(published)} images)")
-    quotas, scale = _scaled_quotas(table, settings, notes)
-    for split in set(table.split) - {""}:
-        quotas[split] = [0.0, 0.0]  # fixed by the lists or the CSV: add nothing to it
+    quotas, scale = _scaled_quotas(table, settings, notes, fixed=set(table.split) - {""})
     rng = np.random.default_rng(int(settings.get("split_seed", 0)))
     own_pools = set(table.pool)
     for pool in ("test", "val", "train", "any"):
@@ -71,9 +69,10 @@ def assign_splits(source: pd.DataFrame, settings: dict, *,
                       unused=unused)
 
 
-def _scaled_quotas(table: pd.DataFrame, settings: dict,
-                   notes: list[str]) -> tuple[dict[str, list[float]], float]:
-    """Per split, [positive, healthy] counts (inf = all remaining), scaled to the tree."""
+def _scaled_quotas(table: pd.DataFrame, settings: dict, notes: list[str],
+                   fixed: set[str]) -> tuple[dict[str, list[float]], float]:
+    """Per split, [positive, healthy] counts (inf = all remaining), scaled to the tree.
+    Splits in `fixed` were set by published lists or the CSV: nothing is added to them."""
     unknown = {k for k in settings if k.endswith(("_positive", "_healthy"))} - set(QUOTA_KEYS)
     if unknown:
         raise BenchError(f"unknown protocol count(s) {', '.join(sorted(unknown))}; known: "
@@ -85,6 +84,8 @@ def _scaled_quotas(table: pd.DataFrame, settings: dict,
         quotas[split] = [_count(settings, f"{prefix}_positive", split, free, 1),
                          _count(settings, f"{prefix}_healthy", split, free, 0)]
     quotas["train_normal"][0] = 0
+    for split in fixed:
+        quotas[split] = [0.0, 0.0]
     scales = _pool_scales(free, quotas)
     for split in quotas:
         feeding = [scales[p] for p, fed in POOL_SPLITS.items() if split in fed and p in scales]
@@ -96,7 +97,7 @@ def _scaled_quotas(table: pd.DataFrame, settings: dict,
             notes.append(f"the tree's {pool} images are fewer than the published protocol "
                          f"needs: the {pool} counts are scaled by {factor:.4f}, keeping the "
                          f"published proportions")
-    if "mixed_healthy" not in settings:
+    if "mixed_healthy" not in settings and "train_mixed" not in fixed:
         quotas["train_mixed"][1] = -float(settings.get("mixed_healthy_share", 0.5))
     return quotas, scale
 

@@ -1,0 +1,105 @@
+"""Executors: where the runs of a grid execute. All of them log to the plan's one store.
+
+- local, jobs=1: one after the other in this process.
+- local, jobs=N: N worker processes on this machine (torch threads split between them).
+- ray: one Ray task per run, asking for a GPU when the device is cuda; `ray_address` joins an
+  existing cluster, otherwise a local Ray runtime starts. Workers must see the same files as
+  this process (the cache, the tracking store or server): a shared filesystem on a cluster, or
+  an `mlflow server` as the store.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+
+from benchmark.errors import BenchError
+from benchmark.runner import RunPlan, RunResult, RunSpec, execute_spec
+
+EXECUTORS = ("local", "ray")
+#: Environment a worker needs to find the same cards, cache and store as the parent.
+FORWARDED_ENV = ("BENCH_DATASETS_PATH", "BENCH_CACHE_DIR", "MLFLOW_TRACKING_URI")
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """What a worker process sets up before running a spec: cwd, environment, threads."""
+
+    cwd: str
+    env: dict[str, str]
+    threads: int
+
+
+def execute(plan: RunPlan, specs: list[RunSpec], *, device: str,
+            experiment_id: str) -> list[RunResult]:
+    if not specs:
+        return []
+    if plan.executor == "ray":
+        return _execute_ray(plan, specs, device=device, experiment_id=experiment_id)
+    if plan.jobs <= 1:
+        return [execute_spec(plan, spec, device=device, experiment_id=experiment_id)
+                for spec in specs]
+    return _execute_processes(plan, specs, device=device, experiment_id=experiment_id)
+
+
+def worker_context(parallel: int) -> WorkerContext:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
+    return WorkerContext(cwd=os.getcwd(), env=env,
+                         threads=max(1, (cores or 1) // max(1, parallel)))
+
+
+def run_in_worker(context: WorkerContext, plan: RunPlan, spec: RunSpec, device: str,
+                  experiment_id: str) -> RunResult:
+    """The body of a worker task: same folder, environment and a share of the cores."""
+    if Path(context.cwd).is_dir():
+        os.chdir(context.cwd)
+    os.environ.update(context.env)
+    torch.set_num_threads(context.threads)
+    return execute_spec(plan, spec, device=device, experiment_id=experiment_id)
+
+
+def _execute_processes(plan: RunPlan, specs: list[RunSpec], *, device: str,
+                       experiment_id: str) -> list[RunResult]:
+    jobs = min(plan.jobs, len(specs))
+    context = worker_context(jobs)
+    # spawn: a forked child would inherit torch's thread pools and the MLflow client.
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(run_in_worker, context, plan, spec, device, experiment_id)
+                   for spec in specs]
+        return [future.result() for future in futures]
+
+
+def _execute_ray(plan: RunPlan, specs: list[RunSpec], *, device: str,
+                 experiment_id: str) -> list[RunResult]:
+    try:
+        import ray
+    except ImportError:
+        raise BenchError("--executor ray needs Ray: pip install 'medad-bench[ray]' (or "
+                         "pip install 'ray[default]'), or use --executor local.") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        try:
+            ray.init(address=plan.ray_address, include_dashboard=False,
+                     log_to_driver=True, logging_level="WARNING")
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise BenchError(f"cannot start or join Ray at {plan.ray_address or 'local'}: "
+                             f"{exc}. Check --ray-address (ray://host:10001 or host:6379), "
+                             f"or leave it out to start a local runtime.") from None
+    try:
+        gpus = 1 if device.startswith("cuda") else 0
+        parallel = min(len(specs), int(ray.cluster_resources().get("CPU", 1)))
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, parallel))
+        task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(run_in_worker)
+        context = worker_context(parallel)
+        context = WorkerContext(cwd=context.cwd, env=context.env, threads=cpus)
+        futures = [task.remote(context, plan, spec, device, experiment_id) for spec in specs]
+        return list(ray.get(futures))
+    finally:
+        if started_here:
+            ray.shutdown()

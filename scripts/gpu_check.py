@@ -1,0 +1,138 @@
+"""Full-profile check on a CUDA GPU: every method's full config, shortened schedules, timed.
+
+Run on a GPU machine from the repository root (no MLflow needed: methods are called through
+their fit/score interface on the prepared synthetic data at the full image size):
+
+    python scripts/gpu_check.py --out gpu_check.json [--iterations 200]
+
+For each method it prints the fit time of a shortened schedule, the marginal seconds per
+iteration (two schedule lengths, for the GANs), the projected time of the full schedule,
+scoring images/s, peak GPU memory and the AUC reached (meaningless for a shortened schedule;
+it shows that the pipeline produces scores that rank).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmark import metrics
+from benchmark.api import get_method, make_config
+from benchmark.data import load_card, prepare
+from benchmark.data.cards import parse_card
+
+#: Config fields that set a schedule length, and how the shortened run scales them.
+SCHEDULE_FIELDS = ("iterations", "gan_iterations", "encoder_iterations", "epochs")
+
+
+def shortened(config: object, n: int) -> tuple[object, int]:
+    """The config with every schedule field set to n (decay / checkpoints scaled to fit);
+    returns (config, full-schedule length of the longest field)."""
+    values = dataclasses.asdict(config)
+    full = max((values[f] for f in SCHEDULE_FIELDS if f in values), default=0)
+    changes = {f: n for f in SCHEDULE_FIELDS if f in values and f != "epochs"}
+    if "epochs" in values:
+        changes["epochs"] = max(1, min(values["epochs"], n // 100))
+    if "decay_iterations" in values:
+        changes["decay_iterations"] = n // 4
+    if "checkpoint_every" in values:
+        changes["checkpoint_every"] = max(1, n // 2)
+    if "log_every" in values:
+        changes["log_every"] = max(1, n // 10)
+    return dataclasses.replace(config, **changes), full
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def check_method(name: str, data: object, size: int, n: int, device: torch.device) -> dict:
+    cls = get_method(name)
+    base = make_config(cls, "full", image_size=size, channels=1)
+    train = data.train_set(with_selection=cls.uses_selection)
+    test = data.images_of("test")
+    labels = data.labels_of("test")
+    result: dict = {"method": name, "config": dataclasses.asdict(base)}
+    timings = []
+    lengths = [n] if not any(f in result["config"] for f in SCHEDULE_FIELDS) else [n // 4, n]
+    for length in lengths:
+        config, full = shortened(base, length)
+        method = cls(config)
+        method.workdir = Path("/tmp/gpu-check-work") / f"{name}-{length}"
+        shutil.rmtree(method.workdir, ignore_errors=True)  # never resume an earlier try
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        sync(device)
+        started = time.perf_counter()
+        method.fit(train, seed=0, device=device)
+        sync(device)
+        timings.append((length, time.perf_counter() - started))
+    started = time.perf_counter()
+    scores = method.score(test)
+    sync(device)
+    score_seconds = time.perf_counter() - started
+    result.update({
+        "fit_seconds": {str(k): round(v, 2) for k, v in timings},
+        "score_images_per_second": round(len(test) / score_seconds, 1),
+        "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        if device.type == "cuda" else None,
+        "auc_shortened": round(metrics.roc_auc(labels, scores), 4),
+        "run_info": {k: str(v) for k, v in method.run_info.items()},
+    })
+    if len(timings) == 2 and full:
+        (n1, t1), (n2, t2) = timings
+        per_iteration = (t2 - t1) / (n2 - n1)
+        result["seconds_per_iteration"] = round(per_iteration, 5)
+        result["full_schedule_length"] = full
+        result["projected_full_hours"] = round(per_iteration * full / 3600, 2)
+    print(json.dumps({k: v for k, v in result.items() if k != "config"}), flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("gpu_check.json"))
+    parser.add_argument("--iterations", type=int, default=200)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke test")
+    parser.add_argument("--methods", default="anomalypro,fanogan,ganomaly,alad,alocc,padim,"
+                                             "patchcore")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
+    print(f"torch {torch.__version__}, {name}", flush=True)
+    text = load_card("synthetic").path.read_text().replace("image_size = 64",
+                                                            f"image_size = {args.size}")
+    card_path = Path("/tmp/synthetic-full.toml")
+    card_path.write_text(text.replace('name = "synthetic"', 'name = "synthetic-full"'))
+    started = time.perf_counter()
+    data = prepare(parse_card(card_path), cache_root=Path("/tmp/gpu-check-cache"),
+                   show_progress=False)
+    print(f"prepared {len(data.manifest)} images at {args.size}px in "
+          f"{time.perf_counter() - started:.1f} s", flush=True)
+    results = []
+    for name in args.methods.split(","):
+        try:
+            results.append(check_method(name, data, args.size, args.iterations, device))
+        except Exception as exc:  # report and go on: one broken method must not hide others
+            results.append({"method": name, "error": f"{type(exc).__name__}: {exc}"})
+            print(json.dumps(results[-1]), flush=True)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    args.out.write_text(json.dumps({"device": name,
+                                    "torch": torch.__version__, "size": args.size,
+                                    "results": results}, indent=2, default=str))
+    print(f"written {args.out}; max finite AUC over methods: "
+          f"{np.nanmax([r.get('auc_shortened', np.nan) for r in results]):.3f}")
+
+
+if __name__ == "__main__":
+    main()

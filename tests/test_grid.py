@@ -1,0 +1,239 @@
+"""Grids that outgrow one session: run keys, skipping, killed runs, executors, a real MLflow
+server, and the report's statistics and figures.
+
+Runs are real (PaDiM / a few AnomalyPro iterations on the tiny synthetic card), the MLflow
+stores are real (a SQLite file, and `mlflow server` on 127.0.0.1 started and stopped here).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from benchmark.cli import cli
+from benchmark.tracking import experiment_name, finished_runs
+
+SLOW_ANOMALYPRO = ["--set", "anomalypro.iterations=3000", "--set",
+                   "anomalypro.checkpoint_every=20", "--set", "anomalypro.log_every=10",
+                   "--set", "anomalypro.decay_iterations=10"]
+
+
+def bench(*args: str) -> object:
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def all_runs(uri: str, dataset: str = "tiny") -> pd.DataFrame:
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(experiment_name(dataset))
+    if experiment is None:
+        return pd.DataFrame(columns=["run_id", "status", "method", "seed", "killed"])
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    return pd.DataFrame([{"run_id": r.info.run_id, "status": r.info.status,
+                          "method": r.data.params.get("method"),
+                          "seed": r.data.params.get("seed"),
+                          "killed": r.data.tags.get("bench.killed") == "true"} for r in runs])
+
+
+def test_a_finished_run_is_skipped_and_force_reruns_it(tracking_uri):
+    args = ["run", "--methods", "padim", "--dataset", "tiny", "--seeds", "0,1",
+            "--no-progress", "--tracking-uri", tracking_uri]
+    first = bench(*args)
+    assert first.exit_code == 0, first.output
+    second = bench(*args)
+    assert second.exit_code == 0, second.output
+    assert second.output.count("skipped: finished before") == 2
+    assert len(all_runs(tracking_uri)) == 2  # nothing new was run or logged
+    # The skipped rows report the finished runs' own figures.
+    aucs = re.findall(r"padim\s+\d\s+(\d\.\d{4})", first.output)
+    assert re.findall(r"padim\s+\d\s+(\d\.\d{4})", second.output) == aucs
+    forced = bench(*args, "--force")
+    assert forced.exit_code == 0 and "skipped" not in forced.output
+    assert len(all_runs(tracking_uri)) == 4
+    assert re.findall(r"padim\s+\d\s+(\d\.\d{4})", forced.output) == aucs
+
+
+def test_a_changed_config_is_a_new_run_key(tracking_uri):
+    base = ["run", "--methods", "padim", "--dataset", "tiny", "--no-progress",
+            "--tracking-uri", tracking_uri]
+    assert bench(*base).exit_code == 0
+    changed = bench(*base, "--set", "padim.n_features=50")
+    assert changed.exit_code == 0, changed.output
+    assert "skipped" not in changed.output
+    assert len(all_runs(tracking_uri)) == 2
+
+
+def _start_grid(uri: str, workdir: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "benchmark.cli", "run", "--methods", "padim,anomalypro",
+               "--dataset", "tiny", "--seeds", "0", "--no-progress", "--tracking-uri", uri,
+               *SLOW_ANOMALYPRO]
+    return subprocess.Popen(command, cwd=workdir, env=dict(os.environ),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_running(uri: str, method: str, process: subprocess.Popen,
+                      timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = all_runs(uri)
+        if ((runs.method == method) & (runs.status == "RUNNING")).any():
+            return
+        if process.poll() is not None:
+            pytest.fail(f"the grid ended before {method} started:\n{process.stdout.read()}")
+        time.sleep(0.5)
+    process.kill()
+    pytest.fail(f"{method} never started")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_killed_grid_resumes_where_it_stopped(tracking_uri, isolated, sig):
+    process = _start_grid(tracking_uri, isolated)
+    _wait_for_running(tracking_uri, "anomalypro", process)
+    time.sleep(3)  # into training, past a checkpoint or two
+    process.send_signal(sig)
+    process.wait(timeout=120)
+    runs = all_runs(tracking_uri)
+    assert runs.loc[runs.method == "padim", "status"].tolist() == ["FINISHED"]
+    if sig == signal.SIGTERM:
+        assert process.returncode == 128 + signal.SIGTERM
+        assert runs.loc[runs.method == "anomalypro", "status"].tolist() == ["FAILED"]
+    else:  # SIGKILL: nothing could be logged; the run is left RUNNING
+        assert runs.loc[runs.method == "anomalypro", "status"].tolist() == ["RUNNING"]
+    # The same command again: padim is skipped, anomalypro is rerun and resumes.
+    restart = subprocess.run(
+        [sys.executable, "-m", "benchmark.cli", "run", "--methods", "padim,anomalypro",
+         "--dataset", "tiny", "--seeds", "0", "--no-progress", "--tracking-uri", tracking_uri,
+         *SLOW_ANOMALYPRO], cwd=isolated, capture_output=True, text=True, timeout=900)
+    assert restart.returncode == 0, restart.stdout + restart.stderr
+    assert re.search(r"padim\s+0\s+\d\.\d{4}.*skipped", restart.stdout)
+    runs = all_runs(tracking_uri)
+    killed = runs[runs.method == "anomalypro"]
+    assert sorted(killed.status) == ["FAILED", "FINISHED"]
+    if sig == signal.SIGKILL:
+        assert killed.loc[killed.status == "FAILED", "killed"].all()
+    finished_id = killed.loc[killed.status == "FINISHED", "run_id"].iloc[0]
+    params = MlflowClient(tracking_uri).get_run(finished_id).data.params
+    assert int(params["resumed_from_iteration"]) >= 20  # from the killed run's checkpoint
+
+
+def test_worker_processes_give_the_same_aucs_as_in_process(tracking_uri, tmp_path):
+    args = ["run", "--methods", "padim", "--dataset", "tiny", "--seeds", "0,1", "--no-progress"]
+    local = bench(*args, "--tracking-uri", tracking_uri)
+    other = f"sqlite:///{tmp_path / 'jobs.db'}"
+    jobs = bench(*args, "--jobs", "2", "--tracking-uri", other)
+    assert jobs.exit_code == 0, jobs.output
+    pattern = r"padim\s+(\d)\s+(\d\.\d{4})"
+    assert re.findall(pattern, jobs.output) == re.findall(pattern, local.output)
+    assert len(finished_runs(other, "tiny")) == 2
+
+
+def test_ray_executor_runs_the_grid_into_one_store(tracking_uri):
+    pytest.importorskip("ray", reason="the ray extra is part of the dev install")
+    result = bench("run", "--methods", "padim", "--dataset", "tiny", "--seeds", "0,1",
+                   "--no-progress", "--executor", "ray", "--tracking-uri", tracking_uri)
+    assert result.exit_code == 0, result.output
+    local = bench("run", "--methods", "padim", "--dataset", "tiny", "--seeds", "0,1",
+                  "--no-progress", "--force", "--tracking-uri", tracking_uri)
+    pattern = r"padim\s+(\d)\s+(\d\.\d{4})"
+    assert re.findall(pattern, result.output) == re.findall(pattern, local.output)
+    assert len(finished_runs(tracking_uri, "tiny")) == 4
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on loopback with its own store and artifact folder."""
+    port = _free_port()
+    artifacts = tmp_path / "server-artifacts"
+    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
+               str(port), "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+               "--artifacts-destination", str(artifacts), "--workers", "1"]
+    log = (tmp_path / "server.log").open("w")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            import urllib.request
+
+            with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                break
+        except OSError:
+            if process.poll() is not None:
+                pytest.fail((tmp_path / "server.log").read_text())
+            time.sleep(0.5)
+    else:
+        pytest.fail("mlflow server did not come up")
+    yield uri, artifacts
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=30)
+    log.close()
+
+
+def test_runs_and_artifacts_go_to_a_real_mlflow_server(mlflow_server, isolated):
+    uri, artifacts = mlflow_server
+    result = bench("run", "--methods", "padim", "--dataset", "tiny", "--no-progress",
+                   "--tracking-uri", uri)
+    assert result.exit_code == 0, result.output
+    runs = finished_runs(uri, "tiny")
+    assert len(runs) == 1
+    stored = {p.name for p in artifacts.rglob("*") if p.is_file()}
+    assert {"scores.csv", "roc.csv", "config.json", "map_samples.npz"} <= stored
+    assert not (isolated / "mlruns").exists()  # nothing was written locally instead
+    report = bench("report", "--dataset", "tiny", "--tracking-uri", uri)
+    assert report.exit_code == 0, report.output
+    assert "roc.png" in {p.name for p in artifacts.rglob("*")}
+
+
+def test_an_unreachable_server_fails_at_once(isolated):
+    port = _free_port()  # nothing listens there
+    started = time.monotonic()
+    result = bench("run", "--methods", "padim", "--dataset", "tiny", "--no-progress",
+                   "--tracking-uri", f"http://127.0.0.1:{port}")
+    assert result.exit_code == 1
+    assert time.monotonic() - started < 30
+    assert f"cannot reach the MLflow server at http://127.0.0.1:{port}" in result.output
+    assert "Nothing was trained" in result.output
+    assert not (isolated / "results" / "runs").exists()
+
+
+def test_report_has_cis_paired_tests_pixel_metrics_and_figures(tracking_uri, isolated):
+    result = bench("run", "--methods", "padim,patchcore", "--dataset", "tiny", "--seeds", "0,1",
+                   "--no-progress", "--tracking-uri", tracking_uri)
+    assert result.exit_code == 0, result.output
+    md = bench("report", "--dataset", "tiny", "--tracking-uri", tracking_uri)
+    assert md.exit_code == 0, md.output
+    text = (isolated / "reports" / "tiny.md").read_text()
+    for needle in ("AUC 95% CI", "p vs best", "Pixel AUROC", "Dice", "bootstrap",
+                   "tiny/roc.png", "tiny/paired_comparison.png", "tiny/maps_padim.png"):
+        assert needle in text, needle
+    assert re.search(r"\[0\.\d{3}, [01]\.\d{3}\]", text)
+    for name in ("roc", "score_distributions", "paired_comparison", "cost", "maps_padim"):
+        assert (isolated / "reports" / "tiny" / f"{name}.png").stat().st_size > 5000
+    html = bench("report", "--dataset", "tiny", "--format", "html", "--tracking-uri",
+                 tracking_uri)
+    assert html.exit_code == 0, html.output
+    page = (isolated / "reports" / "tiny.html").read_text()
+    assert page.count("data:image/png;base64,") >= 5 and "http" not in page.lower().replace(
+        "http-equiv", "")
+    # The report's own MLflow run holds the files and never counts as a method run.
+    assert len(finished_runs(tracking_uri, "tiny")) == 4
+    runs = finished_runs(tracking_uri, "tiny")
+    assert np.all((runs["metric.pixel_auroc"] > 0.5) & (runs["metric.pixel_auroc"] <= 1))
