@@ -25,22 +25,26 @@ from mlflow.tracking import MlflowClient
 from benchmark.cli import cli
 from benchmark.tracking import experiment_name, finished_runs
 
-SLOW_ANOMALYPRO = ["--set", "anomalypro.iterations=3000", "--set",
+SLOW_ANOMALYPRO = ["--set", "anomalypro.iterations=300", "--set",
                    "anomalypro.checkpoint_every=20", "--set", "anomalypro.log_every=10",
-                   "--set", "anomalypro.decay_iterations=10"]
+                   "--set", "anomalypro.decay_iterations=10", "--set",
+                   "anomalypro.aucp_normals=16"]
 
 
 def bench(*args: str) -> object:
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
+RUN_COLUMNS = ["run_id", "status", "method", "seed", "killed"]
+
+
 def all_runs(uri: str, dataset: str = "tiny") -> pd.DataFrame:
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(experiment_name(dataset))
     if experiment is None:
-        return pd.DataFrame(columns=["run_id", "status", "method", "seed", "killed"])
+        return pd.DataFrame(columns=RUN_COLUMNS)
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    return pd.DataFrame([{"run_id": r.info.run_id, "status": r.info.status,
+    return pd.DataFrame(columns=RUN_COLUMNS, data=[{"run_id": r.info.run_id, "status": r.info.status,
                           "method": r.data.params.get("method"),
                           "seed": r.data.params.get("seed"),
                           "killed": r.data.tags.get("bench.killed") == "true"} for r in runs])
@@ -59,7 +63,7 @@ def test_a_finished_run_is_skipped_and_force_reruns_it(tracking_uri):
     aucs = re.findall(r"padim\s+\d\s+(\d\.\d{4})", first.output)
     assert re.findall(r"padim\s+\d\s+(\d\.\d{4})", second.output) == aucs
     forced = bench(*args, "--force")
-    assert forced.exit_code == 0 and "skipped" not in forced.output
+    assert forced.exit_code == 0 and "skipped: finished before" not in forced.output
     assert len(all_runs(tracking_uri)) == 4
     assert re.findall(r"padim\s+\d\s+(\d\.\d{4})", forced.output) == aucs
 
@@ -70,7 +74,7 @@ def test_a_changed_config_is_a_new_run_key(tracking_uri):
     assert bench(*base).exit_code == 0
     changed = bench(*base, "--set", "padim.n_features=50")
     assert changed.exit_code == 0, changed.output
-    assert "skipped" not in changed.output
+    assert "skipped: finished before" not in changed.output
     assert len(all_runs(tracking_uri)) == 2
 
 
@@ -82,12 +86,12 @@ def _start_grid(uri: str, workdir: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _wait_for_running(uri: str, method: str, process: subprocess.Popen,
-                      timeout: float = 240) -> None:
+def _wait_for_checkpoint(workdir: Path, method: str, process: subprocess.Popen,
+                         timeout: float = 240) -> None:
+    """Until the method's first checkpoint is on disk: the kill then lands mid-training."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        runs = all_runs(uri)
-        if ((runs.method == method) & (runs.status == "RUNNING")).any():
+        if list((workdir / "results" / "runs" / "tiny").glob(f"{method}-*/last.pt")):
             return
         if process.poll() is not None:
             pytest.fail(f"the grid ended before {method} started:\n{process.stdout.read()}")
@@ -99,10 +103,13 @@ def _wait_for_running(uri: str, method: str, process: subprocess.Popen,
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_a_killed_grid_resumes_where_it_stopped(tracking_uri, isolated, sig):
     process = _start_grid(tracking_uri, isolated)
-    _wait_for_running(tracking_uri, "anomalypro", process)
-    time.sleep(3)  # into training, past a checkpoint or two
-    process.send_signal(sig)
-    process.wait(timeout=120)
+    try:
+        _wait_for_checkpoint(isolated, "anomalypro", process)
+        process.send_signal(sig)
+        process.wait(timeout=120)
+    finally:
+        if process.poll() is None:  # never leave a training process behind a failed test
+            process.kill()
     runs = all_runs(tracking_uri)
     assert runs.loc[runs.method == "padim", "status"].tolist() == ["FINISHED"]
     if sig == signal.SIGTERM:
@@ -114,7 +121,7 @@ def test_a_killed_grid_resumes_where_it_stopped(tracking_uri, isolated, sig):
     restart = subprocess.run(
         [sys.executable, "-m", "benchmark.cli", "run", "--methods", "padim,anomalypro",
          "--dataset", "tiny", "--seeds", "0", "--no-progress", "--tracking-uri", tracking_uri,
-         *SLOW_ANOMALYPRO], cwd=isolated, capture_output=True, text=True, timeout=900)
+         *SLOW_ANOMALYPRO], cwd=isolated, capture_output=True, text=True, timeout=600)
     assert restart.returncode == 0, restart.stdout + restart.stderr
     assert re.search(r"padim\s+0\s+\d\.\d{4}.*skipped", restart.stdout)
     runs = all_runs(tracking_uri)
