@@ -44,10 +44,10 @@ def all_runs(uri: str, dataset: str = "tiny") -> pd.DataFrame:
     if experiment is None:
         return pd.DataFrame(columns=RUN_COLUMNS)
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    return pd.DataFrame(columns=RUN_COLUMNS, data=[{"run_id": r.info.run_id, "status": r.info.status,
-                          "method": r.data.params.get("method"),
-                          "seed": r.data.params.get("seed"),
-                          "killed": r.data.tags.get("bench.killed") == "true"} for r in runs])
+    rows = [{"run_id": r.info.run_id, "status": r.info.status,
+             "method": r.data.params.get("method"), "seed": r.data.params.get("seed"),
+             "killed": r.data.tags.get("bench.killed") == "true"} for r in runs]
+    return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
 
 def test_a_finished_run_is_skipped_and_force_reruns_it(tracking_uri):

@@ -260,7 +260,7 @@ BAD_COVIDX = {
         r"'train/notes\.txt' is not an image file"),
     "file name escapes the root": (
         lambda root: _edit(root / "train.txt", "train_00001.png", "../../etc/passwd.png"),
-        r"'\.\./\.\./etc/passwd\.png' points outside the data root"),
+        r"'\.\./\.\./etc/passwd\.png' points outside the folder it must be in"),
     "empty class": (
         lambda root: [(root / f"{s}.txt").write_text(
             "".join(line + "\n" for line in (root / f"{s}.txt").read_text().splitlines()

@@ -43,8 +43,9 @@ def resolve_inside(root: Path, relative: str, *, origin: str) -> Path:
     """`root/relative`, refusing absolute paths and `..` that would leave the data root."""
     candidate = Path(relative)
     if candidate.is_absolute() or ".." in candidate.parts:
-        raise BenchError(f"{origin}: the file name '{relative}' points outside the data root "
-                         f"{root}. Label files must name images inside the tree; fix that line.")
+        raise BenchError(f"{origin}: the file name '{relative}' points outside the folder it "
+                         f"must be in ({root}/). Label files must name images inside the tree; "
+                         f"fix that line.")
     return root / candidate
 
 
