@@ -108,7 +108,12 @@ def ensure_experiment(uri: str, dataset: str) -> str:
 
 def environment_params() -> dict[str, str]:
     """Versions of the code and packages a run used."""
-    params = {"python": platform.python_version(), "git_commit": git_commit()}
+    import torch
+
+    # The thread count changes float reduction order on the CPU: a GAN trained with 1 thread
+    # ends elsewhere than with 2 (same seed). Recorded so such a difference can be explained.
+    params = {"python": platform.python_version(), "git_commit": git_commit(),
+              "torch_threads": str(torch.get_num_threads())}
     for package in ("medad-bench", "torch", "torchvision", "anomalib", "timm", "numpy",
                     "scikit-learn", "mlflow"):
         try:

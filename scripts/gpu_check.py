@@ -38,7 +38,7 @@ def shortened(config: object, n: int) -> tuple[object, int]:
     values = dataclasses.asdict(config)
     full = max((values[f] for f in SCHEDULE_FIELDS if f in values), default=0)
     changes = {f: n for f in SCHEDULE_FIELDS if f in values and f != "epochs"}
-    if "epochs" in values:
+    if "epochs" in values:  # an epoch-based schedule: no per-iteration projection
         changes["epochs"] = max(1, min(values["epochs"], n // 100))
     if "decay_iterations" in values:
         changes["decay_iterations"] = n // 4
@@ -87,7 +87,7 @@ def check_method(name: str, data: object, size: int, n: int, device: torch.devic
         "auc_shortened": round(metrics.roc_auc(labels, scores), 4),
         "run_info": {k: str(v) for k, v in method.run_info.items()},
     })
-    if len(timings) == 2 and full:
+    if len(timings) == 2 and full and "epochs" not in result["config"]:
         (n1, t1), (n2, t2) = timings
         per_iteration = (t2 - t1) / (n2 - n1)
         result["seconds_per_iteration"] = round(per_iteration, 5)
@@ -107,8 +107,8 @@ def main() -> None:
                                              "patchcore")
     args = parser.parse_args()
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
-    print(f"torch {torch.__version__}, {name}", flush=True)
+    device_name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
+    print(f"torch {torch.__version__}, {device_name}", flush=True)
     text = load_card("synthetic").path.read_text().replace("image_size = 64",
                                                             f"image_size = {args.size}")
     card_path = Path("/tmp/synthetic-full.toml")
@@ -127,7 +127,7 @@ def main() -> None:
             print(json.dumps(results[-1]), flush=True)
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    args.out.write_text(json.dumps({"device": name,
+    args.out.write_text(json.dumps({"device": device_name,
                                     "torch": torch.__version__, "size": args.size,
                                     "results": results}, indent=2, default=str))
     print(f"written {args.out}; max finite AUC over methods: "
