@@ -20,14 +20,15 @@ IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
 # System font stacks only: a web font would be an external request.
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif;
-       max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }
+       max-width: 1400px; margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }
 h1 { font-size: 1.5em; margin-bottom: 0.3em; }
 p.caption { color: #444; }
 div.table { overflow-x: auto; margin: 1em 0; }
-div.table table { border-collapse: collapse; font-size: 0.92em; }
-div.table th, div.table td { border: 1px solid #ccc; padding: 0.3em 0.7em; }
+div.table table { border-collapse: collapse; font-size: 0.85em; }
+div.table th, div.table td { border: 1px solid #ccc; padding: 0.25em 0.5em; }
 div.table thead th { background: #eef1f5; text-align: center; }
 div.table tbody th { text-align: left; font-weight: normal; }
+div.table td:first-child { text-align: left; }
 div.table td { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 div.table tbody tr:nth-child(even) { background: #f7f8fa; }
 div.table b, div.table strong { font-weight: 700; }

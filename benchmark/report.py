@@ -250,8 +250,10 @@ def to_markdown(data: ReportData, figures: dict[str, Path] | None = None,
 def to_html_table(data: ReportData) -> str:
     """The table as HTML (bold kept), for the self-contained page."""
     text, best = _cells(data, summary_table(data), " ± ")
-    styler = text.style.apply(lambda col: np.where(best[col.name], "font-weight: bold;", ""),
-                              axis=0)
+    text, best = text.reset_index(), best.reset_index(drop=True)
+    best.insert(0, "Method", False)
+    styler = text.style.hide(axis="index").apply(
+        lambda col: np.where(best[col.name], "font-weight: bold;", ""), axis=0)
     return styler.set_uuid("table1").to_html()
 
 
