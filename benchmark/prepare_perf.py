@@ -7,6 +7,7 @@ so the figure is what the whole preparation holds at its peak, not one process's
 
 from __future__ import annotations
 
+import json
 import statistics
 import subprocess
 import sys
@@ -24,13 +25,14 @@ SAMPLE_SECONDS = 0.05
 
 @dataclass
 class PrepareMeasurement:
-    count: int
+    count: int  # files in the tree
     seconds: float
     peak_rss_bytes: int
+    decoded: int = 0  # images the protocol used (the rest are checked, not decoded)
 
     @property
     def images_per_second(self) -> float:
-        return self.count / self.seconds
+        return self.decoded / self.seconds
 
 
 def ensure_tree(folder: Path, count: int, size: int) -> Path:
@@ -59,7 +61,9 @@ def measure_prepare(tree: Path, count: int, *, workers: int | None = None,
         seconds = time.perf_counter() - started
         if process.returncode:
             raise RuntimeError(f"bench data prepare failed:\n{output}")
-    return PrepareMeasurement(count=count, seconds=seconds, peak_rss_bytes=peak)
+        meta = json.loads(next(Path(cache).glob("*/meta.json")).read_text())
+    return PrepareMeasurement(count=count, seconds=seconds, peak_rss_bytes=peak,
+                              decoded=int(meta["n_images"]))
 
 
 def _watch(process: psutil.Process) -> int:
@@ -91,4 +95,5 @@ def median_measurement(runs: list[PrepareMeasurement]) -> PrepareMeasurement:
     return PrepareMeasurement(count=runs[0].count,
                               seconds=statistics.median(r.seconds for r in runs),
                               peak_rss_bytes=int(statistics.median(r.peak_rss_bytes
-                                                                   for r in runs)))
+                                                                   for r in runs)),
+                              decoded=runs[0].decoded)
