@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from benchmark.data import PreparedDataset, load_card
+from benchmark.data.prepared import open_prepared
 from benchmark.errors import BenchError
 from benchmark.runner import RunPlan, RunResult, RunSpec, execute_spec
 
@@ -35,16 +38,19 @@ class WorkerContext:
     threads: int
 
 
-def execute(plan: RunPlan, specs: list[RunSpec], *, device: str,
+def execute(plan: RunPlan, specs: list[RunSpec], data: PreparedDataset, *, device: str,
             experiment_id: str) -> list[RunResult]:
+    """Run the specs on the prepared data; worker processes reopen its cache, never the tree."""
     if not specs:
         return []
     if plan.executor == "ray":
-        return _execute_ray(plan, specs, device=device, experiment_id=experiment_id)
+        return _execute_ray(plan, specs, data.folder, device=device,
+                            experiment_id=experiment_id)
     if plan.jobs <= 1:
-        return [execute_spec(plan, spec, device=device, experiment_id=experiment_id)
+        return [execute_spec(plan, spec, data, device=device, experiment_id=experiment_id)
                 for spec in specs]
-    return _execute_processes(plan, specs, device=device, experiment_id=experiment_id)
+    return _execute_processes(plan, specs, data.folder, device=device,
+                              experiment_id=experiment_id)
 
 
 def worker_context(parallel: int) -> WorkerContext:
@@ -54,28 +60,30 @@ def worker_context(parallel: int) -> WorkerContext:
                          threads=max(1, (cores or 1) // max(1, parallel)))
 
 
-def run_in_worker(context: WorkerContext, plan: RunPlan, spec: RunSpec, device: str,
-                  experiment_id: str) -> RunResult:
-    """The body of a worker task: same folder, environment and a share of the cores."""
+def run_in_worker(context: WorkerContext, plan: RunPlan, spec: RunSpec, cache: Path,
+                  device: str, experiment_id: str) -> RunResult:
+    """The body of a worker task: same folder, environment and a share of the cores; the
+    dataset's cache is memory-mapped again (the parent prepared it)."""
     if Path(context.cwd).is_dir():
         os.chdir(context.cwd)
     os.environ.update(context.env)
     torch.set_num_threads(context.threads)
-    return execute_spec(plan, spec, device=device, experiment_id=experiment_id)
+    data = open_prepared(load_card(plan.dataset), cache)
+    return execute_spec(plan, spec, data, device=device, experiment_id=experiment_id)
 
 
-def _execute_processes(plan: RunPlan, specs: list[RunSpec], *, device: str,
+def _execute_processes(plan: RunPlan, specs: list[RunSpec], cache: Path, *, device: str,
                        experiment_id: str) -> list[RunResult]:
     jobs = min(plan.jobs, len(specs))
     context = worker_context(jobs)
     # spawn: a forked child would inherit torch's thread pools and the MLflow client.
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(run_in_worker, context, plan, spec, device, experiment_id)
-                   for spec in specs]
+        futures = [pool.submit(run_in_worker, context, plan, spec, cache, device,
+                               experiment_id) for spec in specs]
         return [future.result() for future in futures]
 
 
-def _execute_ray(plan: RunPlan, specs: list[RunSpec], *, device: str,
+def _execute_ray(plan: RunPlan, specs: list[RunSpec], cache: Path, *, device: str,
                  experiment_id: str) -> list[RunResult]:
     try:
         import ray
@@ -93,12 +101,12 @@ def _execute_ray(plan: RunPlan, specs: list[RunSpec], *, device: str,
                              f"or leave it out to start a local runtime.") from None
     try:
         gpus = 1 if device.startswith("cuda") else 0
-        parallel = min(len(specs), int(ray.cluster_resources().get("CPU", 1)))
-        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, parallel))
+        cluster_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        cpus = max(1, cluster_cpus // min(len(specs), cluster_cpus))
         task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(run_in_worker)
-        context = worker_context(parallel)
-        context = WorkerContext(cwd=context.cwd, env=context.env, threads=cpus)
-        futures = [task.remote(context, plan, spec, device, experiment_id) for spec in specs]
+        context = dataclasses.replace(worker_context(1), threads=cpus)
+        futures = [task.remote(context, plan, spec, cache, device, experiment_id)
+                   for spec in specs]
         return list(ray.get(futures))
     finally:
         if started_here:

@@ -132,15 +132,14 @@ def load_test_scores(uri: str, runs: pd.DataFrame
 
 
 def _test_table(uri: str, run_id: str) -> pd.DataFrame | None:
-    from benchmark.tracking import download_artifact
+    from benchmark.tracking import downloaded_artifact
 
-    for name in ("subject_scores.csv", "scores.csv"):
-        path = download_artifact(uri, run_id, name)
-        if path is not None:
-            table = pd.read_csv(path, dtype={"image_id": str, "subject_id": str})
-            table = table[table.split == "test"]
-            return table.sort_values(table.columns[0]).reset_index(drop=True)
-    return None
+    with downloaded_artifact(uri, run_id, ("subject_scores.csv", "scores.csv")) as path:
+        if path is None:
+            return None
+        table = pd.read_csv(path, dtype={"image_id": str, "subject_id": str})
+    table = table[table.split == "test"]
+    return table.sort_values(table.columns[0]).reset_index(drop=True)
 
 
 def summary_table(data: ReportData) -> pd.DataFrame:

@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 
 from benchmark import figures
 from benchmark.report import ALPHA, ReportData
-from benchmark.tracking import download_artifact
+from benchmark.tracking import downloaded_artifact
 
 MAP_ROWS = ("input", "anomaly map", "ground truth", "translated", "mask M")
 
@@ -76,13 +76,14 @@ def _costs(runs: pd.DataFrame) -> pd.DataFrame:
 
 def _map_grid(data: ReportData, method: str) -> object | None:
     run = data.runs[data.runs.method == method].sort_values("seed").iloc[0]
-    path = download_artifact(data.uri, run.run_id, "map_samples.npz")
-    if path is None:
-        return None
-    with np.load(path) as arrays:
-        if "anomaly map" not in arrays and "translated" not in arrays:
-            return None  # a score-only method: nothing to show beyond the inputs
-        rows = {name: arrays[name] for name in MAP_ROWS if name in arrays}
-        titles = ["diseased" if label else "healthy" for label in arrays["label"]]
+    with downloaded_artifact(data.uri, run.run_id, ("map_samples.npz",)) as path:
+        if path is None:
+            return None
+        with np.load(path) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    if "anomaly map" not in arrays and "translated" not in arrays:
+        return None  # a score-only method: nothing to show beyond the inputs
+    rows = {name: arrays[name] for name in MAP_ROWS if name in arrays}
+    titles = ["diseased" if label else "healthy" for label in arrays["label"]]
     return figures.map_grid(rows, column_titles=titles,
                             title=f"{method}, seed {run.seed}: test images")

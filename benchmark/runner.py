@@ -136,6 +136,7 @@ class RunSpec:
     seed: int
     key: str
     label: str
+    config: Any  # the method's resolved config (a dataclass)
 
 
 def run_plan(plan: RunPlan) -> list[RunResult]:
@@ -163,11 +164,12 @@ def run_plan(plan: RunPlan) -> list[RunResult]:
     for number, (name, seed) in enumerate(
             ((m, s) for m in plan.methods for s in plan.seeds), start=1):
         key = run_key(name, configs[name], data, seed, plan, version)
-        specs.append(RunSpec(name, seed, key, f"[{number}/{total}] {name} seed={seed}"))
+        specs.append(RunSpec(name, seed, key, f"[{number}/{total}] {name} seed={seed}",
+                             configs[name]))
     skipped, todo = triage(plan, experiment_id, specs)
     from benchmark.executors import execute
 
-    done = execute(plan, todo, device=str(device), experiment_id=experiment_id)
+    done = execute(plan, todo, data, device=str(device), experiment_id=experiment_id)
     order = {(s.method, s.seed): i for i, s in enumerate(specs)}
     return sorted(skipped + done, key=lambda r: order[(r.method, r.seed)])
 
@@ -215,13 +217,10 @@ def triage(plan: RunPlan, experiment_id: str,
     return skipped, todo
 
 
-def execute_spec(plan: RunPlan, spec: RunSpec, *, device: str,
+def execute_spec(plan: RunPlan, spec: RunSpec, data: PreparedDataset, *, device: str,
                  experiment_id: str) -> RunResult:
     """Run one spec in this process (the body every executor calls)."""
-    card = load_card(plan.dataset)
-    data = prepare(card, data_root=plan.data_root, show_progress=False)
-    config = plan_configs(plan, card)[spec.method]
-    return run_one(get_method(spec.method), config, data, seed=spec.seed,
+    return run_one(get_method(spec.method), spec.config, data, seed=spec.seed,
                    device=torch.device(device), plan=plan, experiment_id=experiment_id,
                    label=spec.label, key=spec.key)
 
@@ -281,7 +280,8 @@ def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, see
 
         progress.stage("score")
         started = time.perf_counter()
-        val_scores = _checked_scores(method, data.images_of("val"), "val")
+        val_images = data.images_of("val")
+        val_scores = _checked_scores(method, val_images, "val")
         test_images = data.images_of("test")
         test_scores = _checked_scores(method, test_images, "test")
         score_seconds = time.perf_counter() - started
@@ -291,7 +291,7 @@ def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, see
         test_labels, test_units = evaluation_units(data, "test", test_scores)
         threshold = metrics.youden_threshold(val_labels, val_units)
         values = metrics.evaluate(test_labels, test_units, threshold)
-        values.update(_localisation(method, data, test_images))
+        values.update(_localisation(method, data, val_images, test_images))
         values.update({
             "threshold": threshold,
             "val_auc": metrics.roc_auc(val_labels, val_units),
@@ -369,14 +369,14 @@ def _log_selection_quality(logger: RunLogger, method: Method, data: PreparedData
     logger.table(pd.DataFrame(rows), "selection.csv")
 
 
-def _localisation(method: Method, data: PreparedDataset,
+def _localisation(method: Method, data: PreparedDataset, val_images: np.ndarray,
                   test_images: np.ndarray) -> dict[str, float]:
     """Pixel AUROC and Dice on the test split where the dataset has lesion masks and the
     method gives maps; the Dice threshold comes from the validation split's pixels."""
     val_masks = data.masks_of("val")
     if val_masks is None:
         return {}
-    val_maps = method.anomaly_maps(data.images_of("val"))
+    val_maps = method.anomaly_maps(val_images)
     if val_maps is None:
         return {}
     test_maps = method.anomaly_maps(test_images)

@@ -7,6 +7,7 @@ elsewhere (another file, or an `mlflow server`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -18,6 +19,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -316,16 +318,20 @@ def mark_killed(uri: str, run_id: str) -> None:
     client.set_terminated(run_id, "FAILED")
 
 
-def download_artifact(uri: str, run_id: str, name: str) -> Path | None:
-    """A run's artifact in a temp folder (kept for the process), or None when it has none."""
+@contextlib.contextmanager
+def downloaded_artifact(uri: str, run_id: str, names: tuple[str, ...]) -> Iterator[Path | None]:
+    """The first of `names` the run has, downloaded to a temp folder that is removed on exit;
+    None when the run has none of them. One listing of the run's artifacts."""
     import mlflow.artifacts
 
-    names = {item.path for item in _client(uri).list_artifacts(run_id)}
-    if name not in names:
-        return None
-    target = Path(tempfile.mkdtemp(prefix="bench-artifact-"))
-    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name,
-                                                    dst_path=str(target), tracking_uri=uri))
+    present = {item.path for item in _client(uri).list_artifacts(run_id)}
+    name = next((n for n in names if n in present), None)
+    if name is None:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-artifact-") as target:
+        yield Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name,
+                                                       dst_path=target, tracking_uri=uri))
 
 
 def log_report(uri: str, dataset: str, files: list[Path], params: dict[str, Any]) -> str:

@@ -212,6 +212,11 @@ def _build_synthetic_cache(card: DatasetCard, config: synthetic.SyntheticConfig,
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
+def open_prepared(card: DatasetCard, folder: Path) -> PreparedDataset:
+    """A dataset already prepared in `folder` (e.g. by the parent of a worker process)."""
+    return _open(card, Path(folder), built=False)
+
+
 def _open(card: DatasetCard, folder: Path, *, built: bool) -> PreparedDataset:
     meta = json.loads((folder / "meta.json").read_text())
     manifest = read_manifest(folder / "manifest.csv")
@@ -241,7 +246,7 @@ def _prepare_real(card: DatasetCard, root: Path, cache_root: Path, *, workers: i
     published = readers.published_split(card, root, source)
     assignment = protocol.assign_splits(source, card.settings, published=published)
     items = assignment.table.sort_values("image_id").reset_index(drop=True)
-    key = _cache_key(card, extra=f"{READER_VERSION}\n{_tree_fingerprint(items, root)}")
+    key = _cache_key(card, extra=f"{READER_VERSION}\n{_tree_fingerprint(items)}")
     folder = cache_root / f"{card.name}-{key[:16]}"
     if (folder / "meta.json").is_file():
         return _open(card, folder, built=False)
@@ -271,10 +276,10 @@ def _decoding(card: DatasetCard) -> build.Decoding:
                           min_foreground=float(settings.get("min_foreground", 0.05)))
 
 
-def _tree_fingerprint(items: pd.DataFrame, root: Path) -> str:
-    """Ids, labels, splits and file sizes: a changed tree gets a new cache, a moved one not."""
-    sizes = [(root / path).stat().st_size for path in items.path]
-    table = items.loc[:, ["image_id", "path", "label", "subject_id", "split"]].assign(size=sizes)
+def _tree_fingerprint(items: pd.DataFrame) -> str:
+    """Ids, labels, splits and file sizes (read by the reader's checks): a changed tree gets a
+    new cache, a moved one not."""
+    table = items.loc[:, ["image_id", "path", "label", "subject_id", "split", "size"]]
     text = table.to_csv(index=False, lineterminator="\n")
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

@@ -1,4 +1,5 @@
-"""Format name -> reader module. Each reader has `read(card, root) -> (source table, dropped)`."""
+"""Format name -> reader module. Each reader has `read(card, root) -> (source table, dropped)`
+and may have `published_split(card, root, source) -> image_id -> split | None`."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def reader_for(fmt: str) -> ModuleType:
 
 
 def published_split(card: DatasetCard, root: Path, source: pd.DataFrame) -> pd.Series | None:
-    """A published image -> split assignment where the format has one (COVIDx lists)."""
-    if card.format == "covidx":
-        return covidx.published_split(card, root, source)
-    return None
+    """A published image -> split assignment, from readers that know one (COVIDx's lists):
+    a reader module may define `published_split(card, root, source)`."""
+    reader_hook = getattr(reader_for(card.format), "published_split", None)
+    return reader_hook(card, root, source) if reader_hook else None

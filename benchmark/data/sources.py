@@ -10,6 +10,8 @@ A reader turns a dataset tree (label files, folders, CSVs) into a *source table*
                 dataset has no official split (the protocol then carves all splits from it)
     kind        "image" (one file, one row in the cache) or "volume" (one NIfTI file, many slices)
 
+`check_table` adds `size` (bytes), read while checking that each file exists.
+
 The helpers here turn every way a tree can be wrong into one message naming the file and the
 problem: a path escaping the root, a missing file, a duplicate id, an unknown label, an empty
 class, a file that is not an image.
@@ -17,6 +19,7 @@ class, a file that is not an image.
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -69,9 +72,10 @@ def map_label(raw: str, label_map: Mapping[str, int | None], *, origin: str) -> 
 
 
 def check_table(table: pd.DataFrame, root: Path, *, origin: str) -> None:
-    """Files exist and are images; ids are unique; both classes are present."""
+    """Files exist and are images; ids are unique; both classes are present. Adds the column
+    `size` (bytes), read in the same pass, for the cache's tree fingerprint."""
     _check_duplicates(table, origin=origin)
-    _check_files(table, root, origin=origin)
+    table["size"] = _file_sizes(table, root, origin=origin)
     _check_classes(table, origin=origin)
 
 
@@ -83,19 +87,27 @@ def _check_duplicates(table: pd.DataFrame, *, origin: str) -> None:
                          f"remove the duplicate lines.")
 
 
-def _check_files(table: pd.DataFrame, root: Path, *, origin: str) -> None:
+def _file_sizes(table: pd.DataFrame, root: Path, *, origin: str) -> list[int]:
     missing: list[str] = []
+    sizes: list[int] = []
     for path, kind in zip(table.path, table.kind, strict=True):
         suffixes = VOLUME_SUFFIXES if kind == "volume" else IMAGE_SUFFIXES
         if not any(path.lower().endswith(s) for s in suffixes):
             raise BenchError(f"{origin}: '{path}' is not an image file (expected one of "
                              f"{', '.join(suffixes)}). Remove it or convert it.")
-        if not (root / path).is_file():
+        try:
+            info = (root / path).stat()
+        except (FileNotFoundError, NotADirectoryError):
+            info = None
+        if info is None or not stat.S_ISREG(info.st_mode):
             missing.append(path)
+        else:
+            sizes.append(info.st_size)
     if missing:
         raise BenchError(f"{origin} names {len(missing)} image(s) that are not in {root}, "
                          f"first: '{missing[0]}'. Unpack the missing images there, or fix the "
                          f"label file.")
+    return sizes
 
 
 def _check_classes(table: pd.DataFrame, *, origin: str) -> None:
