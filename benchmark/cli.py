@@ -17,6 +17,11 @@ TRACKING_HELP = ("MLflow tracking URI: a sqlite:///file.db, a folder, or http://
                  "`mlflow server`. Default: $MLFLOW_TRACKING_URI, else sqlite under results/.")
 
 
+#: Where `bench report` writes by default: inside the git-ignored results/, so a report never
+#: dirties the checkout. The committed reports/ come from `make reports`.
+REPORTS_DIR = Path("results") / "reports"
+
+
 def tracking_option(func: Any) -> Any:
     return click.option("--tracking-uri", default=None, metavar="URI", help=TRACKING_HELP)(func)
 
@@ -223,8 +228,9 @@ def run(methods: str, dataset: str, seeds: str, profile: str, device: str,
               help="md: Markdown linking the figures; latex: a booktabs table; html: one "
                    "self-contained page with the table and every figure.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Output file. Default: reports/<dataset>.md|.tex|.html; `-` prints the "
-                   "table only (no figures, nothing logged).")
+              help="Output file. Default: results/reports/<dataset>.md|.tex|.html (git-ignored: "
+                   "the committed reports/ are rewritten only on purpose, by `make reports`); "
+                   "`-` prints the table only (no figures, nothing logged).")
 @click.option("--profile", type=click.Choice(["quick", "full"]), default=None,
               help="Which runs to tabulate. Default: the profile of the newest run.")
 @click.option("--contaminated", is_flag=True, help="Tabulate the contaminated-setting runs.")
@@ -235,8 +241,8 @@ def report(dataset: str, fmt: str, out: Path | None, profile: str | None, contam
            no_figures: bool, no_log: bool, tracking_uri: str | None) -> None:
     """Build Table 1 (a row per method: AUC mean ± std over seeds with its 95% CI and a paired
     test against the best) and the figures: ROC curves, score distributions, anomaly maps,
-    cost and the paired comparison. Figures go to reports/<dataset>/ and, with the table, to
-    an MLflow run tagged bench.kind=report."""
+    cost and the paired comparison. Figures go to results/reports/<dataset>/ (beside --out)
+    and, with the table, to an MLflow run tagged bench.kind=report."""
     from benchmark.report import caption, select_runs, to_html_table, to_latex, to_markdown
     from benchmark.tracking import log_report, resolve_tracking_uri
 
@@ -244,7 +250,7 @@ def report(dataset: str, fmt: str, out: Path | None, profile: str | None, contam
     data = select_runs(uri, dataset, profile, contaminated=contaminated)
     suffix = "-contaminated" if contaminated else ""
     extension = {"md": "md", "latex": "tex", "html": "html"}[fmt]
-    out = out or Path("reports") / f"{dataset}{suffix}.{extension}"
+    out = out or REPORTS_DIR / f"{dataset}{suffix}.{extension}"
     printing_only = str(out) == "-"
     figure_dir = out.parent / f"{dataset}{suffix}"
     figures: dict[str, Path] = {}
@@ -280,13 +286,15 @@ def report(dataset: str, fmt: str, out: Path | None, profile: str | None, contam
 @click.option("--against", type=click.Path(path_type=Path), default=None,
               help="Reference JSON. Default: results/reference/<dataset>.json.")
 @click.option("--tolerance", type=float, default=None,
-              help="Allowed AUC drop (default: the reference's, 0.02).")
+              help="Allowed AUC change per seed, either way (default: the reference's, 0.02).")
 @click.option("--update", is_flag=True, help="Record the latest runs as the new reference.")
 @click.option("--profile", type=click.Choice(["quick", "full"]), default=None)
 @tracking_option
 def check(dataset: str, against: Path | None, tolerance: float | None, update: bool,
           profile: str | None, tracking_uri: str | None) -> None:
-    """Fail (exit 1) when a method's AUC fell below the recorded reference."""
+    """Fail (exit 1) when any seed's AUC moved beyond the tolerance of the reference (down or
+    up), a method or seed is missing, or a method loaded other weights. --update records the
+    newest runs as the reference."""
     from benchmark.regression import (
         DEFAULT_TOLERANCE,
         compare,
@@ -320,7 +328,9 @@ def check(dataset: str, against: Path | None, tolerance: float | None, update: b
         for problem in outcome.problems:
             click.secho(f"FAIL {problem}", fg="red", err=True)
         sys.exit(1)
-    click.echo(f"\nAll {len(outcome.table)} methods within tolerance of {against}.")
+    methods = outcome.table.method.nunique()
+    click.echo(f"\nAll {len(outcome.table)} seeds of {methods} methods within "
+               f"{reference.get('tolerance')} of {against}; same weights.")
 
 
 @cli.command()

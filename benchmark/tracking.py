@@ -125,18 +125,46 @@ def environment_params() -> dict[str, str]:
     return params
 
 
+#: Identity-relevant packages: another version of any of them may give another number.
+IDENTITY_PACKAGES = ("torch", "torchvision", "anomalib", "timm")
+#: What "the code" of a run is: the packages and, in a source checkout, the dataset cards and
+#: the build file. Generated reports and results are not code, so writing a report (or
+#: `make demo`) never invalidates finished runs.
+CODE_PACKAGES = ("benchmark", "methods")
+CHECKOUT_CODE = ("datasets", "pyproject.toml")
+
+
 def code_version() -> str:
-    """The code a run used: the commit, plus a hash of uncommitted changes when there are any,
-    so an edited working tree never reuses results of the committed code."""
+    """A hash of the code's files (not of the commit: committing a report is not a code
+    change, and an edited file is one even before it is committed)."""
     root = Path(__file__).resolve().parents[1]
-    commit = git_commit()
-    if commit == "unknown":
-        return f"medad-bench {version('medad-bench')}"
-    if not commit.endswith("+dirty"):
-        return commit
-    diff = subprocess.run(["git", "diff", "HEAD"], cwd=root, capture_output=True,
-                          timeout=30).stdout
-    return f"{commit}:{hashlib.sha256(diff).hexdigest()[:12]}"
+    digest = hashlib.sha256()
+    for path in code_files(root):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return f"code-{digest.hexdigest()[:16]}"
+
+
+def code_files(root: Path) -> list[Path]:
+    """The files `code_version` hashes, in a fixed order."""
+    files = [p for package in CODE_PACKAGES for p in (root / package).rglob("*.py")]
+    if (root / "pyproject.toml").is_file():  # a source checkout, not site-packages
+        for name in CHECKOUT_CODE:
+            path = root / name
+            files += [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+    return sorted(p for p in files if "__pycache__" not in p.parts and p.is_file())
+
+
+def environment_identity(device_type: str, threads: str) -> dict[str, str]:
+    """What about the machine decides a number: device type, torch threads (they change the
+    order of float sums on a CPU) and the versions of the numeric packages."""
+    identity = {"device_type": device_type, "torch_threads": threads}
+    for package in IDENTITY_PACKAGES:
+        try:
+            identity[f"version.{package}"] = version(package)
+        except PackageNotFoundError:
+            identity[f"version.{package}"] = "not installed"
+    return identity
 
 
 def git_commit() -> str:
@@ -224,8 +252,9 @@ def _param_text(value: Any) -> str:
 def finished_runs(uri: str, dataset: str) -> pd.DataFrame:
     """All finished runs of `dataset`, newest first, one row each with params and metrics.
 
-    Columns: run_id, start_time, method, seed, profile, split_hash, backbone_weights and
-    `metric.<name>` for each metric.
+    Columns: run_id, start_time, method, seed, profile, split_hash, data_version, backbone,
+    backbone_weights (for people), weights_identity (what was loaded), run_identity (all but
+    the seed), contaminated and `metric.<name>` for each metric.
     """
     client = _client(uri)
     try:
@@ -253,7 +282,11 @@ def finished_runs(uri: str, dataset: str) -> pd.DataFrame:
                 "profile": params.get("profile"),
                 "split_hash": params.get("split_hash"),
                 "data_version": params.get("data_version", ""),
+                "backbone": params.get("config.backbone", ""),
                 "backbone_weights": params.get("backbone_weights", ""),
+                "weights_identity": params.get("weights.identity", ""),
+                "weights_fallback": params.get("weights.fallback", "none"),
+                "run_identity": params.get("run_identity", ""),
                 "contaminated": params.get("contaminated", "false"),
             }
             row.update({f"metric.{k}": v for k, v in run.data.metrics.items()})

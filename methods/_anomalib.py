@@ -33,7 +33,7 @@ class BackboneMethod(Method):
     @classmethod
     def provenance(cls, config: Any) -> dict[str, str]:
         """The exact backbone weights (kind, file, SHA-256, or `random`) the config loads."""
-        return {"weights.identity": resolve_weights(config.backbone, config.weights).identity}
+        return {"weights": resolve_weights(config.backbone, config.weights).identity}
 
     def _load_backbone(self, extractor: nn.Module) -> WeightsSource:
         """Initialise the feature extractor from the config's weights; record what was used."""

@@ -48,6 +48,10 @@ def test_run_logs_one_complete_mlflow_run_per_method_and_seed(two_seed_store, tm
     assert len(params["split_hash"]) == 64
     assert params["config.n_features"] == "100" and params["config.image_size"] == "32"
     assert params["backbone_weights"] == "random (requested)"
+    assert params["weights.identity"] == "random" and params["identity.weights"] == "random"
+    assert params["identity.device_type"] == "cpu" and params["identity.torch_threads"]
+    assert params["identity.code_version"].startswith("code-")
+    assert params["identity.version.timm"] and len(params["run_identity"]) == 16
     assert params["trained_on"] == "normal" and params["n_train_normal"] == "40"
     assert params["version.torch"] and params["version.anomalib"] and params["git_commit"]
     for name in ("auc", "precision", "recall", "specificity", "f1", "accuracy", "threshold"):
@@ -80,7 +84,7 @@ def test_the_same_seed_twice_gives_the_same_auc(tracking_uri):
 
 def test_report_markdown_and_latex(two_seed_store, isolated):
     result = bench("report", "--dataset", "tiny", "--tracking-uri", two_seed_store)
-    text = (isolated / "reports" / "tiny.md").read_text()
+    text = (isolated / "results" / "reports" / "tiny.md").read_text()
     assert text.strip() == result.output.split("Written to")[0].strip()
     _, runs = finished(two_seed_store)
     assert runs[0].data.params["split_hash"] in text
@@ -109,37 +113,55 @@ def test_report_markdown_and_latex(two_seed_store, isolated):
     assert (isolated / "doc.pdf").stat().st_size > 1000
 
 
-def test_check_passes_on_its_own_reference_and_fails_on_a_regression(two_seed_store, isolated):
-    reference = isolated / "ref.json"
-    bench("check", "--dataset", "tiny", "--update", "--against", str(reference),
+def _check(reference_path, reference, uri):
+    reference_path.write_text(json.dumps(reference))
+    return bench("check", "--dataset", "tiny", "--against", str(reference_path),
+                 "--tracking-uri", uri, ok=False)
+
+
+def test_check_passes_on_its_own_reference_and_fails_on_any_tampering(two_seed_store, isolated):
+    path = isolated / "ref.json"
+    bench("check", "--dataset", "tiny", "--update", "--against", str(path),
           "--tracking-uri", two_seed_store)
-    recorded = json.loads(reference.read_text())
-    assert set(recorded["methods"]) == {"padim", "patchcore"} and recorded["seeds"] == [0, 1]
-    passed = bench("check", "--dataset", "tiny", "--against", str(reference),
-                   "--tracking-uri", two_seed_store)
-    assert "within tolerance" in passed.output
+    recorded = json.loads(path.read_text())
+    assert set(recorded["methods"]) == {"padim", "patchcore"}
+    assert set(recorded["methods"]["padim"]["auc_by_seed"]) == {"0", "1"}
+    assert recorded["methods"]["padim"]["weights"] == "random"
+    passed = _check(path, recorded, two_seed_store)
+    assert passed.exit_code == 0 and "within 0.02" in passed.output, passed.output
 
-    recorded["methods"]["padim"]["auc"] += 0.1
-    reference.write_text(json.dumps(recorded))
-    failed = bench("check", "--dataset", "tiny", "--against", str(reference),
-                   "--tracking-uri", two_seed_store, ok=False)
-    assert failed.exit_code == 1
-    assert "REGRESSED" in failed.output and "padim" in failed.output
+    def tampered(change):
+        copy = json.loads(json.dumps(recorded))
+        change(copy)
+        return _check(path, copy, two_seed_store)
 
-    changed = dict(recorded, data_version="0000000000000000")
-    changed["methods"] = json.loads(json.dumps(recorded["methods"]))
-    changed["methods"]["padim"]["auc"] -= 0.1
-    reference.write_text(json.dumps(changed))
-    other_data = bench("check", "--dataset", "tiny", "--against", str(reference),
-                       "--tracking-uri", two_seed_store, ok=False)
+    # One seed up and the other down by the same amount: the mean is unchanged, both fail.
+    def up_and_down(ref):
+        ref["methods"]["padim"]["auc_by_seed"]["0"] -= 0.05
+        ref["methods"]["padim"]["auc_by_seed"]["1"] += 0.05
+    both = tampered(up_and_down)
+    assert both.exit_code == 1
+    assert "padim seed 0: AUC" in both.output and "rose 0.0500 above" in both.output
+    assert "padim seed 1: AUC" in both.output and "fell 0.0500 below" in both.output
+    assert "Intended? Update the reference" in both.output
+
+    missing_seed = tampered(lambda ref: ref["methods"]["patchcore"]["auc_by_seed"]
+                            .update({"2": 0.5}))
+    assert missing_seed.exit_code == 1 and "patchcore: no finished run for seed(s) [2]" \
+        in missing_seed.output
+
+    missing_method = tampered(lambda ref: ref["methods"].update(
+        {"alad": {"auc_by_seed": {"0": 0.6}, "weights": ""}}))
+    assert missing_method.exit_code == 1
+    assert "alad: no finished run for seed(s) [0]" in missing_method.output
+
+    other_weights = tampered(lambda ref: ref["methods"]["padim"].update(
+        weights="packaged:efficientnet-lite0-57934424.pth:sha256=5793"))
+    assert other_weights.exit_code == 1
+    assert "padim: loaded weights random, the reference packaged:" in other_weights.output
+
+    other_data = tampered(lambda ref: ref.update(data_version="0000000000000000"))
     assert other_data.exit_code == 1 and "the images changed" in other_data.output
-
-    recorded["seeds"] = [0, 1, 2]
-    recorded["methods"]["padim"]["auc"] -= 0.1
-    reference.write_text(json.dumps(recorded))
-    missing = bench("check", "--dataset", "tiny", "--against", str(reference),
-                    "--tracking-uri", two_seed_store, ok=False)
-    assert missing.exit_code == 1 and "MISSING seeds [2]" in missing.output
 
 
 def test_tracking_uri_comes_from_the_environment(tracking_uri, monkeypatch, isolated):

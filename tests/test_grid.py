@@ -227,17 +227,17 @@ def test_report_has_cis_paired_tests_pixel_metrics_and_figures(tracking_uri, iso
     assert result.exit_code == 0, result.output
     md = bench("report", "--dataset", "tiny", "--tracking-uri", tracking_uri)
     assert md.exit_code == 0, md.output
-    text = (isolated / "reports" / "tiny.md").read_text()
+    text = (isolated / "results" / "reports" / "tiny.md").read_text()
     for needle in ("AUC 95% CI", "p vs best", "Pixel AUROC", "Dice", "bootstrap",
                    "tiny/roc.png", "tiny/paired_comparison.png", "tiny/maps_padim.png"):
         assert needle in text, needle
     assert re.search(r"\[0\.\d{3}, [01]\.\d{3}\]", text)
     for name in ("roc", "score_distributions", "paired_comparison", "cost", "maps_padim"):
-        assert (isolated / "reports" / "tiny" / f"{name}.png").stat().st_size > 5000
+        assert (isolated / "results" / "reports" / "tiny" / f"{name}.png").stat().st_size > 5000
     html = bench("report", "--dataset", "tiny", "--format", "html", "--tracking-uri",
                  tracking_uri)
     assert html.exit_code == 0, html.output
-    page = (isolated / "reports" / "tiny.html").read_text()
+    page = (isolated / "results" / "reports" / "tiny.html").read_text()
     assert page.count("data:image/png;base64,") >= 5 and "http" not in page.lower().replace(
         "http-equiv", "")
     # The report's own MLflow run holds the files and never counts as a method run.
