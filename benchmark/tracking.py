@@ -134,10 +134,10 @@ CODE_PACKAGES = ("benchmark", "methods")
 CHECKOUT_CODE = ("datasets", "pyproject.toml")
 
 
-def code_version() -> str:
+def code_version(root: Path | None = None) -> str:
     """A hash of the code's files (not of the commit: committing a report is not a code
     change, and an edited file is one even before it is committed)."""
-    root = Path(__file__).resolve().parents[1]
+    root = root or Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
     for path in code_files(root):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")

