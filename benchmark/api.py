@@ -29,6 +29,17 @@ TRAINING_SETS = ("normal", "unlabeled")
 
 
 @dataclass(frozen=True)
+class LabelledSplit:
+    """The labelled validation split, for choices and diagnostics made on validation data
+    (never on test): images (N, C, H, W) in [0, 1], labels (N,) 0 healthy / 1 diseased, and
+    lesion masks (N, H, W) where the dataset has them."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
 class TrainSet:
     """The images a method may train on; labels of `unlabeled` are withheld.
 
@@ -42,6 +53,8 @@ class TrainSet:
     #: protocol's share of healthy images among them (rho). None where selection is not used.
     selection: np.ndarray | None = None
     selection_normal_share: float | None = None
+    #: The labelled validation split, for methods that declare `uses_validation`.
+    validation: LabelledSplit | None = None
 
     def __post_init__(self) -> None:
         for name in (*TRAINING_SETS, "selection"):
@@ -91,6 +104,9 @@ class Method(ABC):
     #: True if the method picks its checkpoint by AUCp on the unlabelled test images
     #: (TrainSet.selection); their labels are never handed over.
     uses_selection: ClassVar[bool] = False
+    #: True if the method reads the labelled validation split (TrainSet.validation) during
+    #: training, for diagnostics or validation-based choices. Test labels are never given.
+    uses_validation: ClassVar[bool] = False
     Config: ClassVar[type]
 
     def __init__(self, config: Any = None) -> None:
@@ -103,6 +119,10 @@ class Method(ABC):
         #: Per checkpoint: (step, {"aucp": ..., ...}, test-image scores). The runner turns the
         #: scores into true AUCs after final scoring, to show how well selection worked.
         self.selection_history: list[tuple[int, dict[str, float], np.ndarray]] = []
+        #: Numbers about the fitted model the runner logs as metrics (e.g. diagnostics).
+        self.run_metrics: dict[str, float] = {}
+        #: Problems the user must see (printed by the runner, logged, noted in reports).
+        self.warnings: list[str] = []
 
     @classmethod
     def provenance(cls, config: Any) -> dict[str, str]:

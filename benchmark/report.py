@@ -79,6 +79,7 @@ def select_runs(uri: str, dataset: str, profile: str | None = None,
     if fallback:
         notes.append(f"{', '.join(fallback)}: backbone randomly initialised because ImageNet "
                      f"weights could not be loaded; not comparable with published figures.")
+    notes += run_warnings(latest)
     seeds_per_method = latest.groupby("method").seed.apply(lambda s: tuple(sorted(s)))
     if seeds_per_method.nunique() > 1:
         detail = "; ".join(f"{m}: {list(s)}" for m, s in seeds_per_method.items())
@@ -116,6 +117,18 @@ def newest_identity(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
                      f"weights, device, thread count or package versions than the newest of "
                      f"their method ({detail}); each row averages runs of one identity.")
     return runs[keep], notes
+
+
+def run_warnings(runs: pd.DataFrame) -> list[str]:
+    """One note per method whose runs warned (e.g. a saturated AnomalyPro mask), naming seeds."""
+    if "warnings" not in runs:
+        return []
+    notes = []
+    warned = runs[runs.warnings.fillna("") != ""]
+    for method, group in warned.groupby("method"):
+        seeds = ", ".join(str(s) for s in sorted(group.seed))
+        notes.append(f"{method} (seed {seeds}): {group.warnings.iloc[0]}")
+    return notes
 
 
 def backbone_text(data: ReportData) -> str:

@@ -250,7 +250,8 @@ def training_set(method: type[Method], data: PreparedDataset, contaminated: bool
 
     A set the method does not use is handed over empty, so it cannot see it by accident.
     """
-    full = data.train_set(with_selection=method.uses_selection)
+    full = data.train_set(with_selection=method.uses_selection,
+                          with_validation=method.uses_validation)
     empty = full.normal[:0]
     if contaminated and "unlabeled" not in method.uses:
         return dataclasses.replace(full, normal=np.concatenate([full.normal, full.unlabeled]),
@@ -299,6 +300,12 @@ def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, see
         method.fit(train, seed=seed, device=device, progress=progress)
         fit_seconds = time.perf_counter() - started
         logger.params({k: v for k, v in method.run_info.items()})
+        if method.run_metrics:
+            logger.metrics(method.run_metrics)
+        if method.warnings:
+            for warning in method.warnings:
+                print(f"WARNING {label}: {warning}", file=sys.stderr)
+            logger.params({"warnings": " | ".join(method.warnings)})
 
         progress.stage("score")
         started = time.perf_counter()

@@ -287,6 +287,7 @@ def finished_runs(uri: str, dataset: str) -> pd.DataFrame:
                 "weights_identity": params.get("weights.identity", ""),
                 "weights_fallback": params.get("weights.fallback", "none"),
                 "run_identity": params.get("run_identity", ""),
+                "warnings": params.get("warnings", ""),
                 "contaminated": params.get("contaminated", "false"),
             }
             row.update({f"metric.{k}": v for k, v in run.data.metrics.items()})

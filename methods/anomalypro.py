@@ -51,8 +51,12 @@ class Generator(nn.Module):
     """7x7 stem, two stride-2 downsamplings, residual blocks, two upsamplings, 7x7 head to
     C+1 channels: C channels of B_int (tanh) and one of mask logits."""
 
-    def __init__(self, channels: int = 1, base: int = 64, residual_blocks: int = 6) -> None:
+    def __init__(self, channels: int = 1, base: int = 64, residual_blocks: int = 6,
+                 mask_logit_bias: float = 0.0) -> None:
         super().__init__()
+        #: Added to the mask logit: 0 in HealthyGAN (its head has no bias); negative values
+        #: start M near 0 instead of 0.5.
+        self.mask_logit_bias = mask_logit_bias
 
         def norm_relu(width: int) -> list[nn.Module]:
             return [nn.InstanceNorm2d(width, affine=True), nn.ReLU(inplace=True)]
@@ -76,7 +80,7 @@ class Generator(nn.Module):
         """x in [-1, 1] -> (B_int in [-1, 1], M in [0, 1])."""
         out = self.net(x)
         b_int = torch.tanh(out[:, : self.channels])
-        mask = (torch.tanh(out[:, self.channels:]) + 1.0) / 2.0
+        mask = (torch.tanh(out[:, self.channels:] + self.mask_logit_bias) + 1.0) / 2.0
         return b_int, mask
 
 
@@ -183,6 +187,8 @@ class AnomalyProConfig:
     lambda_id: float = 1.0
     lambda_rec: float = 1.0
     lambda_mask: float = 0.1
+    #: A constant added to the mask logit (0 = HealthyGAN). -2 starts M near 0.02.
+    mask_logit_bias: float = 0.0
     horizontal_flip: bool = True
     checkpoint_every: int = 10_000
     #: "aucp": keep the checkpoint with the highest AUCp (first on ties); "last": the last one.
@@ -225,6 +231,7 @@ class AnomalyPro(Method):
                    "score = mean |input - translation|")
     uses = ("normal", "unlabeled")
     uses_selection = True
+    uses_validation = True  # mask diagnostics on the labelled validation split
     Config = AnomalyProConfig
 
     @classmethod
@@ -255,7 +262,8 @@ class AnomalyPro(Method):
         seed_everything(seed)
         channels = train.channels
         self.device = device
-        self.generator = Generator(channels, cfg.base_channels, cfg.residual_blocks).to(device)
+        self.generator = Generator(channels, cfg.base_channels, cfg.residual_blocks,
+                                   cfg.mask_logit_bias).to(device)
         self.critic = PatchDiscriminator(channels, cfg.critic_base_channels,
                                          cfg.critic_layers).to(device)
         if cfg.channels_last:
@@ -303,8 +311,32 @@ class AnomalyPro(Method):
                     progress.metric(f"train_{key}", float(value.detach()), state.iteration)
                 progress.metric("train_d_total", float(loss_d.detach()), state.iteration)
             if state.iteration % cfg.checkpoint_every == 0 or state.iteration == cfg.iterations:
+                self._log_mask_diagnostics(train, progress, state.iteration)
                 self._checkpoint(state, selection, train, opt_g, opt_d, sampler, progress)
         self._select(state)
+        self._judge_mask(train)
+
+    # -- mask diagnostics (validation split only) ----------------------------------------
+
+    def _mask_diagnostics(self, train: TrainSet) -> dict[str, float]:
+        if train.validation is None:
+            return {}
+        split = train.validation
+        return mask_diagnostics(self.masks(split.images), split.labels, split.masks)
+
+    def _log_mask_diagnostics(self, train: TrainSet, progress: Progress, step: int) -> None:
+        """Curves over checkpoints (checkpoint_mask_*): does M follow the input, or has it
+        saturated? The kept checkpoint's values are the run metrics mask_*."""
+        for key, value in self._mask_diagnostics(train).items():
+            progress.metric(f"checkpoint_{key}", value, step)
+
+    def _judge_mask(self, train: TrainSet) -> None:
+        """Diagnostics of the kept checkpoint as run metrics, and a warning if M saturated."""
+        values = self._mask_diagnostics(train)
+        self.run_metrics.update(values)
+        warning = mask_saturation_warning(values)
+        if warning:
+            self.warnings.append(warning)
 
     def _inputs(self, images: np.ndarray) -> torch.Tensor:
         x = to_model_range(images, self.device, self.config.image_size)
@@ -490,6 +522,38 @@ class AnomalyPro(Method):
                     axis.set_title(title, fontsize=9)
         fig.tight_layout()
         return fig
+
+
+#: Mean M on healthy validation images beyond these bounds: the mask saturated (everything
+#: translated, or nothing), so the score no longer says where the method looked.
+MASK_SATURATED_HIGH = 0.9
+MASK_SATURATED_LOW = 0.01
+
+
+def mask_diagnostics(masks: np.ndarray, labels: np.ndarray,
+                     lesions: np.ndarray | None) -> dict[str, float]:
+    """Mean M on healthy and on diseased images, the share of pixels with M > 0.5, and (where
+    lesion masks exist) the pixel AUROC of M itself against them."""
+    from benchmark.stats import pixel_auroc
+
+    healthy, diseased = masks[labels == 0], masks[labels == 1]
+    values = {"mask_mean_healthy": float(healthy.mean()) if len(healthy) else float("nan"),
+              "mask_mean_diseased": float(diseased.mean()) if len(diseased) else float("nan"),
+              "mask_share_above_half": float((masks > 0.5).mean())}
+    if lesions is not None:
+        values["mask_pixel_auroc"] = pixel_auroc(lesions, masks)
+    return values
+
+
+def mask_saturation_warning(values: dict[str, float]) -> str:
+    """A message when the mask saturated on healthy validation images, else ''."""
+    mean = values.get("mask_mean_healthy", float("nan"))
+    if not np.isfinite(mean) or MASK_SATURATED_LOW <= mean <= MASK_SATURATED_HIGH:
+        return ""
+    state = "1 almost everywhere" if mean > MASK_SATURATED_HIGH else "0 almost everywhere"
+    return (f"mask M saturated: mean M on healthy validation images is {mean:.3f} ({state}); "
+            f"the score is then a whole-image difference, not the lesion the paper's mask "
+            f"finds. See the run's checkpoint_mask_* curves.")
 
 
 @dataclass

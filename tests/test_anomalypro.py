@@ -14,7 +14,9 @@ from methods.anomalypro import (
     Generator,
     PatchDiscriminator,
     gradient_penalty,
+    mask_diagnostics,
     mask_loss,
+    mask_saturation_warning,
     reconstruct,
     translate,
 )
@@ -247,6 +249,58 @@ def test_a_run_logs_curves_selection_quality_and_the_figure(tracking_uri, isolat
     assert [m.step for m in client.get_metric_history(run.info.run_id, "aucp")] == [2, 4]
     assert len(client.get_metric_history(run.info.run_id, "checkpoint_true_auc")) == 2
     assert len(client.get_metric_history(run.info.run_id, "train_d_total")) == 4
+    # Mask diagnostics on the validation split: a curve over checkpoints and final metrics.
+    for name in ("mask_mean_healthy", "mask_mean_diseased", "mask_share_above_half",
+                 "mask_pixel_auroc"):
+        curve = client.get_metric_history(run.info.run_id, f"checkpoint_{name}")
+        assert [m.step for m in curve] == [2, 4]
+        assert 0 <= run.data.metrics[name] <= 1
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"figure_grid.png", "selection.csv", "scores.csv"} <= artifacts
     assert not list((isolated / "results" / "runs").rglob("last.pt")), "finished run kept state"
+
+
+def test_mask_diagnostics_by_hand():
+    masks = np.zeros((4, 2, 2), dtype=np.float32)
+    masks[2:, 0, 0] = 1.0  # diseased images: M on at the lesion pixel only
+    labels = np.array([0, 0, 1, 1])
+    lesions = np.zeros((4, 2, 2), dtype=np.uint8)
+    lesions[2:, 0, 0] = 1
+    values = mask_diagnostics(masks, labels, lesions)
+    assert values["mask_mean_healthy"] == 0.0 and values["mask_mean_diseased"] == 0.25
+    assert values["mask_share_above_half"] == pytest.approx(2 / 16)
+    assert values["mask_pixel_auroc"] == 1.0
+    assert "mask_pixel_auroc" not in mask_diagnostics(masks, labels, None)
+
+
+@pytest.mark.parametrize("mean, saturated", [(0.95, True), (0.005, True), (0.5, False),
+                                             (0.9, False), (float("nan"), False)])
+def test_a_saturated_mask_is_impossible_to_miss(mean, saturated):
+    warning = mask_saturation_warning({"mask_mean_healthy": mean})
+    assert bool(warning) == saturated
+    if saturated:
+        assert f"{mean:.3f}" in warning and "saturated" in warning
+
+
+@pytest.mark.parametrize("bias, saturated", [(6.0, True), (0.0, False)])
+def test_a_saturated_run_warns_on_screen_and_in_the_report(tracking_uri, bias, saturated):
+    """At lr 0 the mask stays as initialised: a logit bias of 6 holds M at ~1 (saturated),
+    none leaves it near 0.5. The warning reaches the terminal, the run and the report."""
+    from click.testing import CliRunner
+
+    from benchmark.cli import cli
+    from benchmark.report import select_runs
+
+    settings = {"iterations": 2, "checkpoint_every": 2, "decay_iterations": 0, "lr_g": 0,
+                "lr_d": 0, "mask_logit_bias": bias}
+    args = ["run", "--methods", "anomalypro", "--dataset", "tiny", "--no-progress",
+            "--tracking-uri", tracking_uri]
+    for key, value in settings.items():
+        args += ["--set", f"anomalypro.{key}={value}"]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    data = select_runs(tracking_uri, "tiny", statistics=False)
+    mean = float(data.runs["metric.mask_mean_healthy"].iloc[0])
+    assert (mean > 0.99) if saturated else (0.1 < mean < 0.9)
+    assert ("WARNING [1/1] anomalypro seed=0: mask M saturated" in result.output) == saturated
+    assert any("anomalypro (seed 0): mask M saturated" in n for n in data.notes) == saturated

@@ -82,14 +82,21 @@ class PreparedDataset:
         return self.manifest.set_index("row").loc[np.sort(self.rows(split)),
                                                   "subject_id"].to_numpy()
 
-    def train_set(self, with_selection: bool = False) -> TrainSet:
-        """Training images; with_selection adds the unlabelled test images for AUCp."""
-        from benchmark.api import TrainSet  # torch: not needed to prepare data
+    def train_set(self, with_selection: bool = False,
+                  with_validation: bool = False) -> TrainSet:
+        """Training images; with_selection adds the unlabelled test images for AUCp,
+        with_validation the labelled validation split."""
+        from benchmark.api import LabelledSplit, TrainSet  # torch: not needed to prepare data
 
+        validation = None
+        if with_validation:
+            validation = LabelledSplit(self.images_of("val"), self.labels_of("val"),
+                                       self.masks_of("val"))
         return TrainSet(normal=self.images_of("train_normal"),
                         unlabeled=self.images_of("train_mixed"),
                         selection=self.images_of("test") if with_selection else None,
-                        selection_normal_share=self.test_normal_share if with_selection else None)
+                        selection_normal_share=self.test_normal_share if with_selection else None,
+                        validation=validation)
 
     @property
     def test_normal_share(self) -> float:
