@@ -22,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from full_size import synthetic_at  # scripts/ is on the path when a script runs
 
 from benchmark import metrics
 from benchmark.api import get_method, make_config
-from benchmark.data import load_card, prepare
-from benchmark.data.cards import parse_card
 
 #: Config fields that set a schedule length, and how the shortened run scales them.
 SCHEDULE_FIELDS = ("iterations", "gan_iterations", "encoder_iterations", "epochs")
@@ -109,13 +108,8 @@ def main() -> None:
     device = torch.device(args.device)
     device_name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
     print(f"torch {torch.__version__}, {device_name}", flush=True)
-    text = load_card("synthetic").path.read_text().replace("image_size = 64",
-                                                            f"image_size = {args.size}")
-    card_path = Path("/tmp/synthetic-full.toml")
-    card_path.write_text(text.replace('name = "synthetic"', 'name = "synthetic-full"'))
     started = time.perf_counter()
-    data = prepare(parse_card(card_path), cache_root=Path("/tmp/gpu-check-cache"),
-                   show_progress=False)
+    data = synthetic_at(args.size, Path("/tmp/gpu-check-cache"))
     print(f"prepared {len(data.manifest)} images at {args.size}px in "
           f"{time.perf_counter() - started:.1f} s", flush=True)
     results = []

@@ -23,11 +23,10 @@ import time
 from pathlib import Path
 
 import torch
+from full_size import synthetic_at  # scripts/ is on the path when a script runs
 
 from benchmark import metrics
 from benchmark.api import Progress
-from benchmark.data import load_card, prepare
-from benchmark.data.cards import parse_card
 from methods._dcgan import to_model_input
 from methods.anomalypro import (
     AnomalyPro,
@@ -106,12 +105,7 @@ def main() -> None:
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
     print(f"torch {torch.__version__}, {name}", flush=True)
-    text = load_card("synthetic").path.read_text().replace("image_size = 64",
-                                                            f"image_size = {args.size}")
-    card_path = Path("/tmp/synthetic-full.toml")
-    card_path.write_text(text.replace('name = "synthetic"', 'name = "synthetic-full"'))
-    data = prepare(parse_card(card_path), cache_root=Path("/tmp/gpu-mask-cache"),
-                   show_progress=False)
+    data = synthetic_at(args.size, Path("/tmp/gpu-mask-cache"))
     full = AnomalyPro.profile_config("full", image_size=args.size, channels=1)
     full = dataclasses.replace(full, image_size=args.size)
     train = data.train_set(with_selection=True, with_validation=True)
