@@ -418,7 +418,9 @@ class AnomalyPro(Method):
             "opt_d": opt_d.state_dict(),
             "sampler": sampler.get_state(),
             "torch_rng": torch.get_rng_state(),
-            "history": self.selection_history,
+            # Tensors, not NumPy arrays: the checkpoint then loads with weights_only=True.
+            "history": [(step, values, torch.from_numpy(np.asarray(scores)))
+                        for step, values, scores in self.selection_history],
         }
         tmp = path.with_suffix(".tmp")
         torch.save(payload, tmp)
@@ -429,8 +431,9 @@ class AnomalyPro(Method):
         """Load the workdir's checkpoint if it belongs to this config; returns its iteration."""
         if self.workdir is None or not (Path(self.workdir) / "last.pt").is_file():
             return 0
+        # weights_only: a checkpoint on a shared disk must not be able to run code.
         payload = torch.load(Path(self.workdir) / "last.pt", map_location=self.device,
-                             weights_only=False)
+                             weights_only=True)
         if payload["config"] != dataclasses.asdict(self.config):
             return 0  # another config: start afresh (the runner keys workdirs by config anyway)
         self.generator.load_state_dict(payload["generator"])
@@ -441,7 +444,8 @@ class AnomalyPro(Method):
         torch.set_rng_state(payload["torch_rng"])
         for key, value in payload["state"].items():
             setattr(state, key, value)
-        self.selection_history = list(payload["history"])
+        self.selection_history = [(step, values, scores.cpu().numpy())
+                                  for step, values, scores in payload["history"]]
         return state.iteration
 
     # -- scoring ---------------------------------------------------------------------------
