@@ -52,7 +52,8 @@ class Generator(nn.Module):
     C+1 channels: C channels of B_int (tanh) and one of mask logits."""
 
     def __init__(self, channels: int = 1, base: int = 64, residual_blocks: int = 6,
-                 mask_logit_bias: float = 0.0) -> None:
+                 mask_logit_bias: float = 0.0, upsample: str = "transposed",
+                 out_channels: int | None = None) -> None:
         super().__init__()
         #: Added to the mask logit: 0 in HealthyGAN (its head has no bias); negative values
         #: start M near 0 instead of 0.5.
@@ -69,10 +70,10 @@ class Generator(nn.Module):
             width *= 2
         layers += [ResidualBlock(width) for _ in range(residual_blocks)]
         for _ in range(2):
-            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False),
-                       *norm_relu(width // 2)]
+            layers += [*upsampling(width, width // 2, upsample), *norm_relu(width // 2)]
             width //= 2
-        layers.append(nn.Conv2d(width, channels + 1, 7, 1, 3, bias=False))
+        layers.append(nn.Conv2d(width, channels + 1 if out_channels is None else out_channels,
+                                7, 1, 3, bias=False))
         self.net = nn.Sequential(*layers)
         self.channels = channels
 
@@ -82,6 +83,21 @@ class Generator(nn.Module):
         b_int = torch.tanh(out[:, : self.channels])
         mask = (torch.tanh(out[:, self.channels:] + self.mask_logit_bias) + 1.0) / 2.0
         return b_int, mask
+
+
+UPSAMPLING = ("transposed", "resize")
+
+
+def upsampling(width_in: int, width_out: int, mode: str) -> list[nn.Module]:
+    """x2 upsampling: HealthyGAN's 4x4 stride-2 transposed convolution, or a nearest-neighbour
+    resize followed by a 3x3 convolution (no checkerboard: every output pixel sees the same
+    number of input pixels)."""
+    if mode == "transposed":
+        return [nn.ConvTranspose2d(width_in, width_out, 4, 2, 1, bias=False)]
+    if mode == "resize":
+        return [nn.Upsample(scale_factor=2, mode="nearest"),
+                nn.Conv2d(width_in, width_out, 3, 1, 1, bias=False)]
+    raise ValueError(f"upsample must be one of {UPSAMPLING}, got {mode!r}")
 
 
 def translate(x: torch.Tensor, b_int: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -136,10 +152,13 @@ def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
 
 
 def critic_loss(generator: Generator, critic: nn.Module, a: torch.Tensor, b: torch.Tensor,
-                gp_weights: torch.Tensor, lambda_gp: float) -> tuple[torch.Tensor, dict]:
-    """-mean D(real B) + mean D(B0 of A) + lambda_gp * GP."""
+                gp_weights: torch.Tensor, lambda_gp: float,
+                warmup: bool = False) -> tuple[torch.Tensor, dict]:
+    """-mean D(real B) + mean D(B0 of A) + lambda_gp * GP (during the mask warm-up the fake
+    is B_int itself, as if M were 1)."""
     with torch.no_grad():
-        fake = translate(a, *generator(a))
+        b_int, mask = generator(a)
+        fake = b_int if warmup else translate(a, b_int, mask)
     real_score = critic(b).mean()
     fake_score = critic(fake).mean()
     penalty = gradient_penalty(critic, b, fake, gp_weights)
@@ -148,17 +167,24 @@ def critic_loss(generator: Generator, critic: nn.Module, a: torch.Tensor, b: tor
 
 
 def generator_loss(generator: Generator, critic: nn.Module, a: torch.Tensor, b: torch.Tensor,
-                   cfg: AnomalyProConfig) -> tuple[torch.Tensor, dict]:
-    """Adversarial on B0(A) and B0(B) + identity + reconstruction + mask terms."""
+                   cfg: AnomalyProConfig, warmup: bool = False) -> tuple[torch.Tensor, dict]:
+    """lambda_adv * adversarial on B0(A) and B0(B) + identity + reconstruction + mask terms.
+
+    During the mask warm-up (`warmup`) B_int alone is trained to look healthy: adversarial on
+    B_int(A) and B_int(B) + identity; the reconstruction and mask terms are off."""
     b_int_a, mask_a = generator(a)
     b_int_b, mask_b = generator(b)
+    identity = torch.mean(torch.abs(b - b_int_b))
+    if warmup:
+        adversarial = -critic(b_int_a).mean() - critic(b_int_b).mean()
+        loss = cfg.lambda_adv * adversarial + cfg.lambda_id * identity
+        return loss, {"g_adv": adversarial, "g_id": identity}
     adversarial = -critic(translate(a, b_int_a, mask_a)).mean() \
         - critic(translate(b, b_int_b, mask_b)).mean()
-    identity = torch.mean(torch.abs(b - b_int_b))
     reconstruction = torch.mean(torch.abs(a - reconstruct(a, b_int_a, mask_a)))
     masks = 0.5 * (mask_loss(mask_a) + mask_loss(mask_b))
-    loss = (adversarial + cfg.lambda_id * identity + cfg.lambda_rec * reconstruction
-            + cfg.lambda_mask * masks)
+    loss = (cfg.lambda_adv * adversarial + cfg.lambda_id * identity
+            + cfg.lambda_rec * reconstruction + cfg.lambda_mask * masks)
     return loss, {"g_adv": adversarial, "g_id": identity, "g_rec": reconstruction,
                   "g_mask": masks}
 
@@ -184,11 +210,21 @@ class AnomalyProConfig:
     beta2: float = 0.999
     critic_steps_per_g: int = 2
     lambda_gp: float = 10.0
+    #: Weight of the adversarial term in the generator loss (1 in HealthyGAN). With the
+    #: gradient penalty holding the critic's gradient norm near 1, the adversarial pull per
+    #: pixel relative to the L1 terms scales as sqrt(C*H*W) / critic patches: small networks
+    #: at small sizes see a much weaker adversarial term than the published 256 px runs.
+    lambda_adv: float = 1.0
     lambda_id: float = 1.0
     lambda_rec: float = 1.0
     lambda_mask: float = 0.1
     #: A constant added to the mask logit (0 = HealthyGAN). -2 starts M near 0.02.
     mask_logit_bias: float = 0.0
+    #: Generator upsampling: "transposed" (HealthyGAN) or "resize" (nearest + 3x3 conv).
+    upsample: str = "transposed"
+    #: First N iterations train B_int alone (adversarial + identity, as if M were 1); the
+    #: reconstruction and mask terms switch on after. 0 in HealthyGAN.
+    mask_warmup_iterations: int = 0
     horizontal_flip: bool = True
     checkpoint_every: int = 10_000
     #: "aucp": keep the checkpoint with the highest AUCp (first on ties); "last": the last one.
@@ -209,6 +245,10 @@ class AnomalyProConfig:
                              f"least 2**critic_layers ({2 ** self.critic_layers})")
         if not 0 <= self.decay_iterations <= self.iterations:
             raise ValueError("decay_iterations must be within [0, iterations]")
+        if not 0 <= self.mask_warmup_iterations <= self.iterations:
+            raise ValueError("mask_warmup_iterations must be within [0, iterations]")
+        if self.upsample not in UPSAMPLING:
+            raise ValueError(f"upsample must be one of {UPSAMPLING}, got {self.upsample!r}")
 
 
 #: The quick profile's working resolution: inputs are area-downsampled to it, maps upsampled
@@ -263,7 +303,7 @@ class AnomalyPro(Method):
         channels = train.channels
         self.device = device
         self.generator = Generator(channels, cfg.base_channels, cfg.residual_blocks,
-                                   cfg.mask_logit_bias).to(device)
+                                   cfg.mask_logit_bias, cfg.upsample).to(device)
         self.critic = PatchDiscriminator(channels, cfg.critic_base_channels,
                                          cfg.critic_layers).to(device)
         if cfg.channels_last:
@@ -293,13 +333,14 @@ class AnomalyPro(Method):
             a = self._batch(set_a, sampler)
             b = self._batch(set_b, sampler)
             gp_weights = torch.rand(b.shape[0], 1, 1, 1, generator=sampler).to(device)
+            warmup = state.iteration < cfg.mask_warmup_iterations
             loss_d, parts = critic_loss(self.generator, self.critic, a, b, gp_weights,
-                                        cfg.lambda_gp)
+                                        cfg.lambda_gp, warmup)
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             opt_d.step()
             if (state.iteration + 1) % cfg.critic_steps_per_g == 0:
-                loss_g, g_parts = generator_loss(self.generator, self.critic, a, b, cfg)
+                loss_g, g_parts = generator_loss(self.generator, self.critic, a, b, cfg, warmup)
                 opt_g.zero_grad(set_to_none=True)
                 loss_g.backward()
                 opt_g.step()
@@ -387,7 +428,9 @@ class AnomalyPro(Method):
             for key, number in values.items():
                 progress.metric(key, number, step)
             self.selection_history.append((step, values, test_scores))
-            if state.best_aucp is None or value > state.best_aucp:  # first on ties
+            # A warm-up checkpoint's mask is untrained: it is logged, never kept.
+            eligible = step > self.config.mask_warmup_iterations
+            if eligible and (state.best_aucp is None or value > state.best_aucp):  # first on ties
                 state.best_aucp, state.best_iteration = value, step
                 state.best_generator = _cpu_copy(self.generator.state_dict())
             self.generator.train()
