@@ -1,10 +1,10 @@
 # One entry point for newcomers and CI. Every target sets up what it needs itself.
 #   make demo   set up, run every method on the built-in synthetic set (seed 0), print Table 1
 #   make test   set up, lint, run the test suite
-#   make gate   run the quick synthetic benchmark (all seven methods) and fail if any seed's
+#   make gate   run the quick synthetic benchmark (all eight methods) and fail if any seed's
 #               AUC moved beyond the tolerance of results/reference/synthetic.json
 #   make reference  re-record that reference from the gate's runs (on purpose only)
-#   make reports    regenerate the committed reports/ (7 methods x 3 seeds x 3 settings)
+#   make reports    regenerate the committed reports/ (8 methods x 3 seeds x 3 settings)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin

@@ -131,6 +131,13 @@ class Method(ABC):
         return {}
 
     @classmethod
+    def images_seen(cls, config: Any) -> int | None:
+        """Training images the config draws into batches over the whole run (with repetition):
+        the budget unit that makes quick profiles comparable. None: no iterative training
+        (a feature method sees each training image once)."""
+        return None
+
+    @classmethod
     @abstractmethod
     def profile_config(cls, profile: str, *, image_size: int, channels: int) -> Any:
         """The config for a profile: `quick` (CPU, minutes) or `full` (published settings)."""
@@ -153,6 +160,13 @@ class Method(ABC):
     def anomaly_maps(self, images: np.ndarray) -> np.ndarray | None:
         """Per-pixel anomaly maps (N, H, W) where the method has them, else None."""
         return None
+
+    def diagnostics(self, images: np.ndarray, labels: np.ndarray,
+                    lesions: np.ndarray | None) -> dict[str, float]:
+        """Numbers about how the fitted model treats labelled images (AnomalyPro: its mask M
+        on healthy and diseased images). The runner calls it on the test split only after
+        fitting and selection are done, and logs the values as test_* metrics."""
+        return {}
 
     def figure(self, images: np.ndarray) -> Any | None:
         """A matplotlib figure explaining the method's output on `images`, or None."""

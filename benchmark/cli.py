@@ -70,6 +70,10 @@ def list_command() -> None:
             backbone = _backbone_line(cls, profile)
             if backbone:
                 click.echo(f"  {'':<16} {profile}: {backbone}")
+        quick = cls.profile_config("quick", image_size=64, channels=1)
+        seen = cls.images_seen(quick)
+        if seen:
+            click.echo(f"  {'':<16} quick budget: {seen:,} training images")
     click.secho("Datasets", bold=True)
     for name in available_cards():
         card = load_card(name)

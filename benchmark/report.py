@@ -131,6 +131,28 @@ def run_warnings(runs: pd.DataFrame) -> list[str]:
     return notes
 
 
+def budget_text(data: ReportData) -> str:
+    """The training budget of the trained methods, from their runs: one figure when they all
+    trained on the same number of images (the quick profiles), else each method's."""
+    if "budget_images_seen" not in data.runs:
+        return ""
+    budgets = {method: runs.budget_images_seen.iloc[0]
+               for method, runs in data.runs.groupby("method")
+               if str(runs.budget_images_seen.iloc[0]).isdigit()}
+    if not budgets:
+        return ""
+    frozen = sorted(set(data.runs.method) - set(budgets))
+    verb = "sees" if len(frozen) == 1 else "see"
+    single = (f"; {', '.join(frozen)} {verb} each training image once (no training loop)"
+              if frozen else "")
+    if len(set(budgets.values())) == 1:
+        count = int(next(iter(budgets.values())))
+        return (f"Training budget: {count:,} training images drawn into batches for every "
+                f"trained method ({', '.join(sorted(budgets))}){single}. ")
+    each = ", ".join(f"{m} {int(b):,}" for m, b in sorted(budgets.items()))
+    return f"Training budget (images drawn into batches): {each}{single}. "
+
+
 def backbone_text(data: ReportData) -> str:
     """Which backbone and weights each feature method's rows come from, for the caption."""
     parts = []
@@ -277,7 +299,7 @@ def caption(data: ReportData, plus_minus: str = " ± ") -> str:
             f"test-set ROC AUC, "
             f"and precision, recall, specificity, F1 and accuracy at the threshold maximising "
             f"Youden's J on the validation split; {spread}. {significance}"
-            f"other columns: best mean in bold. {backbone_text(data)}"
+            f"other columns: best mean in bold. {budget_text(data)}{backbone_text(data)}"
             f"Split SHA-256 {data.split_hash}; data version {data.data_version}.")
 
 

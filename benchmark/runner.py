@@ -289,6 +289,9 @@ def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, see
                                 else "none"),
             "n_train_normal": len(train.normal), "n_train_unlabeled": len(train.unlabeled),
             "threshold_rule": "youden_j_on_val",
+            # The training budget (Method.images_seen): equal for every trainable method's
+            # quick profile, stated in the report's caption.
+            "budget_images_seen": method_cls.images_seen(config) or "none",
             "evaluation_unit": data.card.unit,
             **_data_params(data),
             **{f"config.{k}": v for k, v in dataclasses.asdict(config).items()},
@@ -321,6 +324,8 @@ def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, see
         threshold = metrics.youden_threshold(val_labels, val_units)
         values = metrics.evaluate(test_labels, test_units, threshold)
         values.update(_localisation(method, data, val_images, test_images))
+        values.update({f"test_{key}": value for key, value in method.diagnostics(
+            test_images, data.labels_of("test"), data.masks_of("test")).items()})
         values.update({
             "threshold": threshold,
             "val_auc": metrics.roc_auc(val_labels, val_units),

@@ -288,6 +288,7 @@ def finished_runs(uri: str, dataset: str) -> pd.DataFrame:
                 "weights_fallback": params.get("weights.fallback", "none"),
                 "run_identity": params.get("run_identity", ""),
                 "warnings": params.get("warnings", ""),
+                "budget_images_seen": params.get("budget_images_seen", ""),
                 "contaminated": params.get("contaminated", "false"),
             }
             row.update({f"metric.{k}": v for k, v in run.data.metrics.items()})

@@ -4,4 +4,13 @@ Adding a method: write `methods/<name>.py` with a `@register_method` class, and 
 below. Other packages register theirs through the `benchmark.methods` entry-point group.
 """
 
-from methods import alad, alocc, anomalypro, fanogan, ganomaly, padim, patchcore  # noqa: F401
+from methods import (  # noqa: F401
+    alad,
+    alocc,
+    anomalypro,
+    brainomaly,
+    fanogan,
+    ganomaly,
+    padim,
+    patchcore,
+)

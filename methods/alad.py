@@ -18,6 +18,7 @@ from torch import nn
 
 from benchmark.api import Method, Progress, TrainSet, register_method
 from benchmark.seeding import seed_everything
+from methods._budget import steps_for
 from methods._dcgan import (
     BatchSampler,
     ImageEncoder,
@@ -118,8 +119,12 @@ class Alad(Method):
     def profile_config(cls, profile: str, *, image_size: int, channels: int) -> AladConfig:
         if profile == "quick":
             return AladConfig(image_size=min(image_size, 32), base_channels=16,
-                              iterations=600, ema_decay=0.99, log_every=25)
+                              iterations=steps_for(32), ema_decay=0.99, log_every=25)
         return AladConfig()
+
+    @classmethod
+    def images_seen(cls, config: AladConfig) -> int:
+        return config.iterations * config.batch_size
 
     def fit(self, train: TrainSet, *, seed: int, device: torch.device,
             progress: Progress | None = None) -> None:

@@ -18,6 +18,7 @@ from torch.nn import functional as F
 
 from benchmark.api import Method, Progress, TrainSet, register_method
 from benchmark.seeding import seed_everything
+from methods._budget import steps_for
 from methods._dcgan import (
     BatchSampler,
     ImageEncoder,
@@ -66,8 +67,12 @@ class Alocc(Method):
     def profile_config(cls, profile: str, *, image_size: int, channels: int) -> AloccConfig:
         if profile == "quick":
             return AloccConfig(image_size=min(image_size, 32), base_channels=32, batch_size=32,
-                               iterations=800, log_every=25)
+                               iterations=steps_for(32), log_every=25)
         return AloccConfig()
+
+    @classmethod
+    def images_seen(cls, config: AloccConfig) -> int:
+        return config.iterations * config.batch_size
 
     def fit(self, train: TrainSet, *, seed: int, device: torch.device,
             progress: Progress | None = None) -> None:

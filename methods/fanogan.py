@@ -17,6 +17,7 @@ from torch import nn
 
 from benchmark.api import Method, Progress, TrainSet, register_method
 from benchmark.seeding import seed_everything
+from methods._budget import steps_for
 from methods._dcgan import (
     BatchSampler,
     ImageEncoder,
@@ -26,7 +27,7 @@ from methods._dcgan import (
     down_stack,
     to_model_input,
 )
-from methods.anomalypro import gradient_penalty
+from methods._translation import gradient_penalty
 
 
 @dataclass(frozen=True)
@@ -83,10 +84,20 @@ class Fanogan(Method):
     @classmethod
     def profile_config(cls, profile: str, *, image_size: int, channels: int) -> FanoganConfig:
         if profile == "quick":
+            # The quick budget (methods/_budget.py): 5/6 to the WGAN (5 critic batches per
+            # generator step), 1/6 to the encoder, as the published 100k / 50k iterations
+            # weigh the two phases with 5 critic batches per step.
+            steps = steps_for(6 * 32)
             return FanoganConfig(image_size=min(image_size, 32), base_channels=16,
-                                 batch_size=32, gan_iterations=400, encoder_iterations=400,
+                                 batch_size=32, gan_iterations=steps, encoder_iterations=steps,
                                  log_every=25)
         return FanoganConfig()
+
+    @classmethod
+    def images_seen(cls, config: FanoganConfig) -> int:
+        """Real batches of the critic steps, then the encoder's batches."""
+        return (config.gan_iterations * config.critic_steps
+                + config.encoder_iterations) * config.batch_size
 
     def fit(self, train: TrainSet, *, seed: int, device: torch.device,
             progress: Progress | None = None) -> None:

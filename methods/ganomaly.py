@@ -20,6 +20,7 @@ import torch
 
 from benchmark.api import Method, Progress, TrainSet, register_method
 from benchmark.seeding import seed_everything
+from methods._budget import steps_for
 from methods._dcgan import to_model_input
 
 
@@ -39,6 +40,9 @@ class GanomalyConfig:
     beta1: float = 0.5
     beta2: float = 0.999
     epochs: int = 15
+    #: Batches to train for instead of `epochs` (0: train `epochs` epochs). A fixed number of
+    #: batches is a budget that does not grow with the size of the training set.
+    iterations: int = 0
     score_batch_size: int = 64
     log_every: int = 20
 
@@ -54,8 +58,15 @@ class Ganomaly(Method):
     def profile_config(cls, profile: str, *, image_size: int, channels: int) -> GanomalyConfig:
         if profile == "quick":
             return GanomalyConfig(image_size=min(image_size, 32), n_features=32,
-                                  latent_vec_size=100, epochs=30)
+                                  latent_vec_size=100, iterations=steps_for(32))
         return GanomalyConfig()
+
+    @classmethod
+    def images_seen(cls, config: GanomalyConfig) -> int | None:
+        """Batches x batch size; an epoch-based config depends on the training-set size."""
+        if config.iterations:
+            return config.iterations * config.batch_size
+        return None
 
     def fit(self, train: TrainSet, *, seed: int, device: torch.device,
             progress: Progress | None = None) -> None:
@@ -80,12 +91,13 @@ class Ganomaly(Method):
         images = self._inputs(train.normal)
         order = torch.Generator(device="cpu").manual_seed(seed + 1)
         steps_per_epoch = max(1, len(images) // cfg.batch_size)  # drop the ragged last batch
-        progress.stage("train", cfg.epochs * steps_per_epoch)
+        total = cfg.iterations or cfg.epochs * steps_per_epoch
+        progress.stage("train", total)
         model.train()
         step = 0
-        for _ in range(cfg.epochs):
+        while step < total:  # epochs: a fresh permutation each, cut short at `total` batches
             permutation = torch.randperm(len(images), generator=order).to(device)
-            for batch_index in range(steps_per_epoch):
+            for batch_index in range(min(steps_per_epoch, total - step)):
                 batch = images[permutation[batch_index * cfg.batch_size:
                                            (batch_index + 1) * cfg.batch_size]]
                 # anomalib's training step: generator first, then the discriminator.

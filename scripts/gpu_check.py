@@ -25,7 +25,7 @@ import torch
 from full_size import synthetic_at  # scripts/ is on the path when a script runs
 
 from benchmark import metrics
-from benchmark.api import get_method, make_config
+from benchmark.api import available_methods, get_method, make_config
 
 #: Config fields that set a schedule length, and how the shortened run scales them.
 SCHEDULE_FIELDS = ("iterations", "gan_iterations", "encoder_iterations", "epochs")
@@ -102,8 +102,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke test")
-    parser.add_argument("--methods", default="anomalypro,fanogan,ganomaly,alad,alocc,padim,"
-                                             "patchcore")
+    parser.add_argument("--methods", default="all", help="comma-separated, or all")
     args = parser.parse_args()
     device = torch.device(args.device)
     device_name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
@@ -113,7 +112,9 @@ def main() -> None:
     print(f"prepared {len(data.manifest)} images at {args.size}px in "
           f"{time.perf_counter() - started:.1f} s", flush=True)
     results = []
-    for name in args.methods.split(","):
+    names = (list(available_methods()) if args.methods == "all"
+             else [n.strip() for n in args.methods.split(",")])
+    for name in names:
         try:
             results.append(check_method(name, data, args.size, args.iterations, device))
         except Exception as exc:  # report and go on: one broken method must not hide others

@@ -255,6 +255,8 @@ def test_a_run_logs_curves_selection_quality_and_the_figure(tracking_uri, isolat
         curve = client.get_metric_history(run.info.run_id, f"checkpoint_{name}")
         assert [m.step for m in curve] == [2, 4]
         assert 0 <= run.data.metrics[name] <= 1
+        # ... and the same numbers on the test split, computed after selection.
+        assert 0 <= run.data.metrics[f"test_{name}"] <= 1
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"figure_grid.png", "selection.csv", "scores.csv"} <= artifacts
     assert not list((isolated / "results" / "runs").rglob("last.pt")), "finished run kept state"
@@ -304,3 +306,34 @@ def test_a_saturated_run_warns_on_screen_and_in_the_report(tracking_uri, bias, s
     assert (mean > 0.99) if saturated else (0.1 < mean < 0.9)
     assert ("WARNING [1/1] anomalypro seed=0: mask M saturated" in result.output) == saturated
     assert any("anomalypro (seed 0): mask M saturated" in n for n in data.notes) == saturated
+
+
+def test_the_mask_warm_up_trains_b_int_alone_and_is_never_kept(easy):
+    """During the warm-up the critic judges B_int itself and the mask terms are off; a
+    checkpoint inside the warm-up may not be selected."""
+    method = AnomalyPro(small_config(mask_warmup_iterations=4))
+    method.generator = Generator(1, 8, 1)
+    method.critic = PatchDiscriminator(1, 8, 3)
+    a = torch.rand(2, 1, 32, 32) * 2 - 1
+    b = torch.rand(2, 1, 32, 32) * 2 - 1
+    _, warm = method._generator_loss(a, b, warmup=True)
+    _, after = method._generator_loss(a, b, warmup=False)
+    assert set(warm) == {"g_adv", "g_id"}
+    assert {"g_rec", "g_mask"} <= set(after)
+    b_int, _ = method.generator(a)
+    torch.testing.assert_close(warm["g_adv"], -method.critic(b_int).mean()
+                               - method.critic(method.generator(b)[0]).mean())
+    trained = train(easy, small_config(iterations=6, checkpoint_every=2, decay_iterations=2,
+                                       mask_warmup_iterations=4))
+    assert trained.run_info["selected_iteration"] == 6
+    with pytest.raises(ValueError, match="mask_warmup_iterations"):
+        small_config(mask_warmup_iterations=10_000)
+
+
+def test_resize_upsampling_has_no_transposed_convolution():
+    generator = Generator(1, 8, 1, upsample="resize")
+    kinds = {type(layer).__name__ for layer in generator.net}
+    assert "ConvTranspose2d" not in kinds and "Upsample" in kinds
+    assert generator(torch.zeros(1, 1, 32, 32))[0].shape == (1, 1, 32, 32)
+    with pytest.raises(ValueError, match="upsample"):
+        small_config(upsample="bicubic")

@@ -17,12 +17,12 @@ CPU = torch.device("cpu")
 BASELINES = ["fanogan", "alad", "alocc", "ganomaly"]
 #: A few steps: enough to exercise every code path.
 FEW = {"fanogan": {"gan_iterations": 3, "encoder_iterations": 3}, "alad": {"iterations": 3},
-       "alocc": {"iterations": 3}, "ganomaly": {"epochs": 1}}
+       "alocc": {"iterations": 3}, "ganomaly": {"iterations": 2}}
 #: A short but real training run on obvious lesions (see test_score_direction). ALAD at 300
 #: iterations sits at the edge (AUC 0.57 / 0.63 / 0.52 for seeds 0-2 on one machine, > 0.6 on
 #: another); at 600 it reaches 0.86 on seeds 0 and 1.
 SHORT = {"fanogan": {"gan_iterations": 150, "encoder_iterations": 150},
-         "alad": {"iterations": 600}, "alocc": {"iterations": 300}, "ganomaly": {"epochs": 40}}
+         "alad": {"iterations": 600}, "alocc": {"iterations": 300}, "ganomaly": {"iterations": 80}}
 
 
 @pytest.fixture(scope="module")
