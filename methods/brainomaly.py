@@ -24,7 +24,6 @@ from benchmark.api import register_method
 from methods._translation import (
     TranslationConfig,
     TranslationGAN,
-    critic_layers_for,
     generator_body,
     quick_translation_settings,
     wgan_critic_loss,
@@ -94,4 +93,4 @@ class Brainomaly(TranslationGAN):
         return loss, {"g_adv": adversarial, "g_id": identity}
 
 
-__all__ = ["Brainomaly", "BrainomalyConfig", "MapGenerator", "critic_layers_for"]
+__all__ = ["Brainomaly", "BrainomalyConfig", "MapGenerator"]

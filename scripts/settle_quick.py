@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from anomalypro_sweep import read_rows  # scripts/ is on the path when a script runs
 
 from benchmark import metrics
 from benchmark.api import get_method, make_config
@@ -55,12 +56,6 @@ def run(method: str, setting: str, data: Any, seed: int) -> dict[str, Any]:
             "images_seen": cls.images_seen(config), "fit_seconds": round(fit_seconds, 1),
             "val_auc": round(metrics.roc_auc(val.labels, model.score(val.images)), 4),
             "config": dataclasses.asdict(config)}
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def chosen(rows: list[dict[str, Any]], method: str) -> str:

@@ -49,3 +49,22 @@ def tracking_uri(tmp_path: Path) -> str:
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+#: Obvious lesions, half of the mixed set diseased: a short real training run must learn them.
+LEARNING_CARD = """
+name = "learn"
+description = "obvious lesions, half of the mixed set diseased"
+format = "synthetic"
+channels = 1
+image_size = 32
+[synthetic]
+seed = 5
+n_mixed = 80
+n_normal = 60
+n_val = 10
+n_test = 40
+diseased_share_mixed = 0.5
+lesion_contrast = 0.4
+lesion_size = 2.0
+"""

@@ -5,6 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from conftest import LEARNING_CARD
 
 from benchmark.api import Progress, TrainSet, get_method, make_config
 from benchmark.data import load_card, prepare
@@ -189,22 +190,6 @@ def test_needs_both_training_sets(easy):
                                                 unlabeled=empty), seed=0, device=CPU)
 
 
-LEARNING_CARD = """
-name = "learn"
-description = "obvious lesions, half of the mixed set diseased"
-format = "synthetic"
-channels = 1
-image_size = 32
-[synthetic]
-seed = 5
-n_mixed = 80
-n_normal = 60
-n_val = 10
-n_test = 40
-diseased_share_mixed = 0.5
-lesion_contrast = 0.4
-lesion_size = 2.0
-"""
 
 
 def test_short_training_on_obvious_lesions_scores_diseased_above_healthy(tmp_path):

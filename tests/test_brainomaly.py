@@ -6,6 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from conftest import LEARNING_CARD
 
 from benchmark.api import get_method, make_config
 from benchmark.data import load_card, prepare
@@ -54,22 +55,6 @@ def test_full_profile_is_the_published_setting():
     assert not hasattr(full, "lambda_mask") and not hasattr(full, "lambda_rec")
 
 
-LEARNING_CARD = """
-name = "learn"
-description = "obvious lesions, half of the mixed set diseased"
-format = "synthetic"
-channels = 1
-image_size = 32
-[synthetic]
-seed = 5
-n_mixed = 80
-n_normal = 60
-n_val = 10
-n_test = 40
-diseased_share_mixed = 0.5
-lesion_contrast = 0.4
-lesion_size = 2.0
-"""
 
 
 @pytest.fixture(scope="module")
