@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from benchmark.data.images import ImageSet
 from benchmark.errors import BenchError, UsageError, unknown_name
 
 PROFILES = ("quick", "full")
@@ -39,16 +40,24 @@ class LabelledSplit:
     masks: np.ndarray | None = None
 
 
+#: Training images: a view of the memory-mapped cache (`ImageSet`, read as float32 batch by
+#: batch) or an in-memory float32 array; both index alike (`images[index]` -> floats).
+Images = ImageSet | np.ndarray
+
+
 @dataclass(frozen=True)
 class TrainSet:
     """The images a method may train on; labels of `unlabeled` are withheld.
 
-    normal:    images known to be healthy (set B in the paper), (N, C, H, W) float32 in [0, 1].
+    normal:    images known to be healthy (set B in the paper), (N, C, H, W) in [0, 1].
     unlabeled: the mixed, unannotated set A (healthy and diseased together).
+
+    Read them in batches (`images[index]`, `ImageSet.batches`), never whole: at the published
+    size set B alone is 10,031 images.
     """
 
-    normal: np.ndarray
-    unlabeled: np.ndarray
+    normal: Images
+    unlabeled: Images
     #: Unlabelled test images for label-free model selection (AUCp, DESIGN section 4), and the
     #: protocol's share of healthy images among them (rho). None where selection is not used.
     selection: np.ndarray | None = None

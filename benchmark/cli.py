@@ -246,13 +246,15 @@ def run(methods: str, dataset: str, seeds: str, profile: str, device: str,
         raise UsageError("--jobs applies to --executor local; Ray schedules by resources.")
     _stop_cleanly_on_sigterm()
     results = run_plan(plan)
-    click.echo(f"\n{'method':<12} {'seed':>4}  {'AUC':>6}  {'F1':>6}  {'fit s':>7}  run id")
+    click.echo(f"\n{'method':<12} {'seed':>4}  {'AUC':>6}  {'F1':>6}  {'fit s':>7}  "
+               f"{'train img/s':>11}  {'peak MB':>7}  run id")
     for result in results:
         if result.ok:
             m = result.metrics
             done = "skipped: finished before" if result.skipped else ""
             click.echo(f"{result.method:<12} {result.seed:>4}  {m['auc']:6.4f}  {m['f1']:6.4f}  "
-                       f"{m['fit_seconds']:7.1f}  {result.run_id} {done}".rstrip())
+                       f"{m['fit_seconds']:7.1f}  {_number(m.get('train_images_per_second')):>11}"
+                       f"  {_number(m.get('peak_host_mb')):>7}  {result.run_id} {done}".rstrip())
         else:
             click.secho(f"{result.method:<12} {result.seed:>4}  FAILED: {result.error}", fg="red")
     click.echo(f"\nLogged to {plan.tracking_uri}. Table: bench report --dataset {dataset}")
@@ -507,7 +509,10 @@ def data_info(dataset: str, data_root: Path | None) -> None:
               help="Image side in pixels (chest sets) or volume side (brain MRI).")
 @click.option("--seed", default=0, show_default=True)
 def data_make_fixture(fmt: str, out: Path, count: int, size: int, seed: int) -> None:
-    """Write a little tree in a real dataset's format (synthetic pixels), for trying things."""
+    """Write a tree in a real dataset's format (synthetic pixels), for trying things.
+
+    COVIDx trees follow the published proportions: --count 15864 gives the paper's 15,464
+    training images (1,670 positive) and 400 test images, the protocol at full scale."""
     from tqdm.auto import tqdm
 
     from benchmark.data import fixtures
@@ -517,9 +522,10 @@ def data_make_fixture(fmt: str, out: Path, count: int, size: int, seed: int) -> 
     out.mkdir(parents=True, exist_ok=True)
     with tqdm(total=count, desc=f"writing {fmt}", unit="file") as bar:
         if fmt == "covidx":
-            n_test = max(4, count // 5)
-            fixtures.write_covidx(out, n_train=count - n_test, n_test=n_test, size=size,
-                                  seed=seed, progress=bar.update)
+            n_train, n_test, positive_share = fixtures.covidx_composition(count)
+            fixtures.write_covidx(out, n_train=n_train, n_test=n_test, size=size, seed=seed,
+                                  train_positive_share=positive_share, exact_shares=True,
+                                  progress=bar.update)
         elif fmt == "chestxray14":
             fixtures.write_chestxray14(out, n_images=count, size=size, seed=seed,
                                        progress=bar.update)
@@ -561,6 +567,13 @@ def data_perf(counts: str, size: int, repeats: int, workers: int | None, trees: 
         m = median_measurement(runs)
         click.secho(f"{count:>7} {m.decoded:>8} {'med':>4} {m.seconds:8.1f} "
                     f"{m.images_per_second:9.1f} {m.peak_rss_bytes / 2**20:8.0f}", bold=True)
+
+
+def _number(value: float | None) -> str:
+    """'1,234' / '56.7' / '-' (runs logged before the figure existed)."""
+    if value is None or value != value:
+        return "-"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
 
 
 def _prepared(dataset: str, data_root: Path | None, workers: int | None,

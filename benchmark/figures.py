@@ -265,13 +265,25 @@ def _readable(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
+#: The cost figure's panels: column, axis label, unit. The first two are always drawn; the
+#: others where the runs logged them.
+COST_PANELS = (
+    ("fit_seconds", "training time (s; bar = median, dots = seeds)", "s"),
+    ("train_images_per_second", "training throughput (images/s)", "img/s"),
+    ("score_images_per_second", "scoring throughput (images/s)", "img/s"),
+    ("peak_host_mb", "peak host memory of the run (MB)", "MB"),
+    ("peak_gpu_mb", "peak GPU memory of the run (MB)", "MB"),
+)
+
+
 def cost_figure(costs: pd.DataFrame, *, title: str,
                 colours: Mapping[str, Colour] | None = None) -> Figure:
-    """Training time and scoring throughput per method, side by side.
+    """Training time, training and scoring throughput, and peak memory per method.
 
-    `costs`: one row per run (seed) with columns method, fit_seconds, score_images_per_second.
-    Bars are medians, dots the runs; an axis turns logarithmic when its values span more than
-    30x. Methods run from fastest to slowest training in both panels.
+    `costs`: one row per run (seed) with columns method, fit_seconds, score_images_per_second
+    and, where logged, train_images_per_second, peak_host_mb, peak_gpu_mb. Bars are medians,
+    dots the runs; an axis turns logarithmic when its values span more than 30x. Methods run
+    from fastest to slowest training in every panel.
     """
     required = {"method", "fit_seconds", "score_images_per_second"}
     if not required <= set(costs.columns):
@@ -281,14 +293,19 @@ def cost_figure(costs: pd.DataFrame, *, title: str,
     order = (costs.groupby("method").fit_seconds.median().sort_values(kind="stable")
              .index.tolist())
     palette = _colours_for(order, colours)
+    panels = [p for p in COST_PANELS
+              if p[0] in required or (p[0] in costs.columns and costs[p[0]].notna().any())]
+    columns = 2 if len(panels) > 2 else len(panels)
+    rows = math.ceil(len(panels) / columns)
     with sns.axes_style(STYLE):
-        fig = Figure(figsize=(10.0, 0.42 * len(order) + 1.6), layout="constrained")
-        left, right = fig.subplots(1, 2, sharey=True)
-        _cost_panel(left, costs, "fit_seconds", order, palette,
-                    "training time (s; bar = median, dots = seeds)", "s")
-        _cost_panel(right, costs, "score_images_per_second", order, palette,
-                    "scoring throughput (images/s)", "img/s")
-        left.invert_yaxis()  # first method on top (shared y: both panels follow)
+        fig = Figure(figsize=(10.0, rows * (0.42 * len(order) + 1.3) + 0.3),
+                     layout="constrained")
+        axes = np.atleast_1d(fig.subplots(rows, columns, sharey=True)).ravel()
+        for ax, (column, label, unit) in zip(axes, panels, strict=False):
+            _cost_panel(ax, costs, column, order, palette, label, unit)
+        for ax in axes[len(panels):]:
+            ax.set_visible(False)
+        axes[0].invert_yaxis()  # first method on top (shared y: every panel follows)
         fig.suptitle(title)
     return fig
 

@@ -44,7 +44,7 @@ def build_figures(data: ReportData, folder: Path) -> dict[str, Path]:
                 title=f"Which AUC differences hold, {where}"), folder / "paired_comparison.png")
     costs = _costs(data.runs)
     if not costs.empty:
-        out["Cost: training time and scoring throughput"] = figures.save_figure(
+        out["Cost: training time, throughput and peak memory"] = figures.save_figure(
             figures.cost_figure(costs, title=f"Cost per run, {where}", colours=colours),
             folder / "cost.png")
     for method in methods:
@@ -71,7 +71,12 @@ def _costs(runs: pd.DataFrame) -> pd.DataFrame:
     needed = ["metric.fit_seconds", "metric.score_images_per_second"]
     if not set(needed) <= set(runs.columns):
         return pd.DataFrame()
-    return runs[["method", *needed]].rename(columns=lambda c: c.removeprefix("metric.")).dropna()
+    # Throughput and memory where the runs logged them (runs before the figures existed lack
+    # them: those panels then stay out).
+    optional = [c for c in ("metric.train_images_per_second", "metric.peak_host_mb",
+                            "metric.peak_gpu_mb") if c in runs.columns]
+    table = runs[["method", *needed, *optional]].dropna(subset=needed)
+    return table.rename(columns=lambda c: c.removeprefix("metric."))
 
 
 def _map_grid(data: ReportData, method: str) -> object | None:

@@ -27,8 +27,10 @@ from tqdm.auto import tqdm
 from benchmark import metrics, stats
 from benchmark.api import Method, Progress, TrainSet, get_method, make_config
 from benchmark.data import PreparedDataset, load_card, prepare
+from benchmark.data.images import empty_like, join
 from benchmark.data.prepared import resolve_data_root
 from benchmark.errors import BenchError, UsageError
+from benchmark.resources import MemoryWatch, megabytes
 from benchmark.tracking import (
     RunLogger,
     code_version,
@@ -252,9 +254,9 @@ def training_set(method: type[Method], data: PreparedDataset, contaminated: bool
     """
     full = data.train_set(with_selection=method.uses_selection,
                           with_validation=method.uses_validation)
-    empty = full.normal[:0]
+    empty = empty_like(full.normal)
     if contaminated and "unlabeled" not in method.uses:
-        return dataclasses.replace(full, normal=np.concatenate([full.normal, full.unlabeled]),
+        return dataclasses.replace(full, normal=join(full.normal, full.unlabeled),
                                    unlabeled=empty)
     return dataclasses.replace(
         full, normal=full.normal if "normal" in method.uses else empty,
@@ -299,9 +301,11 @@ def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, see
         })
         logger.json(method.config_dict(), "config.json")
 
+        watch = MemoryWatch(device).start()
         started = time.perf_counter()
         method.fit(train, seed=seed, device=device, progress=progress)
         fit_seconds = time.perf_counter() - started
+        fit_peak_host, fit_peak_gpu = watch.peak_host_bytes(), watch.peak_gpu_bytes()
         logger.params({k: v for k, v in method.run_info.items()})
         if method.run_metrics:
             logger.metrics(method.run_metrics)
@@ -331,6 +335,8 @@ def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, see
             "val_auc": metrics.roc_auc(val_labels, val_units),
             "fit_seconds": fit_seconds,
             "score_images_per_second": (len(val_scores) + len(test_scores)) / score_seconds,
+            **cost_metrics(method_cls, config, train, fit_seconds, watch,
+                           fit_peak_host, fit_peak_gpu),
         })
         logger.metrics(values)
         logger.table(_scores_table(data, val_scores, test_scores), "scores.csv")
@@ -356,6 +362,22 @@ def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, see
                          error=f"{type(exc).__name__}: {exc}")
     finally:
         progress.close()
+
+
+def cost_metrics(method_cls: type[Method], config: Any, train: TrainSet, fit_seconds: float,
+                 watch: MemoryWatch, fit_peak_host: int, fit_peak_gpu: int | None
+                 ) -> dict[str, float]:
+    """Throughput and memory of a run: training images/s (images drawn into batches for an
+    iterative method, training images embedded for a feature method), and peak memory while
+    training and over the whole run (training, scoring, evaluation), host and GPU."""
+    trained = method_cls.images_seen(config) or (len(train.normal) + len(train.unlabeled))
+    values = {"train_images_per_second": trained / fit_seconds if fit_seconds > 0 else 0.0,
+              "peak_host_mb_fit": megabytes(fit_peak_host),
+              "peak_host_mb": megabytes(max(fit_peak_host, watch.peak_host_bytes()))}
+    if fit_peak_gpu is not None:
+        values["peak_gpu_mb_fit"] = megabytes(fit_peak_gpu)
+        values["peak_gpu_mb"] = megabytes(max(fit_peak_gpu, watch.peak_gpu_bytes() or 0))
+    return values
 
 
 def evaluation_units(data: PreparedDataset, split: str,

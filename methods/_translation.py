@@ -21,10 +21,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmark.api import Method, Progress, TrainSet
+from benchmark.api import Images, Method, Progress, TrainSet
 from benchmark.metrics import aucp, debiased_aucp
 from benchmark.seeding import seed_everything
 from methods._budget import steps_for
+from methods._dcgan import ModelInputs
 from methods._dcgan import to_model_input as to_model_range
 
 # ----------------------------------------------------------------------------- networks
@@ -284,9 +285,9 @@ class TranslationGAN(Method):
         opt_d = torch.optim.Adam(self.critic.parameters(), cfg.lr_d, (cfg.beta1, cfg.beta2))
         sampler = torch.Generator(device="cpu").manual_seed(seed + 1)
 
-        # Keep the training sets on the device once, in [-1, 1]: no per-step host copies.
-        set_a = self._inputs(train.unlabeled)
-        set_b = self._inputs(train.normal)
+        # Read batch by batch from the cache: memory stays at a batch at any set size.
+        set_a = self._training_inputs(train.unlabeled)
+        set_b = self._training_inputs(train.normal)
         selection = self._selection_inputs(train, sampler)
 
         state = TrainingState()
@@ -337,11 +338,15 @@ class TranslationGAN(Method):
         x = to_model_range(images, self.device, self.config.image_size)
         return x.contiguous(memory_format=torch.channels_last) if self.config.channels_last else x
 
-    def _batch(self, images: torch.Tensor, sampler: torch.Generator) -> torch.Tensor:
+    def _training_inputs(self, images: Images) -> ModelInputs:
+        return ModelInputs(images, self.device, self.config.image_size,
+                           channels_last=self.config.channels_last)
+
+    def _batch(self, images: ModelInputs, sampler: torch.Generator) -> torch.Tensor:
         index = torch.randint(len(images), (self.config.batch_size,), generator=sampler)
-        batch = images[index.to(images.device)]
+        batch = images[index]
         if self.config.horizontal_flip:
-            flip = (torch.rand(len(batch), generator=sampler) < 0.5).to(images.device)
+            flip = (torch.rand(len(batch), generator=sampler) < 0.5).to(self.device)
             batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(-1), batch)
         return batch
 

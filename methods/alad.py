@@ -23,6 +23,7 @@ from methods._dcgan import (
     BatchSampler,
     ImageEncoder,
     LatentDecoder,
+    ModelInputs,
     batched,
     bce,
     dcgan_init,
@@ -151,12 +152,12 @@ class Alad(Method):
                                   *d_zz.parameters()], cfg.lr, betas)
         # The averaged copies used at inference.
         self.encoder, self.generator, self.d_xx = (copy.deepcopy(n) for n in nets[:2] + nets[3:4])
-        images = to_model_input(train.normal, device, cfg.image_size)
+        images = ModelInputs(train.normal, device, cfg.image_size)
         sampler = BatchSampler(len(images), cfg.batch_size, seed + 1)
         noise = torch.Generator(device="cpu").manual_seed(seed + 2)
         progress.stage("train", cfg.iterations)
         for step in range(1, cfg.iterations + 1):
-            x = images[sampler.next().to(device)]
+            x = images[sampler.next()]
             z = torch.randn(len(x), cfg.latent, generator=noise).to(device)
             # Discriminators: real pairs 1, generated pairs 0.
             with torch.no_grad():

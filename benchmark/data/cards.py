@@ -24,6 +24,9 @@ else:  # pragma: no cover
 BUILTIN_CARDS = Path(__file__).resolve().parents[2] / "datasets"
 
 KNOWN_FORMATS = ("synthetic", "covidx", "chestxray14", "brain_mri", "folder")
+#: MRI slices are rescaled floats (16 bits keep them); radiograph files are 8-bit. A folder of
+#: 16-bit PNGs or DICOM files sets `bit_depth = 16` in its card.
+DEFAULT_BIT_DEPTH = {"brain_mri": 16}
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,9 @@ class DatasetCard:
     default_data_root: str = ""
     #: Evaluation unit: "image", or "subject" (slice scores averaged per subject).
     unit: str = "image"
+    #: Bits per pixel the cache keeps (8 or 16): the source's precision. Default: 16 for MRI
+    #: volumes (scaled floats), 8 for everything else (8-bit PNG / JPEG radiographs).
+    bit_depth: int = 8
     #: Format-specific settings (generator knobs for `synthetic`, protocol for real sets).
     settings: dict[str, Any] = field(default_factory=dict)
     #: The card file's text, part of the cache key.
@@ -113,6 +119,10 @@ def parse_card(path: Path) -> DatasetCard:
     image_size = need("image_size", int)
     if image_size < 16:
         raise BenchError(f"dataset card {path}: image_size must be >= 16, got {image_size}.")
+    bit_depth = raw.get("bit_depth", DEFAULT_BIT_DEPTH.get(fmt, 8))
+    if bit_depth not in (8, 16) or isinstance(bit_depth, bool):
+        raise BenchError(f"dataset card {path}: bit_depth must be 8 or 16 (the source pixels' "
+                         f"precision), got {bit_depth!r}.")
     unit = raw.get("unit", "image")
     if unit not in ("image", "subject"):
         raise BenchError(f"dataset card {path}: unit must be 'image' or 'subject', got {unit!r}.")
@@ -127,6 +137,7 @@ def parse_card(path: Path) -> DatasetCard:
         layout=raw.get("layout", ""),
         default_data_root=raw.get("default_data_root", ""),
         unit=unit,
+        bit_depth=bit_depth,
         settings=dict(raw.get(fmt, {})),
         text=text,
     )

@@ -17,6 +17,18 @@ from benchmark.data import synthetic
 
 FIXTURE_FORMATS = ("covidx", "chestxray14", "brain_mri")
 
+#: The published COVIDx composition the paper uses: 15,464 training images of which 1,670
+#: COVID-positive, and a balanced test set of 400 (15,864 files in all).
+COVIDX_PUBLISHED_TRAIN, COVIDX_PUBLISHED_TEST, COVIDX_PUBLISHED_POSITIVE = 15_464, 400, 1_670
+
+
+def covidx_composition(count: int) -> tuple[int, int, float]:
+    """(training files, test files, training positive share) of a `count`-file COVIDx tree in
+    the published proportions: 15,864 files give exactly the paper's 15,464 / 400 / 1,670."""
+    n_test = max(4, round(count * COVIDX_PUBLISHED_TEST
+                          / (COVIDX_PUBLISHED_TRAIN + COVIDX_PUBLISHED_TEST)))
+    return count - n_test, n_test, COVIDX_PUBLISHED_POSITIVE / COVIDX_PUBLISHED_TRAIN
+
 
 def chest_image(seed: int, index: int, label: int, size: int) -> np.ndarray:
     """An 8-bit chest radiograph at `size`, drawn at <= 128 px and enlarged (fast at 512 px)."""
@@ -34,10 +46,13 @@ def chest_image(seed: int, index: int, label: int, size: int) -> np.ndarray:
 
 def write_covidx(root: Path, *, n_train: int, n_test: int, size: int = 256,
                  train_positive_share: float = 0.11, labels: str = "recent", seed: int = 0,
+                 exact_shares: bool = False,
                  progress: Callable[[], None] | None = None) -> None:
     """train.txt / test.txt (`patient filename label source`) and train/, test/ PNGs.
 
     Training is ~11% positive as in the paper's COVIDx (1,670 of 15,464); test is balanced.
+    With `exact_shares` the positives are exactly round(share x count) at random places
+    instead of a coin per image, so a tree of the published size gives the published counts.
     """
     names = {"recent": ("negative", "positive"), "old": ("normal", "COVID-19")}[labels]
     rng = np.random.default_rng(seed)
@@ -45,9 +60,12 @@ def write_covidx(root: Path, *, n_train: int, n_test: int, size: int = 256,
     for split, count in (("train", n_train), ("test", n_test)):
         (root / split).mkdir(parents=True, exist_ok=True)
         lines = []
+        share = train_positive_share if split == "train" else 0.5
+        if exact_shares:
+            drawn = np.zeros(count, dtype=int)
+            drawn[rng.permutation(count)[:round(share * count)]] = 1
         for i in range(count):
-            share = train_positive_share if split == "train" else 0.5
-            label = int(rng.random() < share)
+            label = int(drawn[i]) if exact_shares else int(rng.random() < share)
             patient = f"{split}-p{i // 2:05d}-{label}"  # two images per patient
             filename = f"{split}_{i:05d}.png"
             Image.fromarray(chest_image(seed, index, label, size)).save(root / split / filename)

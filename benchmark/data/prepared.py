@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from benchmark.data import build, protocol, readers, synthetic
 from benchmark.data.cards import DatasetCard
+from benchmark.data.images import ImageSet, quantize, storage_dtype
 from benchmark.data.splits import (
     check_subject_disjoint,
     manifest_hash,
@@ -38,8 +39,9 @@ from benchmark.data.splits import (
 )
 from benchmark.errors import BenchError
 
-#: Bump when the cache layout changes.
-CACHE_VERSION = 1
+#: Bump when the cache layout changes. 2: pixels stored as uint8 / uint16 (the card's
+#: bit_depth), not float32.
+CACHE_VERSION = 2
 DEFAULT_CACHE_ROOT = Path("results") / "cache"
 
 
@@ -51,7 +53,8 @@ class PreparedDataset:
     #: Identifies the image content (card text + generator/reader version): two runs with the
     #: same split hash but another data version saw other pixels.
     data_version: str
-    images: np.ndarray  # (N, C, H, W) float32 in [0, 1], memory-mapped
+    #: (N, C, H, W) uint8 / uint16, memory-mapped; read through `image_set` / `images_of`.
+    images: np.ndarray
     masks: np.ndarray | None  # (N, H, W) uint8 lesion masks where the dataset has them
     folder: Path
     #: The cache's meta.json: protocol notes and scale, native image sizes, dropped rows.
@@ -62,9 +65,14 @@ class PreparedDataset:
     def rows(self, split: str) -> np.ndarray:
         return self.manifest.loc[self.manifest.split == split, "row"].to_numpy()
 
+    def image_set(self, split: str) -> ImageSet:
+        """The split's images as a view of the cache, read (as float32) only when indexed."""
+        return ImageSet(self.images, np.sort(self.rows(split)))
+
     def images_of(self, split: str) -> np.ndarray:
-        """The split's images, read into memory (N, C, H, W) float32."""
-        return np.ascontiguousarray(self.images[np.sort(self.rows(split))])
+        """The split's images, read into memory (N, C, H, W) float32: for the small splits
+        (validation, test); training sets stay views (`image_set`)."""
+        return self.image_set(split)[:]
 
     def labels_of(self, split: str) -> np.ndarray:
         return self.manifest.set_index("row").loc[np.sort(self.rows(split)), "label"].to_numpy()
@@ -92,8 +100,8 @@ class PreparedDataset:
         if with_validation:
             validation = LabelledSplit(self.images_of("val"), self.labels_of("val"),
                                        self.masks_of("val"))
-        return TrainSet(normal=self.images_of("train_normal"),
-                        unlabeled=self.images_of("train_mixed"),
+        return TrainSet(normal=self.image_set("train_normal"),
+                        unlabeled=self.image_set("train_mixed"),
                         selection=self.images_of("test") if with_selection else None,
                         selection_normal_share=self.test_normal_share if with_selection else None,
                         validation=validation)
@@ -182,14 +190,15 @@ def _build_synthetic_cache(card: DatasetCard, config: synthetic.SyntheticConfig,
     specs = synthetic.image_specs(config)
     with _temporary_folder(folder) as tmp:
         size = config.image_size
-        images = open_memmap(tmp / "images.npy", mode="w+", dtype=np.float32,
+        dtype = storage_dtype(card.bit_depth)
+        images = open_memmap(tmp / "images.npy", mode="w+", dtype=dtype,
                              shape=(len(specs), card.channels, size, size))
         masks = open_memmap(tmp / "masks.npy", mode="w+", dtype=np.uint8,
                             shape=(len(specs), size, size))
         bar = tqdm(total=len(specs), desc=f"generating {card.name}", unit="img",
                    disable=None if show_progress else True, leave=False)
         for spec, image, mask in synthetic.iter_images(config, specs):
-            images[spec.index] = image[None]
+            images[spec.index] = quantize(image[None], dtype)
             masks[spec.index] = mask
             bar.update()
         bar.close()
@@ -211,6 +220,7 @@ def _build_synthetic_cache(card: DatasetCard, config: synthetic.SyntheticConfig,
             "data_version": folder.name.rsplit("-", 1)[-1],
             "n_images": len(specs),
             "image_shape": [card.channels, size, size],
+            "image_dtype": dtype.name,
             "cache_version": CACHE_VERSION,
             "generator_version": synthetic.GENERATOR_VERSION,
             "generator_config": dataclasses.asdict(config),
@@ -270,6 +280,7 @@ def _prepare_real(card: DatasetCard, root: Path, cache_root: Path, *, workers: i
         meta.update({"split_hash": manifest_hash(manifest), "data_version": key[:16],
                      "n_images": len(manifest), "image_sizes": result.image_sizes,
                      "image_shape": [card.channels, card.image_size, card.image_size],
+                     "image_dtype": storage_dtype(card.bit_depth).name,
                      "cache_version": CACHE_VERSION, "reader_version": READER_VERSION})
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return _open(card, folder, built=True)
@@ -278,6 +289,7 @@ def _prepare_real(card: DatasetCard, root: Path, cache_root: Path, *, workers: i
 def _decoding(card: DatasetCard) -> build.Decoding:
     settings = card.settings
     return build.Decoding(size=card.image_size, channels=card.channels,
+                          bit_depth=card.bit_depth,
                           intensity=settings.get("intensity", "dtype"),
                           drop_top_fraction=float(settings.get("drop_top_fraction", 0.0)),
                           min_foreground=float(settings.get("min_foreground", 0.05)))
