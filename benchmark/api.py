@@ -147,6 +147,26 @@ class Method(ABC):
         return None
 
     @classmethod
+    def calibration_overrides(cls, config: Any, scale: int) -> dict[str, Any]:
+        """Settings that shorten a run to a few steps, `scale` times as many in the second
+        calibration fit (`bench plan --calibrate`): the budget fields of an iterative method.
+        Default: none (a feature method's work is set by the images it is given)."""
+        return {}
+
+    @classmethod
+    def calibrate_extra(cls, config: Any, device: torch.device) -> dict[str, float]:
+        """Measured constants of work that does not grow linearly with the training images
+        (PatchCore's coreset), for `plan_extra`. Default: none."""
+        return {}
+
+    @classmethod
+    def plan_extra(cls, config: Any, trained_images: int,
+                   measured: dict[str, float]) -> tuple[float, int, list[str]]:
+        """(seconds, bytes, notes) a run of `config` on `trained_images` adds beyond the
+        linear training and scoring costs, from `calibrate_extra`'s constants."""
+        return 0.0, 0, []
+
+    @classmethod
     @abstractmethod
     def profile_config(cls, profile: str, *, image_size: int, channels: int) -> Any:
         """The config for a profile: `quick` (CPU, minutes) or `full` (published settings)."""

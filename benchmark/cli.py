@@ -426,6 +426,108 @@ def perf(method: str, dataset: str, profile: str, iterations: int, repeats: int,
 
 
 @cli.command()
+@click.option("--methods", default="all", show_default=True, metavar="all|NAME[,NAME]")
+@click.option("--dataset", default="synthetic", show_default=True,
+              help="Card name (bench list) or path to a .toml card.")
+@click.option("--seeds", default="0", show_default=True, metavar="0[,1,...]")
+@click.option("--profile", type=click.Choice(["quick", "full"]), default="quick",
+              show_default=True)
+@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda",
+              help="The device the grid will run on. A CUDA plan made without a GPU here "
+                   "reads a cost table measured on one (--costs).")
+@click.option("--data-root", type=click.Path(path_type=Path), default=None,
+              help="Count the splits from the prepared data instead of the card's protocol.")
+@click.option("--contaminated", is_flag=True, help="Plan the contaminated setting.")
+@click.option("--calibrate", is_flag=True,
+              help="Measure the methods' costs on this machine now (about a minute per "
+                   "method; run nothing else meanwhile) and save them to the cost table.")
+@click.option("--costs", "costs_file", type=click.Path(path_type=Path), default=None,
+              help="Cost table to read (and, with --calibrate, write). Default: "
+                   "results/costs/<this device>.json.")
+def plan(methods: str, dataset: str, seeds: str, profile: str, device: str,
+         data_root: Path | None, contaminated: bool, calibrate: bool,
+         costs_file: Path | None) -> None:
+    """Before a grid starts: each run's expected wall time and peak memory, and the total.
+
+    Estimates come from costs measured on the device (seconds per training image drawn, per
+    scored image, fixed start-up, PatchCore's coreset), times each run's real work at the
+    dataset's split sizes. Measure them with --calibrate on the machine that will run the
+    grid; a table measured on a GPU plans a GPU grid from anywhere (--costs FILE).
+    """
+    from benchmark import plan as planning
+    from benchmark.api import get_method, make_config, parse_method_list
+    from benchmark.data import load_card, prepare
+
+    names = parse_method_list(methods)
+    seed_list = _parse_seeds(seeds)
+    card = load_card(dataset)
+    counts = planning.protocol_counts(card)
+    if data_root is not None or counts is None:
+        counts = planning.prepared_counts(prepare(card, data_root=data_root))
+    target = _plan_device(device, costs_file, calibrate)
+    path = costs_file or planning.costs_path(target)
+    costs = planning.load_costs(path)
+    keys = {name: planning.cost_key(name, profile, card.image_size, card.channels)
+            for name in names}
+    missing = [name for name in names if keys[name] not in costs]
+    todo = names if calibrate else []
+    if missing and not calibrate:
+        raise UsageError(
+            f"no measured cost for {', '.join(missing)} ({profile}, {card.image_size}px) in "
+            f"{path}. Measure them on the machine that will run the grid: bench plan "
+            f"--methods {methods} --dataset {dataset} --profile {profile} --device "
+            f"{device} --calibrate (or pass --costs FILE measured there).")
+    for name in todo:
+        click.echo(f"calibrating {name} ({profile}, {card.image_size}px) on {target} ...",
+                   err=True)
+        cost = planning.calibrate(get_method(name), profile, image_size=card.image_size,
+                                  channels=card.channels, device=target)
+        costs[cost.key()] = cost
+        planning.save_costs(path, costs, planning.device_name(target))
+    click.echo(f"{dataset} ({profile}) on {path.stem}: set B {counts.train_normal:,}, "
+               f"set A {counts.train_mixed:,}, validation {counts.val:,}, test {counts.test:,}; "
+               f"seeds {','.join(map(str, seed_list))}; costs from {path}")
+    click.echo(f"{'method':<12} {'fit/run':>9} {'score/run':>9} {'per run':>9} "
+               f"{'all seeds':>9} {'host MB':>8} {'GPU MB':>8}  notes")
+    total = 0.0
+    for name in names:
+        cls = get_method(name)
+        config = make_config(cls, profile, image_size=card.image_size, channels=card.channels)
+        run = planning.estimate(cls, config, costs[keys[name]], counts, contaminated)
+        total += run.seconds * len(seed_list)
+        gpu = "-" if run.peak_gpu_mb is None else f"{run.peak_gpu_mb:,.0f}"
+        click.echo(f"{name:<12} {planning.duration(run.fit_seconds):>9} "
+                   f"{planning.duration(run.score_seconds):>9} "
+                   f"{planning.duration(run.seconds):>9} "
+                   f"{planning.duration(run.seconds * len(seed_list)):>9} "
+                   f"{run.peak_host_mb:>8,.0f} {gpu:>8}  {'; '.join(run.notes)}".rstrip())
+    runs = len(names) * len(seed_list)
+    hours = total / 3600
+    unit = "GPU-hours" if target.type == "cuda" else "hours on this machine"
+    click.secho(f"grid: {runs} runs, {planning.duration(total)} one after another "
+                f"({hours:.2f} {unit}); data preparation not included.", bold=True)
+
+
+def _plan_device(device: str, costs_file: Path | None, calibrate: bool) -> Any:
+    """The device to plan for: a CUDA plan without a GPU here needs a measured table."""
+    import torch
+
+    from benchmark.runner import resolve_device
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        if calibrate:
+            raise UsageError("--calibrate measures this machine's device, and it has no "
+                             "CUDA GPU. Calibrate on the GPU machine and pass its table "
+                             "here with --costs FILE.")
+        if costs_file is None:
+            raise UsageError("no CUDA GPU here to name the cost table: pass the table "
+                             "measured on the GPU machine with --costs FILE (see "
+                             "results/reference/costs/).")
+        return torch.device(device)
+    return resolve_device(device)
+
+
+@cli.command()
 @click.option("--port", default=5000, show_default=True)
 @tracking_option
 def ui(port: int, tracking_uri: str | None) -> None:

@@ -251,6 +251,14 @@ class TranslationGAN(Method):
         """An A batch and a B batch per critic step (the generator step reuses them)."""
         return config.iterations * config.batch_size * 2
 
+    @classmethod
+    def calibration_overrides(cls, config: TranslationConfig, scale: int) -> dict:
+        steps = 10 * scale
+        overrides = {"iterations": steps, "decay_iterations": 0, "checkpoint_every": steps}
+        if hasattr(config, "mask_warmup_iterations"):
+            overrides["mask_warmup_iterations"] = 0
+        return overrides
+
     def _warming_up(self, iteration: int) -> bool:
         return False
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -124,6 +125,10 @@ class Alad(Method):
             return AladConfig(image_size=min(image_size, 32), base_channels=16,
                               iterations=steps_for(32), ema_decay=0.99, log_every=25)
         return AladConfig()
+
+    @classmethod
+    def calibration_overrides(cls, config: Any, scale: int) -> dict[str, Any]:
+        return {"iterations": 10 * scale}
 
     @classmethod
     def images_seen(cls, config: AladConfig) -> int:

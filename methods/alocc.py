@@ -10,6 +10,7 @@ a diseased one, so the anomaly score is 1 - D(R(x)) (higher = more anomalous).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,6 +73,10 @@ class Alocc(Method):
             return AloccConfig(image_size=min(image_size, 32), base_channels=32, batch_size=32,
                                iterations=steps_for(32), lr=1e-4, log_every=25)
         return AloccConfig()
+
+    @classmethod
+    def calibration_overrides(cls, config: Any, scale: int) -> dict[str, Any]:
+        return {"iterations": 10 * scale}
 
     @classmethod
     def images_seen(cls, config: AloccConfig) -> int:

@@ -10,6 +10,7 @@ kappa = 1. The anomaly score is that same expression per image.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -93,6 +94,10 @@ class Fanogan(Method):
                                  batch_size=32, gan_iterations=steps, encoder_iterations=steps,
                                  log_every=25)
         return FanoganConfig()
+
+    @classmethod
+    def calibration_overrides(cls, config: Any, scale: int) -> dict[str, Any]:
+        return {"gan_iterations": 4 * scale, "encoder_iterations": 4 * scale}
 
     @classmethod
     def images_seen(cls, config: FanoganConfig) -> int:

@@ -14,6 +14,7 @@ is what makes its AUC repeat exactly under one seed, which anomalib users report
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,6 +63,10 @@ class Ganomaly(Method):
             return GanomalyConfig(image_size=min(image_size, 32), n_features=16,
                                   latent_vec_size=100, iterations=steps_for(32))
         return GanomalyConfig()
+
+    @classmethod
+    def calibration_overrides(cls, config: Any, scale: int) -> dict[str, Any]:
+        return {"iterations": 10 * scale}
 
     @classmethod
     def images_seen(cls, config: GanomalyConfig) -> int | None:

@@ -15,6 +15,7 @@ None (or a set small enough) the algorithm is anomalib's exactly.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,6 +95,49 @@ class Patchcore(BackboneMethod):
                                    image_size=image_size, max_patches=QUICK_MAX_PATCHES,
                                    max_train_images=QUICK_IMAGES_SEEN)
         return PatchcoreConfig()
+
+    @classmethod
+    def calibration_overrides(cls, config: PatchcoreConfig, scale: int) -> dict:
+        # The coreset is timed on its own (calibrate_extra): keep it negligible in the fits.
+        return {"coreset_sampling_ratio": 1e-3}
+
+    @classmethod
+    def calibrate_extra(cls, config: PatchcoreConfig, device: torch.device) -> dict[str, float]:
+        """Patches per image and values per patch (one forward pass), and the seconds per
+        coreset distance term (greedy steps x bank rows) on a random bank."""
+        from anomalib.models.image.patchcore.torch_model import PatchcoreModel
+
+        model = PatchcoreModel(layers=list(config.layers), backbone=config.backbone,
+                               pre_trained=False).to(device).eval()
+        with torch.inference_mode():
+            x = torch.zeros(1, 3, config.image_size, config.image_size, device=device)
+            patches = patch_embeddings(model, x)
+        rows, steps = 20_000, 200
+        bank = torch.randn(rows, patches.shape[2], device=device)
+        greedy_coreset(bank[:1000], 2, seed=0, progress=Progress())  # warm-up
+        started = time.perf_counter()
+        greedy_coreset(bank, steps, seed=0, progress=Progress())
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - started
+        return {"patches_per_image": float(patches.shape[1]),
+                "embedding_dims": float(patches.shape[2]),
+                "seconds_per_coreset_term": seconds / (steps * rows)}
+
+    @classmethod
+    def plan_extra(cls, config: PatchcoreConfig, trained_images: int,
+                   measured: dict[str, float]) -> tuple[float, int, list[str]]:
+        """The coreset (steps x kept patches) and the patch bank with its projection."""
+        if not measured:
+            return 0.0, 0, ["coreset not calibrated"]
+        kept = trained_images * int(measured["patches_per_image"])
+        if config.max_patches is not None:
+            kept = min(kept, config.max_patches)
+        coreset = int(kept * config.coreset_sampling_ratio)
+        projected = johnson_lindenstrauss_dims(kept)
+        seconds = coreset * kept * measured["seconds_per_coreset_term"]
+        bank_bytes = kept * (int(measured["embedding_dims"]) + projected) * 4
+        return seconds, bank_bytes, [f"{kept:,} patches kept, coreset {coreset:,}"]
 
     def fit(self, train: TrainSet, *, seed: int, device: torch.device,
             progress: Progress | None = None) -> None:
@@ -245,6 +289,11 @@ def reweighted_score(patch_scores: torch.Tensor, locations: torch.Tensor,
     _, support = nearest(neighbour_of, bank, num_neighbors, chunk)
     distances = torch.cdist(worst_features.unsqueeze(1), bank[support]).squeeze(1)
     return (1 - F.softmax(distances, 1))[..., 0] * score
+
+
+def johnson_lindenstrauss_dims(n_samples: int, eps: float = 0.9) -> int:
+    """The projected dimensions anomalib's SparseRandomProjection uses for `n_samples`."""
+    return int(4 * math.log(max(n_samples, 2)) / (eps**2 / 2 - eps**3 / 3))
 
 
 def greedy_coreset(embeddings: torch.Tensor, size: int, *, seed: int,

@@ -56,6 +56,14 @@ def test_run_logs_one_complete_mlflow_run_per_method_and_seed(two_seed_store, tm
     assert params["version.torch"] and params["version.anomalib"] and params["git_commit"]
     for name in ("auc", "precision", "recall", "specificity", "f1", "accuracy", "threshold"):
         assert name in metric_values
+    # Cost of the run: a Python process with torch holds well over 100 MB; 40 images embedded.
+    assert 100 < metric_values["peak_host_mb_fit"] <= metric_values["peak_host_mb"] < 8000
+    assert metric_values["train_images_per_second"] == pytest.approx(
+        40 / metric_values["fit_seconds"], rel=1e-6)
+    assert "peak_gpu_mb" not in metric_values  # CPU run
+    patchcore = next(r for r in runs if r.data.params["method"] == "patchcore").data.params
+    assert patchcore["config.max_patches"] == "100000"
+    assert int(patchcore["patches_kept"]) == 40 * int(patchcore["patches_per_image"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"scores.csv", "roc.csv", "config.json"} <= artifacts
     scores = pd.read_csv(client.download_artifacts(run.info.run_id, "scores.csv", str(tmp_path)))

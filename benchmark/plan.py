@@ -1,0 +1,238 @@
+"""`bench plan`: how long a grid will take and how much memory each run needs, before it starts.
+
+Every estimate comes from costs measured on the machine that will run the grid (or one like
+it), never from guesses:
+
+- `calibrate` fits each method twice on stand-in images of the dataset's size and channels,
+  with its profile's networks but a short budget (`Method.calibration_overrides`): once at one
+  length, once at twice it. The difference of the two times over the difference of the
+  training images they drew is the seconds per training image; what is left of the shorter
+  fit is the fixed cost (building the model, loading weights, the final checkpoint). Scoring
+  is timed on its own. PatchCore's coreset, whose cost grows with the square of the patches
+  kept, is timed separately (`Method.calibrate_extra`).
+- `estimate` multiplies those rates by the real run's work: the training images its config
+  draws (`Method.images_seen`, or the training images a feature method embeds), the images it
+  scores (validation + test, plus the AUCp images at each checkpoint), and the extra terms.
+
+Costs are saved per device (results/costs/<device>.json) so a GPU grid can be planned on a
+laptop from a table measured on the GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import platform
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmark.api import Method, TrainSet, make_config
+from benchmark.errors import BenchError
+from benchmark.resources import MemoryWatch, megabytes
+
+COSTS_DIR = Path("results") / "costs"
+#: Stand-in training images per calibration fit (feature methods: the shorter fit; the longer
+#: one embeds twice as many).
+CALIBRATION_IMAGES = 64
+SCORE_IMAGES = 64
+
+
+@dataclass(frozen=True)
+class SplitCounts:
+    """Images per split a run sees (train_normal = set B, train_mixed = set A)."""
+
+    train_normal: int
+    train_mixed: int
+    val: int
+    test: int
+
+
+@dataclass
+class MethodCost:
+    """Measured costs of one method's profile at one image size on one device."""
+
+    method: str
+    profile: str
+    image_size: int
+    channels: int
+    fixed_seconds: float
+    seconds_per_train_image: float
+    seconds_per_score_image: float
+    peak_host_mb: float
+    peak_gpu_mb: float | None
+    #: Method-specific measured constants (PatchCore: seconds per coreset distance term).
+    extra: dict[str, float] = field(default_factory=dict)
+    measured: str = ""
+
+    def key(self) -> str:
+        return cost_key(self.method, self.profile, self.image_size, self.channels)
+
+
+@dataclass
+class RunEstimate:
+    method: str
+    fit_seconds: float
+    score_seconds: float
+    peak_host_mb: float
+    peak_gpu_mb: float | None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return self.fit_seconds + self.score_seconds
+
+
+def cost_key(method: str, profile: str, image_size: int, channels: int) -> str:
+    return f"{method}/{profile}/{image_size}px/{channels}ch"
+
+
+def device_name(device: torch.device) -> str:
+    """A file-name-safe name of the device whose costs a table holds."""
+    if device.type == "cuda":
+        name = f"cuda-{torch.cuda.get_device_name(device)}"
+    else:
+        name = f"cpu-{platform.machine()}-{torch.get_num_threads()}threads"
+    return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
+
+
+def costs_path(device: torch.device, folder: Path = COSTS_DIR) -> Path:
+    return folder / f"{device_name(device)}.json"
+
+
+def load_costs(path: Path) -> dict[str, MethodCost]:
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+        return {key: MethodCost(**value) for key, value in raw["costs"].items()}
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise BenchError(f"the cost table {path} is not one `bench plan --calibrate` wrote "
+                         f"({exc}). Delete it and calibrate again.") from exc
+
+
+def save_costs(path: Path, costs: dict[str, MethodCost], device: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"device": device, "torch": torch.__version__,
+               "costs": {k: dataclasses.asdict(v) for k, v in sorted(costs.items())}}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.replace(path)
+
+
+# ------------------------------------------------------------------------------- calibration
+
+def stand_in(n: int, channels: int, size: int, seed: int) -> np.ndarray:
+    """Random images of the dataset's shape: timing does not depend on what they show."""
+    return np.random.default_rng(seed).random((n, channels, size, size), dtype=np.float32)
+
+
+def calibrate(method_cls: type[Method], profile: str, *, image_size: int, channels: int,
+              device: torch.device, overrides: dict[str, Any] | None = None) -> MethodCost:
+    """Measure a method's costs: two short fits (one twice the other's length) and a scoring
+    pass, on stand-in images. Run it alone: anything else on the machine slows it."""
+    base = make_config(method_cls, profile, image_size=image_size, channels=channels,
+                       overrides=overrides)
+    images = stand_in(2 * CALIBRATION_IMAGES, channels, image_size, seed=0)
+    timings = []
+    for scale in (1, 2):
+        config = dataclasses.replace(base, **method_cls.calibration_overrides(base, scale))
+        iterative = method_cls.images_seen(config) is not None
+        n = CALIBRATION_IMAGES if iterative else CALIBRATION_IMAGES * scale
+        train = TrainSet(normal=images[:n], unlabeled=images[CALIBRATION_IMAGES:][:n],
+                         selection=images[:16] if method_cls.uses_selection else None,
+                         selection_normal_share=0.5 if method_cls.uses_selection else None)
+        method = method_cls(config)
+        watch = MemoryWatch(device).start()
+        _synchronise(device)
+        started = time.perf_counter()
+        method.fit(train, seed=0, device=device)
+        _synchronise(device)
+        seconds = time.perf_counter() - started
+        units = method_cls.images_seen(config) or n
+        timings.append((units, seconds, watch))
+    (units_1, seconds_1, _), (units_2, seconds_2, watch) = timings
+    per_image = max(seconds_2 - seconds_1, 0.0) / max(units_2 - units_1, 1)
+    fixed = max(seconds_1 - units_1 * per_image, 0.0)
+    method.score(images[:SCORE_IMAGES])  # warm-up: the first pass pays one-off costs
+    _synchronise(device)
+    started = time.perf_counter()
+    method.score(images[:SCORE_IMAGES])
+    _synchronise(device)
+    per_score = (time.perf_counter() - started) / SCORE_IMAGES
+    return MethodCost(method=method_cls.name, profile=profile, image_size=image_size,
+                      channels=channels, fixed_seconds=fixed, seconds_per_train_image=per_image,
+                      seconds_per_score_image=per_score,
+                      peak_host_mb=megabytes(watch.process_peak_bytes()) or 0.0,
+                      peak_gpu_mb=megabytes(watch.peak_gpu_bytes()),
+                      extra=method_cls.calibrate_extra(base, device),
+                      measured=time.strftime("%Y-%m-%d %H:%M"))
+
+
+def _synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# -------------------------------------------------------------------------------- estimates
+
+def estimate(method_cls: type[Method], config: Any, cost: MethodCost,
+             counts: SplitCounts, contaminated: bool = False) -> RunEstimate:
+    """Wall time and peak memory of one run of `config` on data of `counts`."""
+    n_normal = counts.train_normal + (counts.train_mixed if contaminated else 0)
+    trained = method_cls.images_seen(config)
+    if trained is None:  # a feature method embeds each (allowed) training image once
+        cap = getattr(config, "max_train_images", None)
+        trained = n_normal if cap is None else min(n_normal, cap)
+    fit = cost.fixed_seconds + trained * cost.seconds_per_train_image
+    scored = counts.val + counts.test
+    if method_cls.uses_selection and hasattr(config, "checkpoint_every"):
+        checkpoints = math.ceil(config.iterations / config.checkpoint_every)
+        aucp = min(config.aucp_normals or counts.train_normal, counts.train_normal)
+        fit += checkpoints * (aucp + counts.test) * cost.seconds_per_score_image
+    extra_seconds, extra_bytes, notes = method_cls.plan_extra(config, trained, cost.extra)
+    # What grows with the data (PatchCore's patch bank) lives where the model runs.
+    on_gpu = cost.peak_gpu_mb is not None
+    extra_mb = extra_bytes / 2**20
+    return RunEstimate(method=method_cls.name, fit_seconds=fit + extra_seconds,
+                       score_seconds=scored * cost.seconds_per_score_image,
+                       peak_host_mb=cost.peak_host_mb + (0.0 if on_gpu else extra_mb),
+                       peak_gpu_mb=cost.peak_gpu_mb + extra_mb if on_gpu else None,
+                       notes=notes)
+
+
+def protocol_counts(card: Any) -> SplitCounts | None:
+    """The split sizes a card's protocol asks for, where the card states them (COVIDx,
+    synthetic); None where only the data can tell (then prepare the data first)."""
+    s = card.settings
+    if card.is_synthetic:
+        return SplitCounts(s.get("n_normal", 0), s.get("n_mixed", 0), s.get("n_val", 0),
+                           s.get("n_test", 0))
+    needed = ("normal_healthy", "mixed_positive", "mixed_healthy", "val_positive",
+              "val_healthy", "test_positive", "test_healthy")
+    if all(k in s for k in needed):
+        return SplitCounts(s["normal_healthy"], s["mixed_positive"] + s["mixed_healthy"],
+                           s["val_positive"] + s["val_healthy"],
+                           s["test_positive"] + s["test_healthy"])
+    return None
+
+
+def prepared_counts(data: Any) -> SplitCounts:
+    sizes = data.manifest.split.value_counts()
+    return SplitCounts(*(int(sizes.get(name, 0))
+                         for name in ("train_normal", "train_mixed", "val", "test")))
+
+
+def duration(seconds: float) -> str:
+    """'45 s', '12.5 min', '3.2 h'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
