@@ -134,7 +134,8 @@ def test_every_method_reads_its_training_images_batch_by_batch(name, tiny):
 
 def test_nearest_in_chunks_equals_the_full_distance_matrix():
     generator = torch.Generator().manual_seed(0)
-    queries, bank = torch.randn(70, 6, generator=generator), torch.randn(130, 6, generator=generator)
+    queries = torch.randn(70, 6, generator=generator)
+    bank = torch.randn(130, 6, generator=generator)
     full = torch.cdist(queries, bank)
     expected_d, expected_i = full.topk(3, dim=1, largest=False)
     for chunk in (7, 100, 10_000):
