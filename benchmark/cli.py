@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
 import warnings
 from pathlib import Path
@@ -444,9 +445,13 @@ def perf(method: str, dataset: str, profile: str, iterations: int, repeats: int,
 @click.option("--costs", "costs_file", type=click.Path(path_type=Path), default=None,
               help="Cost table to read (and, with --calibrate, write). Default: "
                    "results/costs/<this device>.json.")
+@click.option("--set", "settings", multiple=True, metavar="METHOD.FIELD=VALUE",
+              help="Plan a run with this setting changed, as `bench run --set` would run it "
+                   "(budgets such as anomalypro.iterations=2000). Costs are per image, so a "
+                   "calibration at the profile's networks serves.")
 def plan(methods: str, dataset: str, seeds: str, profile: str, device: str,
          data_root: Path | None, contaminated: bool, calibrate: bool,
-         costs_file: Path | None) -> None:
+         costs_file: Path | None, settings: tuple[str, ...]) -> None:
     """Before a grid starts: each run's expected wall time and peak memory, and the total.
 
     Estimates come from costs measured on the device (seconds per training image drawn, per
@@ -460,6 +465,7 @@ def plan(methods: str, dataset: str, seeds: str, profile: str, device: str,
 
     names = parse_method_list(methods)
     seed_list = _parse_seeds(seeds)
+    overrides = _parse_settings(settings, (), names)
     card = load_card(dataset)
     counts = planning.protocol_counts(card)
     if data_root is not None or counts is None:
@@ -492,7 +498,8 @@ def plan(methods: str, dataset: str, seeds: str, profile: str, device: str,
     total = 0.0
     for name in names:
         cls = get_method(name)
-        config = make_config(cls, profile, image_size=card.image_size, channels=card.channels)
+        config = make_config(cls, profile, image_size=card.image_size, channels=card.channels,
+                             overrides=overrides.get(name))
         run = planning.estimate(cls, config, costs[keys[name]], counts, contaminated)
         total += run.seconds * len(seed_list)
         gpu = "-" if run.peak_gpu_mb is None else f"{run.peak_gpu_mb:,.0f}"
@@ -645,30 +652,60 @@ def data_make_fixture(fmt: str, out: Path, count: int, size: int, seed: int) -> 
 @click.option("--repeats", type=click.IntRange(1), default=3, show_default=True,
               help="Cold preparations per size; medians are reported.")
 @click.option("--workers", type=click.IntRange(1), default=None,
-              help="Decoding processes. Default: the available cores.")
+              help="Decoding processes (the bare decode uses as many). Default: the cores.")
 @click.option("--trees", type=click.Path(path_type=Path), default=Path("results/perf-trees"),
               show_default=True, help="Where the generated trees are kept between runs.")
-def data_perf(counts: str, size: int, repeats: int, workers: int | None, trees: Path) -> None:
+@click.option("--tree", "given_tree", type=click.Path(path_type=Path, exists=True,
+              file_okay=False), default=None,
+              help="Measure this COVIDx tree (e.g. one from make-fixture) instead of "
+                   "generating trees of --counts.")
+def data_perf(counts: str, size: int, repeats: int, workers: int | None, trees: Path,
+              given_tree: Path | None) -> None:
     """Measure `bench data prepare` (decoded images/s, peak memory of the process and its
-    workers) on generated COVIDx trees; images the protocol leaves unused are not decoded."""
-    from benchmark.prepare_perf import ensure_tree, measure_prepare, median_measurement
+    workers) on COVIDx trees, beside a bare decode of the same tree with the same number of
+    processes and the same preprocessing; prints the ratio of the medians (suite / bare).
+    Images the protocol leaves unused are not decoded by the suite."""
+    from benchmark.data import load_card
+    from benchmark.prepare_perf import (
+        ensure_tree,
+        measure_bare,
+        measure_prepare,
+        median_measurement,
+    )
 
-    sizes = [int(c) for c in counts.split(",") if c.strip()]
-    click.echo(f"{'files':>7} {'decoded':>8} {'run':>4} {'seconds':>8} {'decoded/s':>9} "
-               f"{'peak MB':>8}")
-    for count in sizes:
-        click.echo(f"generating/reusing a {count}-image {size}px COVIDx tree in {trees} ...",
-                   err=True)
-        tree = ensure_tree(trees, count, size)
-        runs = []
+    card = load_card("covidx")
+    drop = float(card.settings.get("drop_top_fraction", 0.0))
+    if given_tree is not None:
+        jobs = [(sum(1 for _ in given_tree.glob("*/*.png")), given_tree)]
+    else:
+        jobs = []
+        for count in (int(c) for c in counts.split(",") if c.strip()):
+            click.echo(f"generating/reusing a {count}-image {size}px COVIDx tree in {trees} ...",
+                       err=True)
+            jobs.append((count, ensure_tree(trees, count, size)))
+    click.echo(f"{'files':>7} {'what':>6} {'run':>4} {'images':>7} {'seconds':>8} "
+               f"{'images/s':>9} {'peak MB':>8}")
+    for count, tree in jobs:
+        runs, bare = [], []
         for repeat in range(repeats):
+            # Alternate the two so a slow spell of the machine hits both alike.
             runs.append(measure_prepare(tree, count, workers=workers))
-            m = runs[-1]
-            click.echo(f"{count:>7} {m.decoded:>8} {repeat + 1:>4} {m.seconds:8.1f} "
-                       f"{m.images_per_second:9.1f} {m.peak_rss_bytes / 2**20:8.0f}")
+            bare.append(measure_bare(tree, workers=workers, size=card.image_size,
+                                     drop_top_fraction=drop))
+            m, b = runs[-1], bare[-1]
+            click.echo(f"{count:>7} {'suite':>6} {repeat + 1:>4} {m.decoded:>7} "
+                       f"{m.seconds:8.1f} {m.images_per_second:9.1f} "
+                       f"{m.peak_rss_bytes / 2**20:8.0f}")
+            click.echo(f"{count:>7} {'bare':>6} {repeat + 1:>4} {b.count:>7} {b.seconds:8.1f} "
+                       f"{b.images_per_second:9.1f} {'':>8}")
         m = median_measurement(runs)
-        click.secho(f"{count:>7} {m.decoded:>8} {'med':>4} {m.seconds:8.1f} "
+        bare_rate = statistics.median(b.images_per_second for b in bare)
+        click.secho(f"{count:>7} {'suite':>6} {'med':>4} {m.decoded:>7} {m.seconds:8.1f} "
                     f"{m.images_per_second:9.1f} {m.peak_rss_bytes / 2**20:8.0f}", bold=True)
+        click.secho(f"{count:>7} {'bare':>6} {'med':>4} {'':>7} {'':>8} {bare_rate:9.1f}",
+                    bold=True)
+        click.secho(f"suite / bare decode: {m.images_per_second / bare_rate:.2f} "
+                    f"(medians of {repeats})", bold=True)
 
 
 def _number(value: float | None) -> str:

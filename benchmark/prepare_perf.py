@@ -1,8 +1,14 @@
-"""Benchmark of `bench data prepare`: images/s and peak memory on generated COVIDx trees.
+"""Benchmark of `bench data prepare`: images/s and peak memory on COVIDx trees, beside a bare
+decode of the same tree.
 
 Each measurement runs `bench data prepare` in a fresh process with an empty cache and samples
 the resident memory of that process and its decoding workers together (psutil, every 50 ms),
 so the figure is what the whole preparation holds at its peak, not one process's share.
+
+The bare decode is the floor the suite is measured against: a fresh process whose pool of the
+same number of workers does only the card's preprocessing on every image of the tree (Pillow
+decode, gray, drop the top rows, centre square crop, BOX resize, float32) and keeps nothing:
+no label files, no split, no checks, no cache. Start-up is included in both.
 """
 
 from __future__ import annotations
@@ -97,3 +103,57 @@ def median_measurement(runs: list[PrepareMeasurement]) -> PrepareMeasurement:
                               peak_rss_bytes=int(statistics.median(r.peak_rss_bytes
                                                                    for r in runs)),
                               decoded=runs[0].decoded)
+
+
+@dataclass
+class BareMeasurement:
+    count: int
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.count / self.seconds
+
+
+def measure_bare(tree: Path, *, workers: int | None = None, size: int = 256,
+                 drop_top_fraction: float = 0.08) -> BareMeasurement:
+    """One bare decode of every PNG in the tree, in a fresh process (start-up included)."""
+    from benchmark.data.build import default_workers
+
+    command = [sys.executable, "-m", "benchmark.prepare_perf", str(tree),
+               str(workers or default_workers()), str(size), str(drop_top_fraction)]
+    started = time.perf_counter()
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    seconds = time.perf_counter() - started
+    return BareMeasurement(count=int(output.split()[0]), seconds=seconds)
+
+
+def _bare_decode(task: tuple[str, int, float]) -> int:
+    import numpy as np
+    from PIL import Image
+
+    path, size, drop = task
+    with Image.open(path) as im:
+        gray = im.convert("L")
+        width, height = gray.size
+        top = int(height * drop)
+        side = min(height - top, width)
+        y0, x0 = top + (height - top - side) // 2, (width - side) // 2
+        square = gray.crop((x0, y0, x0 + side, y0 + side)).resize((size, size),
+                                                                    Image.Resampling.BOX)
+        pixels = np.asarray(square, dtype=np.float32) / 255.0
+    return int(pixels.shape[0])
+
+
+def _bare_main(tree: str, workers: str, size: str, drop: str) -> None:
+    import multiprocessing
+
+    files = sorted(str(p) for p in Path(tree).glob("*/*.png"))
+    tasks = [(f, int(size), float(drop)) for f in files]
+    with multiprocessing.get_context("spawn").Pool(int(workers)) as pool:
+        done = sum(1 for _ in pool.imap_unordered(_bare_decode, tasks, chunksize=16))
+    print(done)
+
+
+if __name__ == "__main__":
+    _bare_main(*sys.argv[1:5])
