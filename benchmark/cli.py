@@ -519,7 +519,7 @@ def _plan_device(device: str, costs_file: Path | None, calibrate: bool) -> Any:
     """The device to plan for: a CUDA plan without a GPU here needs a measured table."""
     import torch
 
-    from benchmark.runner import resolve_device
+    from benchmark.resources import resolve_device
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         if calibrate:

@@ -195,7 +195,10 @@ def estimate(method_cls: type[Method], config: Any, cost: MethodCost,
     """Wall time and peak memory of one run of `config` on data of `counts`."""
     n_normal = counts.train_normal + (counts.train_mixed if contaminated else 0)
     trained = method_cls.images_seen(config)
-    if trained is None:  # a feature method embeds each (allowed) training image once
+    if trained is None and getattr(config, "epochs", 0):  # an epoch schedule (GANomaly full)
+        batch = min(config.batch_size, n_normal)
+        trained = config.epochs * (n_normal // batch) * batch
+    elif trained is None:  # a feature method embeds each (allowed) training image once
         cap = getattr(config, "max_train_images", None)
         trained = n_normal if cap is None else min(n_normal, cap)
     fit = cost.fixed_seconds + trained * cost.seconds_per_train_image

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from benchmark.errors import UsageError
+
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
@@ -73,3 +75,17 @@ class MemoryWatch:
 
 def megabytes(n_bytes: int | None) -> float | None:
     return None if n_bytes is None else round(n_bytes / 2**20, 1)
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda when available, else cpu; a clear error when cuda is asked for but absent."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda: no CUDA GPU is visible to torch. Use --device cpu "
+                             "(or auto), or check the driver / CUDA_VISIBLE_DEVICES.")
+        return torch.device(name)
+    raise UsageError(f"--device must be auto, cpu or cuda[:N], got '{name}'.")

@@ -30,7 +30,7 @@ from benchmark.data import PreparedDataset, load_card, prepare
 from benchmark.data.images import empty_like, join
 from benchmark.data.prepared import resolve_data_root
 from benchmark.errors import BenchError, UsageError
-from benchmark.resources import MemoryWatch, megabytes
+from benchmark.resources import MemoryWatch, megabytes, resolve_device
 from benchmark.tracking import (
     RunLogger,
     code_version,
@@ -56,20 +56,6 @@ class RunResult:
     error: str = ""
     #: Finished earlier with the same run key, so not run again.
     skipped: bool = False
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto -> cuda when available, else cpu; a clear error when cuda is asked for but absent."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UsageError("--device cuda: no CUDA GPU is visible to torch. Use --device cpu "
-                             "(or auto), or check the driver / CUDA_VISIBLE_DEVICES.")
-        return torch.device(name)
-    raise UsageError(f"--device must be auto, cpu or cuda[:N], got '{name}'.")
 
 
 class BarProgress(Progress):
