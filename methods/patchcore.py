@@ -103,8 +103,8 @@ class Patchcore(BackboneMethod):
 
     @classmethod
     def calibrate_extra(cls, config: PatchcoreConfig, device: torch.device) -> dict[str, float]:
-        """Patches per image and values per patch (one forward pass), and the seconds per
-        coreset distance term (greedy steps x bank rows) on a random bank."""
+        """Patches per image and values per patch (one forward pass), and a coreset step's
+        cost: fixed seconds per step and seconds per bank row, on random banks."""
         from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
         model = PatchcoreModel(layers=list(config.layers), backbone=config.backbone,
@@ -112,17 +112,24 @@ class Patchcore(BackboneMethod):
         with torch.inference_mode():
             x = torch.zeros(1, 3, config.image_size, config.image_size, device=device)
             patches = patch_embeddings(model, x)
-        rows, steps = 20_000, 200
-        bank = torch.randn(rows, patches.shape[2], device=device)
-        greedy_coreset(bank[:1000], 2, seed=0, progress=Progress())  # warm-up
-        started = time.perf_counter()
-        greedy_coreset(bank, steps, seed=0, progress=Progress())
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - started
+        # A step costs a fixed part (Python, kernel launches) plus a part per bank row:
+        # two bank sizes separate them.
+        times = {}
+        for rows in (20_000, 200_000):
+            bank = torch.randn(rows, patches.shape[2], device=device)
+            greedy_coreset(bank[:1000], 2, seed=0, progress=Progress())  # warm-up
+            steps = 100
+            started = time.perf_counter()
+            greedy_coreset(bank, steps, seed=0, progress=Progress())
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times[rows] = (time.perf_counter() - started) / steps
+            del bank
+        per_row = max(times[200_000] - times[20_000], 0.0) / 180_000
         return {"patches_per_image": float(patches.shape[1]),
                 "embedding_dims": float(patches.shape[2]),
-                "seconds_per_coreset_term": seconds / (steps * rows)}
+                "coreset_step_seconds": max(times[20_000] - 20_000 * per_row, 0.0),
+                "seconds_per_coreset_term": per_row}
 
     @classmethod
     def plan_extra(cls, config: PatchcoreConfig, trained_images: int,
@@ -135,7 +142,8 @@ class Patchcore(BackboneMethod):
             kept = min(kept, config.max_patches)
         coreset = int(kept * config.coreset_sampling_ratio)
         projected = johnson_lindenstrauss_dims(kept)
-        seconds = coreset * kept * measured["seconds_per_coreset_term"]
+        seconds = coreset * (measured.get("coreset_step_seconds", 0.0)
+                             + kept * measured["seconds_per_coreset_term"])
         bank_bytes = kept * (int(measured["embedding_dims"]) + projected) * 4
         return seconds, bank_bytes, [f"{kept:,} patches kept, coreset {coreset:,}"]
 

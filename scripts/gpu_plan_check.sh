@@ -27,12 +27,12 @@ bench plan --methods all --dataset covidx --profile full --device cuda --costs "
   | tee "$OUT/plan-full-covidx.txt"
 bench plan --methods all --dataset covidx --profile full --device cuda --costs "$COSTS" \
   --seeds 0,1,2 | tail -1 | tee -a "$OUT/plan-full-covidx.txt"
-bench data make-fixture --format covidx --count 800 --size 256 --out /tmp/covidx-800 \
+bench data make-fixture --format covidx --count 600 --size 256 --out /tmp/covidx-600 \
   > /dev/null 2>&1
-timeout 240 python3 -W ignore scripts/plan_check.py --dataset covidx --data-root /tmp/covidx-800 \
+timeout 240 python3 -W ignore scripts/plan_check.py --dataset covidx --data-root /tmp/covidx-600 \
   --profile full --device cuda --costs "$COSTS" \
-  --methods padim,patchcore,anomalypro,fanogan,ganomaly \
+  --methods padim,patchcore,anomalypro,fanogan,ganomaly,alad \
   --set anomalypro.iterations=600 --set anomalypro.decay_iterations=0 \
   --set anomalypro.checkpoint_every=300 --set fanogan.gan_iterations=100 \
-  --set fanogan.encoder_iterations=100 --set ganomaly.iterations=300 \
+  --set fanogan.encoder_iterations=100 --set ganomaly.iterations=300 --set alad.iterations=300 \
   --out "$OUT/plan-check.json" 2>&1 | grep -v -i warn | tee "$OUT/plan-check.txt"
