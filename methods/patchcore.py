@@ -62,21 +62,28 @@ class PatchcoreConfig:
     #: share of its patches. None: every patch (anomalib's exact algorithm; memory and coreset
     #: time grow with the training set).
     max_patches: int | None = 1_000_000
+    #: Memory-bank (coreset) size at most. The coreset keeps coreset_sampling_ratio of *all*
+    #: the training patches, as the exact algorithm would, drawn from those held, up to this
+    #: cap: a budget that drops patches does not shrink the bank with them. None: no cap.
+    max_memory_bank: int | None = 100_000
     #: Query x memory-bank distances computed at once when scoring (float32 values): bounds
     #: the scoring memory to ~4 bytes x this, whatever the bank size.
     distance_chunk: int = 2**24
 
     def __post_init__(self) -> None:
-        if self.max_patches is not None and self.max_patches < 1:
-            raise ValueError(f"max_patches must be positive or None, got {self.max_patches}")
+        for name in ("max_patches", "max_memory_bank"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be positive or None, got {value}")
         if self.distance_chunk < 1:
             raise ValueError(f"distance_chunk must be positive, got {self.distance_chunk}")
 
 
 #: The quick profile's patch budget: 100,000 x 152 values (EfficientNet-Lite0) = 61 MB, and a
-#: coreset of 10,000 in about a minute on 2 CPU cores. The synthetic sets (300 images x 64
-#: patches) stay under it: there the algorithm is exact.
+#: coreset of at most 10,000 in about a minute on 2 CPU cores. The synthetic sets (300 images x
+#: 64 patches) stay under it: there the algorithm is exact.
 QUICK_MAX_PATCHES = 100_000
+QUICK_MAX_MEMORY_BANK = 10_000
 
 
 @register_method
@@ -93,6 +100,7 @@ class Patchcore(BackboneMethod):
             # its stride-8/16 stages stand in for wide_resnet50_2's layer2-3.
             return PatchcoreConfig(backbone=LITE0, layers=LITE0_PATCHCORE_LAYERS,
                                    image_size=image_size, max_patches=QUICK_MAX_PATCHES,
+                                   max_memory_bank=QUICK_MAX_MEMORY_BANK,
                                    max_train_images=QUICK_IMAGES_SEEN)
         return PatchcoreConfig()
 
@@ -144,7 +152,8 @@ class Patchcore(BackboneMethod):
         kept = trained_images * int(measured["patches_per_image"])
         if config.max_patches is not None:
             kept = min(kept, config.max_patches)
-        coreset = int(kept * config.coreset_sampling_ratio)
+        coreset = coreset_size(config, trained_images * int(measured["patches_per_image"]),
+                               kept)
         projected = johnson_lindenstrauss_dims(kept)
         seconds = coreset * (measured.get("coreset_step_seconds", 0.0)
                              + kept * measured["seconds_per_coreset_term"])
@@ -167,14 +176,14 @@ class Patchcore(BackboneMethod):
         model = model.to(device).eval()
 
         bank = self._sampled_patches(model, images, seed, device, progress)
-        coreset_size = int(len(bank) * cfg.coreset_sampling_ratio)
-        if coreset_size < 1:
+        size = coreset_size(cfg, int(self.run_info["patches_total"]), len(bank))
+        if size < 1:
             raise ValueError(
                 f"coreset_sampling_ratio {cfg.coreset_sampling_ratio} keeps no patch of "
                 f"{len(bank)}; raise it or give more training images"
             )
-        progress.stage("coreset", coreset_size)
-        chosen = greedy_coreset(bank, coreset_size, seed=seed, progress=progress)
+        progress.stage("coreset", size)
+        chosen = greedy_coreset(bank, size, seed=seed, progress=progress)
         model.memory_bank = bank[chosen].contiguous()
         del bank
         self.model = model
@@ -236,6 +245,13 @@ class Patchcore(BackboneMethod):
                     patch_scores.reshape(batch, 1, height, width), x.shape[-2:])
                 maps.append(resize_maps(anomaly_map, chunk.shape[-2:]))
         return np.concatenate(scores), np.concatenate(maps)
+
+
+def coreset_size(config: PatchcoreConfig, total: int, kept: int) -> int:
+    """coreset_sampling_ratio of all training patches (the exact algorithm's bank size), at most
+    the patches held and `max_memory_bank`."""
+    size = min(int(total * config.coreset_sampling_ratio), kept)
+    return size if config.max_memory_bank is None else min(size, config.max_memory_bank)
 
 
 def patch_embedding_maps(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -45,7 +45,7 @@ def main() -> None:
         for name in ("exact", "quick", *SHARES):
             config = quick
             if name == "exact":
-                config = dataclasses.replace(quick, max_patches=None)
+                config = dataclasses.replace(quick, max_patches=None, max_memory_bank=None)
             elif name in SHARES:
                 config = dataclasses.replace(quick, max_patches=total // SHARES[name])
             method = cls(config)

@@ -196,7 +196,8 @@ def test_patchcore_holds_at_most_max_patches_and_says_so(tiny):
     info = method.run_info
     assert info["patches_total"] == 96 * info["patches_per_image"] > 300
     assert info["patches_kept"] == 96 * (300 // 96) <= 300
-    assert len(method.model.memory_bank) == int(info["patches_kept"] * 0.1)
+    # The bank is the exact algorithm's size (10% of all patches), drawn from those held.
+    assert len(method.model.memory_bank) == int(info["patches_total"] * 0.1) < 300
     other = patchcore(tiny, max_patches=300)
     np.testing.assert_array_equal(method.score(tiny.images_of("test")),
                                   other.score(tiny.images_of("test")))
