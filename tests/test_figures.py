@@ -230,3 +230,17 @@ def test_render_html_keeps_styler_bold_and_rejects_unknown_images(tmp_path):
     with pytest.raises(ValueError, match="cannot embed"):
         html_report.render_html(title="t", caption="c", table_html="",
                                 figures={"x": tmp_path / "x.gif"})
+
+
+def test_cost_figure_draws_throughput_and_memory_where_logged():
+    costs = cost_frame().assign(train_images_per_second=[5, 5, 6, 900, 800, 850, 60, 70],
+                                peak_host_mb=[3000, 3100, 2900, 1200, 1250, 1180, 2000, 2100])
+    fig = figures.cost_figure(costs, title="cost")
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    labels = [ax.get_xlabel() for ax in shown]
+    assert len(shown) == 4 and labels[1] == "training throughput (images/s)"
+    assert labels[3] == "peak host memory of the run (MB)"
+    assert [p.get_width() for p in shown[3].patches] == [1200, 2050, 3000]  # medians
+    # Runs logged before these figures existed: the two original panels only.
+    assert len([ax for ax in figures.cost_figure(cost_frame(), title="x").axes
+                if ax.get_visible()]) == 2
