@@ -27,7 +27,9 @@ import math
 import platform
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -162,11 +164,7 @@ def calibrate(method_cls: type[Method], profile: str, *, image_size: int, channe
                          selection_normal_share=0.5 if method_cls.uses_selection else None)
         method = method_cls(config)
         watch = MemoryWatch(device).start()
-        _synchronise(device)
-        started = time.perf_counter()
-        method.fit(train, seed=0, device=device)
-        _synchronise(device)
-        seconds = time.perf_counter() - started
+        seconds = timed(partial(method.fit, train, seed=0, device=device), device)
         units = method_cls.images_seen(config) or n
         timings.append((units, seconds, watch))
     (units_1, seconds_1, _), (units_2, seconds_2, watch) = timings[1:]
@@ -174,11 +172,7 @@ def calibrate(method_cls: type[Method], profile: str, *, image_size: int, channe
     per_image = max(seconds_2 - seconds_1, 0.0) / max(units_2 - units_1, 1)
     fixed = max(seconds_1 - units_1 * per_image, 0.0)
     method.score(images[:SCORE_IMAGES])  # warm-up: the first pass pays one-off costs
-    _synchronise(device)
-    started = time.perf_counter()
-    method.score(images[:SCORE_IMAGES])
-    _synchronise(device)
-    per_score = (time.perf_counter() - started) / SCORE_IMAGES
+    per_score = timed(partial(method.score, images[:SCORE_IMAGES]), device) / SCORE_IMAGES
     return MethodCost(method=method_cls.name, profile=profile, image_size=image_size,
                       channels=channels, fixed_seconds=fixed, seconds_per_train_image=per_image,
                       seconds_per_score_image=per_score,
@@ -186,6 +180,15 @@ def calibrate(method_cls: type[Method], profile: str, *, image_size: int, channe
                       peak_gpu_mb=megabytes(watch.peak_gpu_bytes()),
                       extra=method_cls.calibrate_extra(base, device),
                       measured=time.strftime("%Y-%m-%d %H:%M"), first_fit_seconds=first_fit)
+
+
+def timed(work: Callable[[], object], device: torch.device) -> float:
+    """Seconds `work()` takes, queued GPU work included (synchronised before and after)."""
+    _synchronise(device)
+    started = time.perf_counter()
+    work()
+    _synchronise(device)
+    return time.perf_counter() - started
 
 
 def _synchronise(device: torch.device) -> None:

@@ -15,8 +15,8 @@ None (or a set small enough) the algorithm is anomalib's exactly.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -115,6 +115,8 @@ class Patchcore(BackboneMethod):
         cost: fixed seconds per step and seconds per bank row, on random banks."""
         from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
+        from benchmark.plan import timed
+
         model = PatchcoreModel(layers=list(config.layers), backbone=config.backbone,
                                pre_trained=False).to(device).eval()
         with torch.inference_mode():
@@ -130,11 +132,8 @@ class Patchcore(BackboneMethod):
             greedy_coreset(bank[:1000], 2, seed=0, progress=Progress())  # warm-up
             seconds = []
             for steps in (50, 150):
-                started = time.perf_counter()
-                greedy_coreset(bank, steps, seed=0, progress=Progress())
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                seconds.append(time.perf_counter() - started)
+                seconds.append(timed(partial(greedy_coreset, bank, steps, seed=0,
+                                             progress=Progress()), device))
             times[rows] = max(seconds[1] - seconds[0], 0.0) / 100
             del bank
         per_row = max(times[200_000] - times[20_000], 0.0) / 180_000

@@ -17,7 +17,7 @@ import argparse
 import dataclasses
 import json
 import sys
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -71,16 +71,9 @@ def main() -> int:
         for unused in {"normal", "unlabeled"} - set(cls.uses):  # as the runner hands it over
             train = dataclasses.replace(train, **{unused: empty_like(getattr(train, unused))})
         watch = MemoryWatch(device).start()
-        _sync(device)
-        started = time.perf_counter()
-        method.fit(train, seed=0, device=device)
-        _sync(device)
-        fit_seconds = time.perf_counter() - started
-        started = time.perf_counter()
-        method.score(data.images_of("val"))
-        method.score(data.images_of("test"))
-        _sync(device)
-        score_seconds = time.perf_counter() - started
+        fit_seconds = planning.timed(partial(method.fit, train, seed=0, device=device), device)
+        score_seconds = sum(planning.timed(partial(method.score, data.images_of(split)), device)
+                            for split in ("val", "test"))
         row = {"method": name, "fit_estimate_s": estimate.fit_seconds, "fit_real_s": fit_seconds,
                "score_estimate_s": estimate.score_seconds, "score_real_s": score_seconds,
                "host_mb_estimate": estimate.peak_host_mb,
@@ -101,11 +94,6 @@ def main() -> int:
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2, default=str) + "\n")
     return 0
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 if __name__ == "__main__":

@@ -99,10 +99,6 @@ class ImageSet:
             raise ValueError("only views of the same image store can be joined")
         return ImageSet(self.storage, np.concatenate([self.rows, other.rows]))
 
-    @property
-    def nbytes_stored(self) -> int:
-        """What the rows take in the store (what reading all of them would touch)."""
-        return len(self) * int(np.prod(self.storage.shape[1:])) * self.storage.itemsize
 
 
 def join(first: ImageSet | np.ndarray, second: ImageSet | np.ndarray) -> ImageSet | np.ndarray:
