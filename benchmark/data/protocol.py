@@ -9,6 +9,10 @@ remain" (for `mixed_healthy`: the share `mixed_healthy_share` of the remaining h
 Subjects are shuffled with the card's `split_seed` and assigned whole, so no patient is in two
 splits. When a pool of the tree (train or test) is smaller than the published protocol needs,
 every count it feeds is scaled by one factor, keeping the published proportions, and a note says so.
+
+A count is a total over the pools that feed the split: pools are drawn from in the order test,
+val, train, any, each giving only what the earlier ones left of the count, and a split that
+drew from more than one pool gets a note saying how much came from each.
 """
 
 from __future__ import annotations
@@ -54,11 +58,13 @@ def assign_splits(source: pd.DataFrame, settings: dict, *,
     quotas, scale = _scaled_quotas(table, settings, notes, fixed=set(table.split) - {""})
     rng = np.random.default_rng(int(settings.get("split_seed", 0)))
     own_pools = set(table.pool)
+    preset = table.split != ""
     for pool in ("test", "val", "train", "any"):
         for split in POOL_SPLITS[pool]:
             if split in own_pools and pool != split and math.inf in quotas[split]:
                 continue  # the tree's own `split` pool feeds it; take nothing from others
-            _fill(table, pool, split, quotas[split], rng)
+            _fill(table, pool, split, _still_needed(table, split, quotas[split]), rng)
+    notes.extend(_mixed_pool_notes(table[~preset]))
     used = table[table.split != ""].copy()
     unused = _unused_counts(table[table.split == ""])
     if unused:
@@ -163,6 +169,33 @@ def _fill(table: pd.DataFrame, pool: str, split: str, quota: list[float],
             break
     rows = free.index[free.subject_id.isin(chosen)]
     table.loc[rows, "split"] = split
+
+
+def _still_needed(table: pd.DataFrame, split: str, quota: list[float]) -> list[float]:
+    """The split's counts less what earlier pools already gave it (a count is a total, not a
+    quota per pool). Shares (negative) and "all that remain" (inf) stand as they are."""
+    given = table.label[table.split == split]
+    needed = []
+    for count, label in zip(quota, (1, 0), strict=True):
+        if math.isfinite(count) and count > 0:
+            count = float(max(0, count - int((given == label).sum())))
+        needed.append(count)
+    return needed
+
+
+def _mixed_pool_notes(table: pd.DataFrame) -> list[str]:
+    """A note per split the protocol filled from more than one of the tree's pools."""
+    notes = []
+    drawn = table[table.split != ""]
+    for split, rows in drawn.groupby("split", sort=False):
+        if rows.pool.nunique() < 2:
+            continue
+        parts = [f"{int(group.label.sum())} diseased + {int((group.label == 0).sum())} healthy "
+                 f"from its {'unsplit' if pool == 'any' else pool} images"
+                 for pool, group in rows.groupby("pool", sort=False)]
+        notes.append(f"split {split} drew from more than one of the tree's pools: "
+                     f"{'; '.join(parts)}")
+    return notes
 
 
 def _unused_counts(rows: pd.DataFrame) -> dict[str, int]:
