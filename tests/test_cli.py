@@ -219,3 +219,39 @@ def test_list_describes_methods_and_datasets():
     for needle in ("padim", "patchcore", "trains on: normal", "quick, full", "synthetic-easy",
                    "tiny", "covidx"):
         assert needle in output
+
+
+def test_a_card_given_by_path_is_the_same_dataset_to_every_command(tmp_path, isolated):
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "scans"
+    rng = np.random.default_rng(0)
+    for name, level in (("normal", 70), ("abnormal", 170)):
+        (root / name).mkdir(parents=True)
+        for i in range(30):
+            pixels = np.clip(rng.normal(level, 25, (40, 36)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    # Outside every card folder, and named otherwise than its file: only the path finds it.
+    card = tmp_path / "my" / "cards" / "brain.toml"
+    card.parent.mkdir(parents=True)
+    card.write_text(f'name = "scans"\ndescription = "a folder of PNGs"\nformat = "folder"\n'
+                    f'channels = 1\nimage_size = 32\ndefault_data_root = "{root.as_posix()}"\n')
+    uri = f"sqlite:///{tmp_path / 'cards.db'}"
+    path = str(card.relative_to(isolated))
+    ran = bench("run", "--methods", "padim", "--dataset", path, "--no-progress",
+                "--weights", "padim=random", "--tracking-uri", uri)
+    assert f"Table: bench report --dataset {path}" in ran.output
+    by_path = bench("report", "--dataset", path, "--out", "-", "--tracking-uri", uri)
+    by_name = bench("report", "--dataset", "scans", "--out", "-", "--tracking-uri", uri)
+    assert "| padim" in by_path.output and "on scans" in by_path.output
+    assert by_name.output == by_path.output
+    written = bench("report", "--dataset", path, "--no-figures", "--no-log",
+                    "--tracking-uri", uri)
+    assert "results/reports/scans.md" in written.output
+    bench("check", "--dataset", path, "--update", "--tracking-uri", uri)
+    assert json.loads((isolated / "results/reference/scans.json").read_text())["dataset"] \
+        == "scans"
+    checked = bench("check", "--dataset", path, "--tracking-uri", uri)
+    assert "All 1 seeds of 1 methods within" in checked.output
+    assert "scans" in bench("data", "info", "--dataset", path).output
