@@ -321,7 +321,8 @@ def format_p(p: float) -> str:
 
 def paired_comparison_figure(p_values: pd.DataFrame, aucs: Mapping[str, float], *,
                              alpha: float = 0.05, title: str) -> Figure:
-    """Heat map of pairwise two-sided p-values (from `stats.pairwise_p_values`).
+    """Heat map of pairwise two-sided p-values (the report passes Holm-adjusted ones from
+    `stats.seed_mean_comparison`).
 
     Methods are ordered by AUC, best first, labelled "method (0.812)"; cells show p with a "*"
     where p < alpha; the diagonal is blank. The colour scale is logarithmic (floor 1e-4), so
@@ -346,7 +347,7 @@ def paired_comparison_figure(p_values: pd.DataFrame, aucs: Mapping[str, float], 
                     annot_kws={"fontsize": 8}, cmap="rocket", norm=LogNorm(P_FLOOR, 1.0),
                     square=True, linewidths=0.5, linecolor="white", xticklabels=labels,
                     yticklabels=labels, ax=ax,
-                    cbar_kws={"label": "two-sided p (paired test)", "shrink": 0.8})
+                    cbar_kws={"label": "two-sided p (paired test, Holm-adjusted)", "shrink": 0.8})
         _p_colour_bar(ax.collections[0].colorbar, alpha)
         ax.tick_params(axis="x", labelrotation=35)
         for tick in ax.get_xticklabels():

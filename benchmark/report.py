@@ -40,18 +40,21 @@ class ReportData:
     #: summary (CI, p vs best, ties) and the pairwise p-values; None when scores are missing.
     statistics: pd.DataFrame | None = None
     pairwise: pd.DataFrame | None = None
-    #: Test labels and per-method (seeds x images) test scores, at the evaluation unit.
+    #: Test labels, the subject of each test unit and per-method (seeds x units) test scores,
+    #: at the evaluation unit.
     test_labels: np.ndarray | None = None
+    test_subjects: np.ndarray | None = None
     test_scores: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def select_runs(uri: str, dataset: str, profile: str | None = None,
                 split_hash: str | None = None, contaminated: bool = False,
-                statistics: bool = True) -> ReportData:
+                statistics: bool = True, exclude_tuned: bool = False) -> ReportData:
     """The latest finished run per (method, seed) with one profile and one split hash.
 
     Defaults: the profile and split hash of the newest finished run, so a report never mixes
-    quick with full runs or two different splits.
+    quick with full runs or two different splits. Runs made with `--set` overrides (tuned)
+    are kept and marked, or left out with `exclude_tuned`.
     """
     runs = finished_runs(uri, dataset)
     if runs.empty:
@@ -71,7 +74,19 @@ def select_runs(uri: str, dataset: str, profile: str | None = None,
         raise BenchError(f"no finished runs of '{dataset}' with split hash {split_hash}.")
     data_version = runs.iloc[0].data_version
     runs = runs[runs.data_version == data_version]
+    tuned_notes = []
+    if exclude_tuned:
+        tuned = runs[is_tuned(runs)]
+        runs = runs[~is_tuned(runs)]
+        if not tuned.empty:
+            tuned_notes.append(f"left out {len(tuned)} tuned run(s) (--set overrides) of "
+                               f"{', '.join(sorted(tuned.method.unique()))} "
+                               f"(--exclude-tuned).")
+        if runs.empty:
+            raise BenchError(f"every finished run of '{dataset}' here was tuned with --set; "
+                             f"run the methods without overrides, or drop --exclude-tuned.")
     runs, notes = newest_identity(runs)
+    notes = tuned_notes + notes
     latest = runs.sort_values("start_time", ascending=False).drop_duplicates(["method", "seed"])
     latest = latest.sort_values(["method", "seed"]).reset_index(drop=True)
     fallback = sorted(latest.loc[latest.weights_fallback.fillna("none") != "none",
@@ -80,6 +95,12 @@ def select_runs(uri: str, dataset: str, profile: str | None = None,
         notes.append(f"{', '.join(fallback)}: backbone randomly initialised because ImageNet "
                      f"weights could not be loaded; not comparable with published figures.")
     notes += run_warnings(latest)
+    tuned_methods = sorted(latest.loc[is_tuned(latest), "method"].unique())
+    if tuned_methods:
+        notes.append(f"{TUNED_MARK} {', '.join(tuned_methods)}: run with --set overrides "
+                     f"(tuned=true), settings changed by hand and possibly chosen after seeing "
+                     f"test results; not the registered profile. `bench report --exclude-tuned` "
+                     f"leaves such runs out.")
     seeds_per_method = latest.groupby("method").seed.apply(lambda s: tuple(sorted(s)))
     if seeds_per_method.nunique() > 1:
         detail = "; ".join(f"{m}: {list(s)}" for m, s in seeds_per_method.items())
@@ -93,12 +114,15 @@ def select_runs(uri: str, dataset: str, profile: str | None = None,
     return data
 
 
-#: Resamples of the bootstrap over test images behind every CI and paired p-value.
+#: Resamples of the bootstrap over test subjects behind every CI and paired p-value.
 N_BOOT = 2000
 ALPHA = 0.05
-STATS_TEXT = (f"95% CI of the seed-mean AUC and paired p-values against the best method from "
-              f"a stratified bootstrap over the test images ({N_BOOT} resamples, the same "
-              f"resamples for every method and seed)")
+STATS_TEXT = (f"95% CI of the seed-mean AUC and paired p-values from two levels of variation: "
+              f"the test set, by a bootstrap over test patients stratified by label ({N_BOOT} "
+              f"resamples, the same for every method and seed, images of one patient kept "
+              f"together), and training, by the between-seed variance (Student t with "
+              f"Welch-Satterthwaite degrees of freedom); p-values against the best are "
+              f"Holm-adjusted over the comparisons with it")
 
 
 def newest_identity(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -117,6 +141,16 @@ def newest_identity(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
                      f"weights, device, thread count or package versions than the newest of "
                      f"their method ({detail}); each row averages runs of one identity.")
     return runs[keep], notes
+
+
+TUNED_MARK = "‡"
+
+
+def is_tuned(runs: pd.DataFrame) -> pd.Series:
+    """Which runs were made with `--set` overrides (param tuned=true; older runs: false)."""
+    if "tuned" not in runs:
+        return pd.Series(False, index=runs.index)
+    return runs.tuned.fillna("false").astype(str).str.lower() == "true"
 
 
 def run_warnings(runs: pd.DataFrame) -> list[str]:
@@ -173,33 +207,45 @@ def backbone_text(data: ReportData) -> str:
 
 def add_statistics(data: ReportData) -> None:
     """Load every run's test scores and compute the seed-mean AUC CI and paired tests."""
-    labels, scores = load_test_scores(data.uri, data.runs)
+    labels, subjects, scores = load_test_scores(data.uri, data.runs)
     if labels is None:
-        data.notes.append("no CIs or paired tests: some runs lack their scores.csv artifact.")
+        data.notes.append("no CIs, paired tests or bold AUC: some runs lack their scores.csv "
+                          "artifact (rerun them).")
         return
-    data.test_labels, data.test_scores = labels, scores
-    data.statistics, data.pairwise = stats.seed_mean_comparison(labels, scores, alpha=ALPHA,
-                                                                n_boot=N_BOOT, seed=0)
+    if subjects is None:
+        data.notes.append("the runs' scores.csv has no subject column (logged by an older "
+                          "version): the intervals treat every test image as its own patient.")
+    data.test_labels, data.test_subjects, data.test_scores = labels, subjects, scores
+    data.statistics, data.pairwise = stats.seed_mean_comparison(
+        labels, scores, subjects, alpha=ALPHA, n_boot=N_BOOT, seed=0)
+    single = data.statistics.loc[data.statistics.n_seeds < 2, "method"].tolist()
+    if single:
+        data.notes.append(f"{', '.join(single)}: one seed only, so the interval and tests "
+                          f"cover the test set's variation, not training's.")
 
 
 def load_test_scores(uri: str, runs: pd.DataFrame
-                     ) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
-    """(test labels, method -> (seeds, units) scores) from the runs' score artifacts; the
-    evaluation unit's table (subject_scores.csv) where the dataset is evaluated per subject."""
+                     ) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, np.ndarray]]:
+    """(test labels, the subject of each test unit or None where the runs did not log it,
+    method -> (seeds, units) scores) from the runs' score artifacts; the evaluation unit's table
+    (subject_scores.csv) where the dataset is evaluated per subject."""
     labels: np.ndarray | None = None
     ids: np.ndarray | None = None
+    subjects: np.ndarray | None = None
     per_method: dict[str, list[np.ndarray]] = {}
     for run in runs.itertuples(index=False):
         table = _test_table(uri, run.run_id)
         if table is None:
-            return None, {}
+            return None, None, {}
         if ids is None:
             ids, labels = table.iloc[:, 0].to_numpy(), table.label.to_numpy()
+            if "subject_id" in table:
+                subjects = table.subject_id.astype(str).to_numpy()
         elif not np.array_equal(ids, table.iloc[:, 0].to_numpy()):
             raise BenchError(f"run {run.run_id} scored other test images than the others, "
                              f"although its split hash matches. Rerun it.")
         per_method.setdefault(run.method, []).append(table.score.to_numpy())
-    return labels, {m: np.stack(v) for m, v in per_method.items()}
+    return labels, subjects, {m: np.stack(v) for m, v in per_method.items()}
 
 
 def _test_table(uri: str, run_id: str) -> pd.DataFrame | None:
@@ -249,8 +295,11 @@ def _cells(data: ReportData, table: pd.DataFrame,
         text[title] = [f"{m:.3f}" if np.isnan(s) else f"{m:.3f}{plus_minus}{s:.3f}"
                        for m, s in zip(mean, std, strict=True)]
         bold[title] = np.isclose(mean, mean.max(), rtol=0, atol=5e-4)
-        if metric == "auc" and data.statistics is not None:
-            _auc_statistics(data.statistics, text, bold)
+        if metric == "auc":
+            if data.statistics is not None:
+                _auc_statistics(data.statistics, text, bold)
+            else:
+                bold[title] = False  # no test, so no claim that the highest mean leads
     for metric, title in PIXEL_TITLES.items():
         if (metric, "mean") in table.columns and table[(metric, "mean")].notna().any():
             mean, std = table[(metric, "mean")], table[(metric, "std")]
@@ -258,6 +307,9 @@ def _cells(data: ReportData, table: pd.DataFrame,
                            else f"{m:.3f}{plus_minus}{s:.3f}"
                            for m, s in zip(mean, std, strict=True)]
             bold[title] = np.isclose(mean, mean.max(), rtol=0, atol=5e-4)
+    tuned = set(data.runs.loc[is_tuned(data.runs), "method"])
+    text.index = [f"{m} {TUNED_MARK}" if m in tuned else m for m in text.index]
+    bold.index = text.index
     text.index.name = "Method"
     return text, bold
 
@@ -294,7 +346,8 @@ def caption(data: ReportData, plus_minus: str = " ± ") -> str:
                            f"here it does not: {TIE_MARK} marks the {tied} methods not "
                            f"significantly different from the best") + "; ")
     else:
-        significance = ""
+        significance = ("AUC: nothing bold, as the test scores needed for a significance "
+                        "test are missing; ")
     return (f"Anomaly detection on {data.dataset}{setting} ({data.profile} profile): "
             f"test-set ROC AUC, "
             f"and precision, recall, specificity, F1 and accuracy at the threshold maximising "
@@ -322,7 +375,9 @@ def to_html_table(data: ReportData) -> str:
     text, best = _cells(data, summary_table(data), " ± ")
     text, best = text.reset_index(), best.reset_index(drop=True)
     best.insert(0, "Method", False)
-    styler = text.style.hide(axis="index").apply(
+    # Method names come from plug-ins and stores: escape every cell and header, never trust.
+    styler = text.style.hide(axis="index").format(escape="html").format_index(
+        escape="html", axis=1).apply(
         lambda col: np.where(best[col.name], "font-weight: bold;", ""), axis=0)
     return styler.set_uuid("table1").to_html()
 
@@ -335,7 +390,8 @@ def to_latex(data: ReportData) -> str:
     text.columns = [_escape_latex(c) for c in text.columns]
     # "Method" as an ordinary first column: a named index would add a second header row.
     text = text.reset_index()
-    text["Method"] = [_escape_latex(str(name)) for name in text["Method"]]
+    text["Method"] = [_escape_latex(str(name)).replace(TUNED_MARK, r"$^{\ddagger}$")
+                      for name in text["Method"]]
     best = best.reset_index(drop=True)
     best.insert(0, "Method", False)
     styler = text.style.hide(axis="index").apply(
@@ -345,7 +401,7 @@ def to_latex(data: ReportData) -> str:
         hrules=True,  # booktabs \toprule \midrule \bottomrule
         convert_css=True,
         caption=_escape_latex(caption(data, " +- ") + notes).replace("+-", r"$\pm$")
-        .replace(TIE_MARK, r"$^{\dagger}$"),
+        .replace(TIE_MARK, r"$^{\dagger}$").replace(TUNED_MARK, r"$^{\ddagger}$"),
         label=f"tab:{_escape_latex(data.dataset)}",
         position_float="centering",
         column_format="l" + "c" * (len(text.columns) - 1),

@@ -38,10 +38,11 @@ def build_figures(data: ReportData, folder: Path) -> dict[str, Path]:
             folder / "score_distributions.png")
     if data.pairwise is not None and len(data.pairwise) > 1:
         aucs = dict(zip(data.statistics.method, data.statistics.auc, strict=True))
-        out["Paired comparison (bootstrap p-values of seed-mean AUC differences)"] = \
-            figures.save_figure(figures.paired_comparison_figure(
-                data.pairwise, aucs, alpha=ALPHA,
-                title=f"Which AUC differences hold, {where}"), folder / "paired_comparison.png")
+        name = ("Paired comparison (two-level p-values of seed-mean AUC differences, "
+                "Holm-adjusted over all pairs)")
+        out[name] = figures.save_figure(figures.paired_comparison_figure(
+            data.pairwise, aucs, alpha=ALPHA, title=f"Which AUC differences hold, {where}"),
+            folder / "paired_comparison.png")
     costs = _costs(data.runs)
     if not costs.empty:
         out["Cost: training time, throughput and peak memory"] = figures.save_figure(

@@ -299,3 +299,93 @@ def test_seed_mean_comparison_matches_single_seed_auc_and_flags_clear_winner():
         assert row.ci_low < row.auc < row.ci_high
     assert pairwise.loc["weak", "strong"] == pairwise.loc["strong", "weak"]
     assert pairwise.loc["weak", "weak"] == 1.0
+
+
+# -- two levels: seeds and patients ------------------------------------------------------------
+
+def test_weighted_aucs_equal_the_auc_of_the_expanded_resample():
+    rng = np.random.default_rng(4)
+    labels = np.r_[np.zeros(40, int), np.ones(25, int)]
+    scores = np.round(rng.normal(size=(3, 65)) + labels, 1)  # rounding makes ties
+    weights = rng.integers(0, 4, (6, 65))
+    got = stats.weighted_aucs(labels, scores, weights)
+    for b, w in enumerate(weights):
+        expanded = np.repeat(np.arange(65), w)
+        for r, row in enumerate(scores):
+            assert got[b, r] == pytest.approx(roc_auc_score(labels[expanded], row[expanded]))
+
+
+def test_cluster_weights_move_a_patients_images_together_and_keep_both_classes():
+    rng = np.random.default_rng(5)
+    subjects = np.repeat(np.arange(30), 3)
+    labels = (subjects >= 20).astype(int)
+    weights = stats.cluster_weights(labels, subjects, 200, rng)
+    assert weights.shape == (200, 90)
+    per_subject = weights.reshape(200, 30, 3)
+    assert (per_subject == per_subject[:, :, :1]).all()  # one draw per patient, all images
+    # Ten diseased and twenty healthy patients drawn per resample: the strata keep their size.
+    assert (per_subject[:, 20:, 0].sum(axis=1) == 10).all()
+    assert (per_subject[:, :20, 0].sum(axis=1) == 20).all()
+    singles = stats.cluster_weights(labels, np.arange(90), 3, np.random.default_rng(5))
+    assert not (singles.reshape(3, 30, 3) == singles.reshape(3, 30, 3)[:, :, :1]).all()
+
+
+def test_holm_adjustment_by_hand():
+    adjusted = stats.holm(np.array([0.01, 0.04, np.nan, 0.03, 0.5]))
+    # Sorted 0.01, 0.03, 0.04, 0.5 times 4, 3, 2, 1, then made non-decreasing.
+    np.testing.assert_allclose(adjusted, [0.04, 0.09, np.nan, 0.09, 0.5])
+
+
+def test_seed_noise_widens_the_interval_and_one_seed_cannot_show_it():
+    rng = np.random.default_rng(6)
+    labels = np.r_[np.zeros(100, int), np.ones(100, int)]
+    base = labels + rng.normal(size=200)
+    steady = np.stack([base + rng.normal(scale=0.05, size=200) for _ in range(3)])
+    shaky = np.stack([labels * (1 + shift) + base - labels for shift in (-0.6, 0.0, 0.6)])
+    summary, _ = stats.seed_mean_comparison(labels, {"steady": steady, "shaky": shaky},
+                                            n_boot=500)
+    width = (summary.ci_high - summary.ci_low).set_axis(summary.method)
+    sd = summary.set_index("method").seed_sd
+    assert sd["shaky"] > 5 * sd["steady"]
+    assert width["shaky"] > 1.5 * width["steady"]
+    one, _ = stats.seed_mean_comparison(labels, {"shaky": shaky[:1]}, n_boot=500)
+    assert one.n_seeds[0] == 1 and np.isnan(one.seed_sd[0])
+
+
+def test_clustered_images_widen_the_interval():
+    """Ten images per patient that look alike carry less information than 10x the patients."""
+    rng = np.random.default_rng(7)
+    subjects = np.repeat(np.arange(40), 10)
+    labels = (subjects >= 20).astype(int)
+    scores = (labels + rng.normal(size=40)[subjects] + rng.normal(scale=0.2, size=400))[None]
+    clustered, _ = stats.seed_mean_comparison(labels, {"m": scores}, subjects, n_boot=500)
+    naive, _ = stats.seed_mean_comparison(labels, {"m": scores}, n_boot=500)
+    assert clustered.auc[0] == naive.auc[0]
+    width = clustered.ci_high[0] - clustered.ci_low[0]
+    assert width > 2 * (naive.ci_high[0] - naive.ci_low[0])
+
+
+def test_ties_with_the_best_are_decided_on_holm_adjusted_p_values():
+    rng = np.random.default_rng(8)
+    labels = np.r_[np.zeros(150, int), np.ones(150, int)]
+    best = np.stack([1.2 * labels + rng.normal(size=300) for _ in range(2)])
+    others = {f"m{i}": np.stack([0.9 * labels + rng.normal(size=300) for _ in range(2)])
+              for i in range(6)}
+    summary, pairwise = stats.seed_mean_comparison(labels, {"best": best, **others}, n_boot=400)
+    rest = summary.iloc[1:]
+    assert (rest.p_holm >= rest.p_value).all()
+    np.testing.assert_array_equal(rest.tied_with_best, rest.p_holm >= 0.05)
+    assert summary.tied_with_best[0]
+    raw = pairwise.to_numpy()
+    assert (raw[np.triu_indices(7, 1)] <= 1.0).all() and (np.diag(raw) == 1.0).all()
+
+
+def test_coverage_simulation_two_level_covers_and_the_old_interval_does_not():
+    """The report's 95% interval against a known truth, with training-seed noise and several
+    look-alike images per patient (benchmark/coverage.py; scripts/ci_coverage.py runs more)."""
+    from benchmark.coverage import SCENARIOS, coverage
+
+    result = coverage(SCENARIOS[0], repetitions=300, n_boot=300, seed=3)
+    by_kind = result.set_index("interval").coverage
+    assert by_kind["two-level (now)"] >= 0.93
+    assert by_kind["images only (before)"] < 0.85
