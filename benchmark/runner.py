@@ -32,12 +32,15 @@ from benchmark.data.prepared import resolve_data_root
 from benchmark.errors import BenchError, UsageError
 from benchmark.resources import MemoryWatch, megabytes, resolve_device
 from benchmark.tracking import (
+    KeyedRun,
     RunLogger,
     code_version,
     ensure_experiment,
     environment_identity,
     environment_params,
-    is_alive_here,
+    heartbeat_age,
+    heartbeat_stale_seconds,
+    is_alive,
     mark_killed,
     runs_by_key,
 )
@@ -201,27 +204,41 @@ def triage(plan: RunPlan, experiment_id: str,
            specs: list[RunSpec]) -> tuple[list[RunResult], list[RunSpec]]:
     """Split the grid into runs already finished with their key (skipped) and runs to do.
 
-    A run left RUNNING by a process that no longer exists was killed: it is marked FAILED and
-    done again. One still alive on this machine belongs to another `bench run`: left alone.
+    A RUNNING run whose heartbeat went stale (or whose process is gone from this host) was
+    killed: it is marked FAILED and done again. One with a fresh heartbeat belongs to another
+    `bench run`, here or on another machine sharing the store: left alone, and not counted as
+    done.
     """
     existing = runs_by_key(plan.tracking_uri, experiment_id)
+    now = time.time()
+    stale = heartbeat_stale_seconds()
     skipped: list[RunResult] = []
     todo: list[RunSpec] = []
     for spec in specs:
         runs = existing.get(spec.key, [])
         finished = [r for r in runs if r.status == "FINISHED"]
-        for run in runs:
-            if run.status == "RUNNING" and not is_alive_here(run):
+        running = [r for r in runs if r.status == "RUNNING"]
+        alive = [r for r in running if is_alive(r, now, stale)]
+        for run in running:
+            if run not in alive:
                 mark_killed(plan.tracking_uri, run.run_id)
+                print(f"{spec.label}: run {run.run_id} {_whereabouts(run, now)} is dead; "
+                      f"marked failed", file=sys.stderr)
         if finished and not plan.force:
             skipped.append(RunResult(spec.method, spec.seed, finished[0].run_id, ok=True,
                                      metrics=finished[0].metrics, skipped=True))
-        elif any(r.status == "RUNNING" and is_alive_here(r) for r in runs) and not plan.force:
-            print(f"{spec.label}: running now in another process here; not started twice",
-                  file=sys.stderr)
+        elif alive and not plan.force:
+            print(f"{spec.label}: {_whereabouts(alive[0], now)}; skipping", file=sys.stderr)
         else:
             todo.append(spec)
     return skipped, todo
+
+
+def _whereabouts(run: KeyedRun, now: float) -> str:
+    """'running on host X, heartbeat 12s ago' (or the pid, for runs without heartbeats)."""
+    age = heartbeat_age(run, now)
+    beat = f"heartbeat {age:.0f}s ago" if age is not None else f"pid {run.pid}, no heartbeat"
+    return f"running on host {run.host or '?'}, {beat}"
 
 
 def execute_spec(plan: RunPlan, spec: RunSpec, data: PreparedDataset, *, device: str,
@@ -347,6 +364,7 @@ def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, see
         return RunResult(method_cls.name, seed, logger.run_id, ok=False,
                          error=f"{type(exc).__name__}: {exc}")
     finally:
+        logger.heartbeat.stop()  # also when logging the failure itself failed
         progress.close()
 
 

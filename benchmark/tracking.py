@@ -16,6 +16,8 @@ import platform
 import socket
 import subprocess
 import tempfile
+import threading
+import time
 import urllib.error
 import urllib.request
 import warnings
@@ -33,6 +35,24 @@ DEFAULT_STORE = Path("results") / "mlflow.db"
 DEFAULT_ARTIFACTS = Path("results") / "mlartifacts"
 EXPERIMENT_PREFIX = "bench/"
 TAG_PREFIX = "bench."
+#: A running run rewrites this tag (unix seconds) every HEARTBEAT_SECONDS, so any machine that
+#: shares the store can tell a live run from one whose process or host has gone.
+HEARTBEAT_TAG = f"{TAG_PREFIX}heartbeat"
+HEARTBEAT_SECONDS = 60.0
+#: Heartbeats a run may miss (a slow server, a busy host) before it is taken for dead.
+STALE_BEATS = 3
+
+
+def heartbeat_seconds() -> float:
+    """The interval between beats: $BENCH_HEARTBEAT_SECONDS, else HEARTBEAT_SECONDS."""
+    return float(os.environ.get("BENCH_HEARTBEAT_SECONDS") or HEARTBEAT_SECONDS)
+
+
+def heartbeat_stale_seconds() -> float:
+    """How old a heartbeat may be before its run counts as dead:
+    $BENCH_HEARTBEAT_STALE_SECONDS, else STALE_BEATS intervals."""
+    return float(os.environ.get("BENCH_HEARTBEAT_STALE_SECONDS")
+                 or STALE_BEATS * heartbeat_seconds())
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -180,14 +200,50 @@ def git_commit() -> str:
         return "unknown"
 
 
+class Heartbeat:
+    """A daemon thread that stamps HEARTBEAT_TAG on a run every `interval` seconds until
+    stopped; it dies with its process, so a killed run stops beating."""
+
+    def __init__(self, uri: str, run_id: str, interval: float | None = None) -> None:
+        self.uri = uri
+        self.run_id = run_id
+        self.interval = heartbeat_seconds() if interval is None else interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"bench-heartbeat-{run_id[:8]}",
+                                        daemon=True)
+
+    def start(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        client = _client(self.uri)
+        while not self._stop.wait(self.interval):
+            try:
+                client.set_tag(self.run_id, HEARTBEAT_TAG, f"{time.time():.3f}")
+            except Exception:  # noqa: S112
+                # A missed beat must not end the run; beats missed for long enough make
+                # other hosts take it for dead, which is then what it looks like to them.
+                continue
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            # Bounded: a beat stuck in a retrying HTTP call must not hold up the run's end.
+            self._thread.join(timeout=5)
+
+
 class RunLogger:
-    """Logs one run: params, metrics and artifacts, then marks it finished or failed."""
+    """Logs one run: params, metrics and artifacts, then marks it finished or failed. While
+    the run is open a Heartbeat keeps its HEARTBEAT_TAG fresh."""
 
     def __init__(self, uri: str, experiment_id: str, run_name: str, tags: dict[str, str]) -> None:
         self.client = _client(uri)
         run = self.client.create_run(experiment_id, run_name=run_name,
-                                     tags={f"{TAG_PREFIX}{k}": v for k, v in tags.items()})
+                                     tags={**{f"{TAG_PREFIX}{k}": v for k, v in tags.items()},
+                                           HEARTBEAT_TAG: f"{time.time():.3f}"})
         self.run_id = run.info.run_id
+        self.heartbeat = Heartbeat(uri, self.run_id).start()
 
     def params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -241,6 +297,7 @@ class RunLogger:
             self.client.log_artifact(self.run_id, str(path))
 
     def finish(self, ok: bool) -> None:
+        self.heartbeat.stop()
         self.client.set_terminated(self.run_id, "FINISHED" if ok else "FAILED")
 
 
@@ -307,6 +364,8 @@ class KeyedRun:
     pid: int
     start_time: int
     metrics: dict[str, float]
+    #: Unix seconds of its last heartbeat; None for runs logged before heartbeats existed.
+    heartbeat: float | None = None
 
 
 def runs_by_key(uri: str, experiment_id: str) -> dict[str, list[KeyedRun]]:
@@ -321,12 +380,14 @@ def runs_by_key(uri: str, experiment_id: str) -> dict[str, list[KeyedRun]]:
         for run in page:
             tags = run.data.tags
             key = tags.get(f"{TAG_PREFIX}run_key")
+            beat = tags.get(HEARTBEAT_TAG)
             if key:
                 grouped.setdefault(key, []).append(KeyedRun(
                     run_id=run.info.run_id, status=run.info.status,
                     host=tags.get(f"{TAG_PREFIX}host", ""),
                     pid=int(tags.get(f"{TAG_PREFIX}pid", "0") or 0),
-                    start_time=run.info.start_time, metrics=dict(run.data.metrics)))
+                    start_time=run.info.start_time, metrics=dict(run.data.metrics),
+                    heartbeat=float(beat) if beat else None))
         token = page.token
         if not token:
             break
@@ -344,6 +405,32 @@ def is_alive_here(run: KeyedRun) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def heartbeat_age(run: KeyedRun, now: float | None = None) -> float | None:
+    """Seconds since the run's last heartbeat (None: it has none)."""
+    if run.heartbeat is None:
+        return None
+    return max(0.0, (time.time() if now is None else now) - run.heartbeat)
+
+
+def is_alive(run: KeyedRun, now: float | None = None,
+             stale_seconds: float | None = None) -> bool:
+    """Whether a RUNNING run is still being worked on, by whichever machine.
+
+    A fresh heartbeat means alive, whatever the host: a process id says nothing about another
+    machine. On this host a process that no longer exists short-cuts to dead. A run logged
+    before heartbeats existed has only its process id, so it is alive only here.
+    """
+    if run.status != "RUNNING":
+        return False
+    here = run.host == socket.gethostname()
+    if here and run.pid > 0 and not is_alive_here(run):
+        return False
+    age = heartbeat_age(run, now)
+    if age is None:
+        return here and run.pid > 0
+    return age < (heartbeat_stale_seconds() if stale_seconds is None else stale_seconds)
 
 
 def mark_killed(uri: str, run_id: str) -> None:

@@ -246,3 +246,70 @@ def test_report_has_cis_paired_tests_pixel_metrics_and_figures(tracking_uri, iso
     assert len(finished_runs(tracking_uri, "tiny")) == 4
     runs = finished_runs(tracking_uri, "tiny")
     assert np.all((runs["metric.pixel_auroc"] > 0.5) & (runs["metric.pixel_auroc"] <= 1))
+
+
+# --- liveness by heartbeat -----------------------------------------------------------------------
+
+
+def _padim(uri: str) -> object:
+    return bench("run", "--methods", "padim", "--dataset", "tiny", "--no-progress",
+                 "--weights", "padim=random", "--tracking-uri", uri)
+
+
+def _foreign_running_run(uri: str) -> str:
+    """A RUNNING run of padim seed 0 as a `bench run` on another machine would leave it: the
+    key of the real run, another host's name, a pid meaningless here."""
+    first = _padim(uri)
+    assert first.exit_code == 0, first.output
+    client = MlflowClient(uri)
+    finished = client.get_run(finished_runs(uri, "tiny").run_id.iloc[0])
+    client.set_terminated(finished.info.run_id, "FAILED")  # so only the foreign run counts
+    tags = {key: finished.data.tags[key] for key in ("bench.run_key", "bench.method")}
+    run = client.create_run(finished.info.experiment_id, run_name="padim-s0", tags={
+        **tags, "bench.host": "gpu-node-7.elsewhere", "bench.pid": str(os.getpid()),
+        "bench.heartbeat": f"{time.time():.3f}"})
+    return run.info.run_id
+
+
+def test_a_run_alive_on_another_host_is_left_alone_until_its_heartbeat_stops(
+        mlflow_server, monkeypatch):
+    uri, _ = mlflow_server
+    foreign = _foreign_running_run(uri)
+    client = MlflowClient(uri)
+
+    fresh = _padim(uri)
+    assert fresh.exit_code == 0, fresh.output
+    assert re.search(r"padim seed=0: running on host gpu-node-7\.elsewhere, heartbeat \d+s ago; "
+                     r"skipping", fresh.output), fresh.output
+    assert not re.search(r"padim\s+0\s+\d\.\d{4}", fresh.output)  # not reported as done
+    assert client.get_run(foreign).info.status == "RUNNING"
+    assert len(finished_runs(uri, "tiny")) == 0
+
+    # Its host went silent: 60 s without a beat is dead under a 30 s limit.
+    monkeypatch.setenv("BENCH_HEARTBEAT_STALE_SECONDS", "30")
+    client.set_tag(foreign, "bench.heartbeat", f"{time.time() - 60:.3f}")
+    stale = _padim(uri)
+    assert stale.exit_code == 0, stale.output
+    assert f"run {foreign} running on host gpu-node-7.elsewhere, heartbeat 60s ago is dead" \
+        in stale.output
+    assert re.search(r"padim\s+0\s+\d\.\d{4}", stale.output)
+    dead = client.get_run(foreign)
+    assert dead.info.status == "FAILED" and dead.data.tags["bench.killed"] == "true"
+    assert len(finished_runs(uri, "tiny")) == 1
+
+
+def test_a_running_run_keeps_its_heartbeat_fresh_and_stops_when_it_ends(tracking_uri,
+                                                                         monkeypatch):
+    from benchmark.tracking import HEARTBEAT_TAG, RunLogger, ensure_experiment
+
+    monkeypatch.setenv("BENCH_HEARTBEAT_SECONDS", "0.2")
+    client = MlflowClient(tracking_uri)
+    logger = RunLogger(tracking_uri, ensure_experiment(tracking_uri, "tiny"), "beat", {})
+    first = float(client.get_run(logger.run_id).data.tags[HEARTBEAT_TAG])
+    time.sleep(1.5)
+    later = float(client.get_run(logger.run_id).data.tags[HEARTBEAT_TAG])
+    assert later - first >= 0.8
+    logger.finish(ok=True)
+    last = client.get_run(logger.run_id).data.tags[HEARTBEAT_TAG]
+    time.sleep(0.8)
+    assert client.get_run(logger.run_id).data.tags[HEARTBEAT_TAG] == last
