@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +191,10 @@ def _parse_settings(items: tuple[str, ...], weights: tuple[str, ...],
               help="Torch device.")
 @click.option("--data-root", type=click.Path(path_type=Path), default=None,
               help="Folder of a real dataset (see its card).")
+@click.option("--allow-external-links", is_flag=True,
+              help="Read files reached through symbolic links that leave the data root "
+                   "(overrides the card's allow_links_outside_root; recorded in the cache's "
+                   "meta). Default: such a link stops preparation, naming it.")
 @click.option("--weights", multiple=True, metavar="[METHOD=]PATH|random",
               help="Local backbone weights for padim/patchcore (state dict file); `random` "
                    "skips pretrained weights. Default: ImageNet via the local timm cache, "
@@ -213,7 +219,8 @@ def _parse_settings(items: tuple[str, ...], weights: tuple[str, ...],
               help="Rerun runs already finished with the same run key (normally skipped).")
 @tracking_option
 def run(methods: str, dataset: str, seeds: str, profile: str, device: str,
-        data_root: Path | None, weights: tuple[str, ...], settings: tuple[str, ...],
+        data_root: Path | None, allow_external_links: bool, weights: tuple[str, ...],
+        settings: tuple[str, ...],
         select: str | None, contaminated: bool, no_progress: bool, executor: str, jobs: int,
         ray_address: str | None, force: bool, tracking_uri: str | None) -> None:
     """Train and evaluate methods on a dataset; log every run to MLflow.
@@ -246,7 +253,8 @@ def run(methods: str, dataset: str, seeds: str, profile: str, device: str,
     if jobs > 1 and executor != "local":
         raise UsageError("--jobs applies to --executor local; Ray schedules by resources.")
     _stop_cleanly_on_sigterm()
-    results = run_plan(plan)
+    with _external_links(allow_external_links):
+        results = run_plan(plan)
     click.echo(f"\n{'method':<12} {'seed':>4}  {'AUC':>6}  {'F1':>6}  {'fit s':>7}  "
                f"{'train img/s':>11}  {'peak MB':>7}  run id")
     for result in results:
@@ -266,8 +274,7 @@ def run(methods: str, dataset: str, seeds: str, profile: str, device: str,
 
 
 @cli.command()
-@click.option("--dataset", default="synthetic", show_default=True,
-              help="Card name (bench list) or path to a .toml card.")
+@click.option("--dataset", default="synthetic", show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["md", "latex", "html"]), default="md",
               show_default=True,
               help="md: Markdown linking the figures; latex: a booktabs table; html: one "
@@ -291,7 +298,6 @@ def report(dataset: str, fmt: str, out: Path | None, profile: str | None, contam
     from benchmark.report import caption, select_runs, to_html_table, to_latex, to_markdown
     from benchmark.tracking import log_report, resolve_tracking_uri
 
-    dataset = _card_name(dataset)
     uri = resolve_tracking_uri(tracking_uri)
     data = select_runs(uri, dataset, profile, contaminated=contaminated)
     suffix = "-contaminated" if contaminated else ""
@@ -328,8 +334,7 @@ def report(dataset: str, fmt: str, out: Path | None, profile: str | None, contam
 
 
 @cli.command()
-@click.option("--dataset", default="synthetic", show_default=True,
-              help="Card name (bench list) or path to a .toml card.")
+@click.option("--dataset", default="synthetic", show_default=True)
 @click.option("--against", type=click.Path(path_type=Path), default=None,
               help="Reference JSON. Default: results/reference/<dataset>.json.")
 @click.option("--tolerance", type=float, default=None,
@@ -354,7 +359,6 @@ def check(dataset: str, against: Path | None, tolerance: float | None, update: b
 
     if tolerance is not None and tolerance < 0:
         raise UsageError(f"--tolerance must be >= 0, got {tolerance}.")
-    dataset = _card_name(dataset)
     against = against or Path("results") / "reference" / f"{dataset}.json"
     uri = resolve_tracking_uri(tracking_uri)
     if update:
@@ -565,6 +569,10 @@ def data() -> None:
 
 DATA_ROOT_HELP = ("Folder holding the dataset (see the card's layout). Default: "
                   "$BENCH_<NAME>_ROOT, else the card's default_data_root.")
+ALLOW_LINKS_HELP = ("Read files reached through symbolic links that leave the data root (a "
+                    "tree linking into shared storage on purpose); overrides the card's "
+                    "allow_links_outside_root and is recorded in the cache's meta. Default: "
+                    "such a link stops preparation, naming it.")
 
 
 @data.command("prepare")
@@ -573,22 +581,34 @@ DATA_ROOT_HELP = ("Folder holding the dataset (see the card's layout). Default: 
 @click.option("--workers", type=click.IntRange(1), default=None,
               help="Decoding processes. Default: the available cores.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
+@click.option("--allow-external-links", is_flag=True, help=ALLOW_LINKS_HELP)
+@click.option("--verify", is_flag=True,
+              help="Also hash the contents of every source file and compare them with the "
+                   "hashes recorded when the cache was built: changed files are listed and the "
+                   "cache is rebuilt, under a new data version. A cache built without --verify "
+                   "has no record and is rebuilt once. Without --verify a cache is reused when "
+                   "the names, sizes and modification times match.")
 def data_prepare(dataset: str, data_root: Path | None, workers: int | None,
-                 no_progress: bool) -> None:
+                 no_progress: bool, allow_external_links: bool, verify: bool) -> None:
     """Validate the tree, write the split manifest and its hash, build the cache."""
-    prepared = _prepared(dataset, data_root, workers, not no_progress)
+    prepared = _prepared(dataset, data_root, workers, not no_progress,
+                         allow_external_links=allow_external_links, verify=verify)
+    _print_verification(prepared, verify)
     verb = "built" if prepared.built else "already prepared"
     click.echo(f"{prepared.card.name}: {verb}, {len(prepared.manifest)} images, split SHA-256 "
-               f"{prepared.split_hash}\ncache: {prepared.folder}")
+               f"{prepared.split_hash}\ndata version: {prepared.data_version}\n"
+               f"cache: {prepared.folder}")
     _print_notes(prepared)
 
 
 @data.command("info")
 @click.option("--dataset", required=True, help="Card name (bench list) or path to a .toml card.")
 @click.option("--data-root", type=click.Path(path_type=Path), default=None, help=DATA_ROOT_HELP)
-def data_info(dataset: str, data_root: Path | None) -> None:
+@click.option("--allow-external-links", is_flag=True, help=ALLOW_LINKS_HELP)
+def data_info(dataset: str, data_root: Path | None, allow_external_links: bool) -> None:
     """Counts per split and label, image sizes seen, split hash (prepares on first use)."""
-    prepared = _prepared(dataset, data_root, None, True)
+    prepared = _prepared(dataset, data_root, None, True,
+                         allow_external_links=allow_external_links)
     card = prepared.card
     click.secho(f"{card.name}: {card.description}", bold=True)
     click.echo(f"format {card.format}; cache {card.channels} x {card.image_size} x "
@@ -720,22 +740,55 @@ def _number(value: float | None) -> str:
 
 
 def _prepared(dataset: str, data_root: Path | None, workers: int | None,
-              show_progress: bool) -> Any:
+              show_progress: bool, *, allow_external_links: bool = False,
+              verify: bool = False) -> Any:
     from benchmark.data import load_card, prepare
 
+    # Not given: None, so the card's setting (or the environment) decides.
     return prepare(load_card(dataset), data_root=data_root, workers=workers,
-                   show_progress=show_progress)
+                   show_progress=show_progress, allow_external_links=allow_external_links or None,
+                   verify=verify)
 
 
-def _card_name(dataset: str) -> str:
-    """The name runs are stored under: `bench run` keeps them under the card's `name`, which a
-    card path (or a card file named otherwise) does not spell. A name that is no card is kept
-    as given, so runs of a card since removed can still be read."""
-    from benchmark.data import available_cards, load_card
+@contextlib.contextmanager
+def _external_links(allowed: bool) -> Iterator[None]:
+    """--allow-external-links for `bench run`: the runner prepares the data (and may start
+    worker processes) itself, and the environment reaches them all; restored afterwards."""
+    from benchmark.data.sources import ALLOW_LINKS_ENV
 
-    if dataset.endswith(".toml") or dataset in available_cards():
-        return load_card(dataset).name
-    return dataset
+    before = os.environ.get(ALLOW_LINKS_ENV)
+    if allowed:
+        os.environ[ALLOW_LINKS_ENV] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ALLOW_LINKS_ENV, None)
+        else:
+            os.environ[ALLOW_LINKS_ENV] = before
+
+
+def _print_verification(prepared: Any, asked: bool) -> None:
+    check = prepared.verification
+    if check is None:
+        if asked:
+            click.echo("verify: nothing to hash (the synthetic set is generated, not read).")
+        return
+    if check["changed"]:
+        shown = ", ".join(check["changed"][:10])
+        more = f" (and {len(check['changed']) - 10} more)" if len(check["changed"]) > 10 else ""
+        click.secho(f"verify: {len(check['changed'])} of {check['files']} source files changed "
+                    f"since the cache was built: {shown}{more}. The stale cache was replaced.",
+                    fg="yellow")
+    elif not check["cached"]:
+        click.echo(f"verify: {check['files']} source files hashed; the new cache records them.")
+    elif not check["recorded"]:
+        click.secho(f"verify: the cache was built without --verify, so it holds no content "
+                    f"hashes to compare; rebuilt from the {check['files']} source files, with "
+                    f"their hashes recorded.", fg="yellow")
+    else:
+        click.echo(f"verify: all {check['files']} source files are unchanged since the cache "
+                   f"was built.")
 
 
 def _print_notes(prepared: Any) -> None:

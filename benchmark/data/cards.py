@@ -46,6 +46,9 @@ class DatasetCard:
     #: Bits per pixel the cache keeps (8 or 16): the source's precision. Default: 16 for MRI
     #: volumes (scaled floats), 8 for everything else (8-bit PNG / JPEG radiographs).
     bit_depth: int = 8
+    #: Read files reached through symbolic links that leave the data root (a tree that links
+    #: into shared storage on purpose). Off: such a link stops preparation, naming it.
+    allow_links_outside_root: bool = False
     #: Format-specific settings (generator knobs for `synthetic`, protocol for real sets).
     settings: dict[str, Any] = field(default_factory=dict)
     #: The card file's text, part of the cache key.
@@ -126,6 +129,13 @@ def parse_card(path: Path) -> DatasetCard:
     unit = raw.get("unit", "image")
     if unit not in ("image", "subject"):
         raise BenchError(f"dataset card {path}: unit must be 'image' or 'subject', got {unit!r}.")
+    settings = dict(raw.get(fmt, {}))
+    # Accepted at the top or in the format's section, where the other tree settings live.
+    allow_links = settings.pop("allow_links_outside_root",
+                               raw.get("allow_links_outside_root", False))
+    if not isinstance(allow_links, bool):
+        raise BenchError(f"dataset card {path}: allow_links_outside_root must be true or false, "
+                         f"got {allow_links!r}.")
     return DatasetCard(
         name=raw.get("name", path.stem),
         description=need("description", str),
@@ -138,6 +148,7 @@ def parse_card(path: Path) -> DatasetCard:
         default_data_root=raw.get("default_data_root", ""),
         unit=unit,
         bit_depth=bit_depth,
-        settings=dict(raw.get(fmt, {})),
+        allow_links_outside_root=allow_links,
+        settings=settings,
         text=text,
     )

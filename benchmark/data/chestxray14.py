@@ -22,7 +22,8 @@ NEEDED_COLUMNS = ("Image Index", "Finding Labels", "Patient ID", "View Position"
 
 def read(card: DatasetCard, root: Path) -> tuple[pd.DataFrame, dict]:
     require_files(root, ["Data_Entry_2017.csv", "train_val_list.txt", "test_list.txt"],
-                  dataset="ChestX-ray14", layout=card.layout)
+                  dataset="ChestX-ray14", layout=card.layout,
+                  allow_links=card.allow_links_outside_root)
     entries = _read_entries(root / "Data_Entry_2017.csv")
     views = list(card.settings.get("views", ["PA"]))
     other_views = int((~entries["View Position"].isin(views)).sum())
@@ -45,23 +46,29 @@ def read(card: DatasetCard, root: Path) -> tuple[pd.DataFrame, dict]:
                      "label": 0 if findings.strip() == "No Finding" else 1,
                      "subject_id": str(patient), "pool": pool, "kind": "image"})
     table = source_table(rows, origin=f"ChestX-ray14 entries in {root} (views {views})")
-    check_table(table, root, origin=f"ChestX-ray14 tree {root}")
+    check_table(table, root, origin=f"ChestX-ray14 tree {root}",
+                allow_links=card.allow_links_outside_root)
     return table, {"dropped_views": other_views, "not_in_official_lists": unlisted}
 
 
 def _read_entries(path: Path) -> pd.DataFrame:
     try:
-        entries = pd.read_csv(path, dtype=str)
+        entries = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise BenchError(f"{path} is not a readable CSV ({exc}). Re-download it.") from exc
     missing = [c for c in NEEDED_COLUMNS if c not in entries.columns]
     if missing:
         raise BenchError(f"{path} lacks the column(s) {', '.join(missing)}; is it the "
                          f"original Data_Entry_2017.csv?")
-    empty = entries[list(NEEDED_COLUMNS)].isna().any(axis=1)
-    if empty.any():
-        raise BenchError(f"{path}, data row {int(empty.to_numpy().argmax()) + 1}: an empty "
-                         f"value in {', '.join(NEEDED_COLUMNS)}. Fix the row.")
+    # A cell of spaces is as blank as an empty one (it would become patient ' ').
+    needed = entries[list(NEEDED_COLUMNS)].apply(lambda column: column.str.strip())
+    entries[list(NEEDED_COLUMNS)] = needed
+    empty = needed == ""
+    if empty.to_numpy().any():
+        row = int(empty.any(axis=1).to_numpy().argmax())
+        column = empty.columns[empty.iloc[row].to_numpy().argmax()]
+        raise BenchError(f"{path}, data row {row + 1}: the '{column}' cell is blank. Fix "
+                         f"the row.")
     return entries
 
 

@@ -39,9 +39,12 @@ PUBLISHED_LISTS = {"train_pos": ("train", "train_mixed", 1),
 
 def read(card: DatasetCard, root: Path) -> tuple[pd.DataFrame, dict]:
     """The source table of a COVIDx tree, and what was dropped (for the run's notes)."""
-    require_files(root, ["train.txt", "train"], dataset="COVIDx", layout=card.layout)
+    allow_links = card.allow_links_outside_root
+    require_files(root, ["train.txt", "train"], dataset="COVIDx", layout=card.layout,
+                  allow_links=allow_links)
     test_file = "test.txt" if (root / "test.txt").exists() else "val.txt"
-    require_files(root, [test_file, "test"], dataset="COVIDx", layout=card.layout)
+    require_files(root, [test_file, "test"], dataset="COVIDx", layout=card.layout,
+                  allow_links=allow_links)
     label_map = {**DEFAULT_LABEL_MAP, **card.settings.get("label_map", {})}
     rows: list[dict] = []
     dropped: dict[str, int] = {}
@@ -50,7 +53,7 @@ def read(card: DatasetCard, root: Path) -> tuple[pd.DataFrame, dict]:
             rows.append({**row, "pool": pool})
     table = source_table(rows, origin=f"COVIDx label files in {root}")
     # The same file name can appear in train/ and test/: ids carry the folder.
-    check_table(table, root, origin=f"COVIDx tree {root}")
+    check_table(table, root, origin=f"COVIDx tree {root}", allow_links=allow_links)
     return table, {"dropped_labels": dropped}
 
 

@@ -4,6 +4,13 @@ Preparation runs once per card version: the manifest and the preprocessed arrays
 a folder under the cache root (default `results/cache`), first into a temporary folder that is
 renamed into place when complete, so a killed preparation never leaves a half-written cache.
 Later runs memory-map the arrays: neither regenerated nor re-decoded.
+
+A real dataset's cache is keyed by the card and the tree's file names, sizes and modification
+times (ns): an edited file gets a new cache and data version. Contents are not read for the
+key; `prepare(..., verify=True)` (`bench data prepare --verify`) hashes every source file,
+compares the hashes with those recorded when the cache was built, and rebuilds the cache when
+any file changed (or when none were recorded), under a data version that then names the
+contents.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from tqdm.auto import tqdm
 from benchmark.data import build, protocol, readers, synthetic
 from benchmark.data.cards import DatasetCard
 from benchmark.data.images import ImageSet, quantize, storage_dtype
+from benchmark.data.sources import ALLOW_LINKS_ENV
 from benchmark.data.splits import (
     check_subject_disjoint,
     manifest_hash,
@@ -61,6 +69,9 @@ class PreparedDataset:
     meta: dict = dataclasses.field(default_factory=dict)
     #: True when this call built the cache, False when it was read from disk.
     built: bool = False
+    #: With verify: files hashed, those whose contents changed since the cache was built,
+    #: whether a cache existed and had a record to compare with (else it is rebuilt).
+    verification: dict | None = None
 
     def rows(self, split: str) -> np.ndarray:
         return self.manifest.loc[self.manifest.split == split, "row"].to_numpy()
@@ -125,12 +136,22 @@ class PreparedDataset:
 
 def prepare(card: DatasetCard, *, data_root: Path | None = None,
             cache_root: Path | None = None, show_progress: bool = True,
-            workers: int | None = None) -> PreparedDataset:
-    """Return the card's prepared dataset, building its cache on first use."""
+            workers: int | None = None, allow_external_links: bool | None = None,
+            verify: bool = False) -> PreparedDataset:
+    """Return the card's prepared dataset, building its cache on first use.
+
+    allow_external_links: read files reached through symbolic links that leave the data root;
+    None: the card's `allow_links_outside_root`, or $BENCH_ALLOW_EXTERNAL_LINKS=1.
+    verify: hash every source file and rebuild the cache if any changed since it was built
+    (real datasets; the synthetic set has no source files)."""
     cache_root = Path(cache_root or os.environ.get("BENCH_CACHE_DIR") or DEFAULT_CACHE_ROOT)
     if not card.is_synthetic:
+        if allow_external_links is None:
+            allow_external_links = (card.allow_links_outside_root
+                                    or os.environ.get(ALLOW_LINKS_ENV, "") not in ("", "0"))
+        card = dataclasses.replace(card, allow_links_outside_root=allow_external_links)
         return _prepare_real(card, resolve_data_root(card, data_root), cache_root,
-                             workers=workers, show_progress=show_progress)
+                             workers=workers, show_progress=show_progress, verify=verify)
     config = synthetic_config(card)
     key = _cache_key(card, extra=str(synthetic.GENERATOR_VERSION))
     folder = cache_root / f"{card.name}-{key[:16]}"
@@ -256,7 +277,7 @@ READER_VERSION = 1
 
 
 def _prepare_real(card: DatasetCard, root: Path, cache_root: Path, *, workers: int | None,
-                  show_progress: bool) -> PreparedDataset:
+                  show_progress: bool, verify: bool = False) -> PreparedDataset:
     """Read and check the tree, assign the splits, and build (or reuse) the cache."""
     reader = readers.reader_for(card.format)
     source, dropped = reader.read(card, root)
@@ -265,25 +286,96 @@ def _prepare_real(card: DatasetCard, root: Path, cache_root: Path, *, workers: i
     items = assignment.table.sort_values("image_id").reset_index(drop=True)
     key = _cache_key(card, extra=f"{READER_VERSION}\n{_tree_fingerprint(items)}")
     folder = cache_root / f"{card.name}-{key[:16]}"
+    links = {"allow_links_outside_root": card.allow_links_outside_root,
+             "links_outside_root": int((items.outside_link != "").sum())}
+    hashes = verification = None
+    if verify:
+        hashes = _content_hashes(items, root, workers=workers, show_progress=show_progress)
+        verification = {"files": len(hashes), **_compare_hashes(folder, hashes)}
+        if verification["changed"] or not verification["recorded"]:
+            _discard(folder)
     if (folder / "meta.json").is_file():
-        return _open(card, folder, built=False)
+        prepared = _open(card, folder, built=False)
+        prepared.meta.update(links)  # this call's facts, whoever built the cache
+        prepared.verification = verification
+        return prepared
+    data_version = key[:16]
+    if hashes is not None:
+        # Contents were read: the version names them, so a rebuild after a change that kept
+        # names, sizes and times is told apart from the stale cache it replaces.
+        digest = hashlib.sha256(hashes.to_csv(index=False).encode("utf-8")).hexdigest()
+        data_version = hashlib.sha256(f"{key}\n{digest}".encode()).hexdigest()[:16]
     meta = {"dataset": card.name, "data_root": str(root.resolve()),
             "protocol_scale": assignment.scale, "notes": assignment.notes,
-            "unused": assignment.unused, "dropped": dropped}
+            "unused": assignment.unused, "dropped": dropped, **links,
+            "contents_verified": hashes is not None}
     with _temporary_folder(folder) as tmp:
+        if hashes is not None:
+            hashes.to_csv(tmp / SOURCE_HASHES, index=False, lineterminator="\n")
         result = build.build_images(items, root, tmp / "images.npy", _decoding(card),
                                     workers=workers, show_progress=show_progress,
                                     label=f"preparing {card.name}")
         manifest = result.manifest
         check_subject_disjoint(manifest)
         write_manifest(manifest, tmp / "manifest.csv")
-        meta.update({"split_hash": manifest_hash(manifest), "data_version": key[:16],
+        meta.update({"split_hash": manifest_hash(manifest), "data_version": data_version,
                      "n_images": len(manifest), "image_sizes": result.image_sizes,
                      "image_shape": [card.channels, card.image_size, card.image_size],
                      "image_dtype": storage_dtype(card.bit_depth).name,
                      "cache_version": CACHE_VERSION, "reader_version": READER_VERSION})
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return _open(card, folder, built=True)
+    prepared = _open(card, folder, built=True)
+    prepared.verification = verification
+    return prepared
+
+
+#: In a cache built with verify: path and SHA-256 of every source file it was decoded from.
+SOURCE_HASHES = "source-hashes.csv"
+
+
+def _content_hashes(items: pd.DataFrame, root: Path, *, workers: int | None,
+                    show_progress: bool) -> pd.DataFrame:
+    """SHA-256 of every source file (threads: hashlib releases the GIL while it reads)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = sorted(items.path)
+    bar = tqdm(total=len(paths), desc="hashing source files", unit="file",
+               disable=None if show_progress else True, leave=False)
+
+    def digest(path: str) -> str:
+        hasher = hashlib.sha256()
+        with (root / path).open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                hasher.update(chunk)
+        bar.update()
+        return hasher.hexdigest()
+
+    with ThreadPoolExecutor(workers or build.default_workers()) as pool:
+        hashes = list(pool.map(digest, paths))
+    bar.close()
+    return pd.DataFrame({"path": paths, "sha256": hashes})
+
+
+def _compare_hashes(folder: Path, hashes: pd.DataFrame) -> dict:
+    """{'cached': whether the cache exists, 'recorded': whether it holds hashes, 'changed':
+    paths whose contents differ from the record}."""
+    record = folder / SOURCE_HASHES
+    cached = (folder / "meta.json").is_file()
+    if not cached or not record.is_file():
+        return {"cached": cached, "recorded": False, "changed": []}
+    before = pd.read_csv(record, dtype=str, keep_default_na=False).set_index("path").sha256
+    now = hashes.set_index("path").sha256
+    changed = sorted(path for path, value in now.items() if before.get(path) != value)
+    return {"cached": True, "recorded": True, "changed": changed}
+
+
+def _discard(folder: Path) -> None:
+    """Remove a stale cache: renamed first, so no reader ever sees it half deleted."""
+    if not folder.exists():
+        return
+    doomed = Path(tempfile.mkdtemp(prefix=f".{folder.name}-stale-", dir=folder.parent))
+    folder.rename(doomed / folder.name)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _decoding(card: DatasetCard) -> build.Decoding:
@@ -296,9 +388,12 @@ def _decoding(card: DatasetCard) -> build.Decoding:
 
 
 def _tree_fingerprint(items: pd.DataFrame) -> str:
-    """Ids, labels, splits and file sizes (read by the reader's checks): a changed tree gets a
-    new cache, a moved one not."""
-    table = items.loc[:, ["image_id", "path", "label", "subject_id", "split", "size"]]
+    """Ids, labels, splits, file sizes, modification times and links out of the root (read by
+    the reader's checks): an edited tree gets a new cache; one moved with its times kept (mv,
+    cp -p, rsync -t) not. A same-size file written with its old time restored is caught by
+    verify only."""
+    table = items.loc[:, ["image_id", "path", "label", "subject_id", "split", "size",
+                          "mtime_ns", "outside_link"]]
     text = table.to_csv(index=False, lineterminator="\n")
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

@@ -10,7 +10,8 @@ A reader turns a dataset tree (label files, folders, CSVs) into a *source table*
                 dataset has no official split (the protocol then carves all splits from it)
     kind        "image" (one file, one row in the cache) or "volume" (one NIfTI file, many slices)
 
-`check_table` adds `size` (bytes), read while checking that each file exists.
+`check_table` adds `size` (bytes) and `mtime_ns`, read while checking that each file exists,
+and `outside_link`: the symbolic link through which a file leaves the data root ("" for none).
 
 The helpers here turn every way a tree can be wrong into one message naming the file and the
 problem: a path escaping the root, a missing file, a duplicate id, an unknown label, an empty
@@ -19,6 +20,7 @@ class, a file that is not an image.
 
 from __future__ import annotations
 
+import os
 import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -52,14 +54,64 @@ def resolve_inside(root: Path, relative: str, *, origin: str) -> Path:
     return root / candidate
 
 
-def require_files(root: Path, required: Iterable[str], *, dataset: str, layout: str) -> None:
-    """A wrong root fails here, listing what is missing and the layout it should have."""
+def require_files(root: Path, required: Iterable[str], *, dataset: str, layout: str,
+                  allow_links: bool = False) -> None:
+    """A wrong root fails here, listing what is missing and the layout it should have. A label
+    file or folder that is a link out of the root fails too, unless links are allowed."""
+    required = list(required)
     missing = [name for name in required if not (root / name).exists()]
     if missing:
         raise BenchError(
             f"{root} does not look like a {dataset} tree: {', '.join(missing)} not found.\n"
             f"Expected layout:\n{layout.rstrip()}\nPoint --data-root at the folder holding it."
         )
+    if not allow_links:
+        for name in required:
+            link = link_outside(root, name)
+            if link:
+                raise outside_link_error(f"{dataset} tree {root}", root, name, link, count=1)
+
+
+#: Where a link out of the data root is allowed besides the card: `bench run` / `bench data`
+#: set it for --allow-external-links, and worker processes inherit it.
+ALLOW_LINKS_ENV = "BENCH_ALLOW_EXTERNAL_LINKS"
+
+
+def link_outside(root: Path, relative: str) -> str:
+    """'LINK -> TARGET' for the first symbolic link on the way from `root` to `root/relative`
+    whose target lies outside the root (links inside the tree are fine); "" when none."""
+    base = os.path.realpath(root)
+    current = root
+    for part in Path(relative).parts:
+        current = current / part
+        if current.is_symlink():
+            target = os.path.realpath(current)
+            if not _is_within(target, base):
+                return f"{current.relative_to(root).as_posix()} -> {target}"
+    return ""
+
+
+def outside_link_error(origin: str, root: Path, relative: str, link: str, *,
+                       count: int) -> BenchError:
+    more = f" ({count} files in all)" if count > 1 else ""
+    return BenchError(
+        f"{origin}: '{relative}' is reached through the symbolic link {link}, outside the "
+        f"data root {root}{more}. The suite reads only files inside the root unless told "
+        f"otherwise: copy the files into the tree, or, if the tree links into shared storage "
+        f"on purpose, set allow_links_outside_root = true in the dataset card, or pass "
+        f"--allow-external-links (or set {ALLOW_LINKS_ENV}=1).")
+
+
+def _is_within(path: str, base: str) -> bool:
+    return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
+
+
+def cell(value: object) -> str:
+    """A CSV cell as text, blank ("") for an empty one; read CSVs with keep_default_na=False
+    so that a blank cell is "" rather than NaN (whose text, 'nan', would pass for a value)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    return str(value).strip()
 
 
 def map_label(raw: str, label_map: Mapping[str, int | None], *, origin: str) -> int | None:
@@ -71,11 +123,19 @@ def map_label(raw: str, label_map: Mapping[str, int | None], *, origin: str) -> 
                      f"card's label map (or fix the label file).")
 
 
-def check_table(table: pd.DataFrame, root: Path, *, origin: str) -> None:
-    """Files exist and are images; ids are unique; both classes are present. Adds the column
-    `size` (bytes), read in the same pass, for the cache's tree fingerprint."""
+def check_table(table: pd.DataFrame, root: Path, *, origin: str,
+                allow_links: bool = False) -> None:
+    """Files exist and are images; ids are unique; both classes are present; no file is reached
+    through a link out of the root unless `allow_links`. Adds the columns `size`, `mtime_ns`
+    and `outside_link`, read in the same pass, for the cache's tree fingerprint."""
     _check_duplicates(table, origin=origin)
-    table["size"] = _file_sizes(table, root, origin=origin)
+    table["size"], table["mtime_ns"], table["outside_link"] = _file_stats(table, root,
+                                                                          origin=origin)
+    outside = table.outside_link != ""
+    if outside.any() and not allow_links:
+        first = table[outside].iloc[0]
+        raise outside_link_error(origin, root, first.path, first.outside_link,
+                                 count=int(outside.sum()))
     _check_classes(table, origin=origin)
 
 
@@ -87,27 +147,46 @@ def _check_duplicates(table: pd.DataFrame, *, origin: str) -> None:
                          f"remove the duplicate lines.")
 
 
-def _file_sizes(table: pd.DataFrame, root: Path, *, origin: str) -> list[int]:
+def _file_stats(table: pd.DataFrame, root: Path, *,
+                origin: str) -> tuple[list[int], list[int], list[str]]:
+    """Size, modification time (ns) and outside link of every file. One lstat per file: the
+    real folder of each parent is resolved once, and only a file that is itself a link is
+    resolved on its own."""
+    base = os.path.realpath(root)
+    real_parents: dict[str, str] = {}
     missing: list[str] = []
     sizes: list[int] = []
+    times: list[int] = []
+    links: list[str] = []
     for path, kind in zip(table.path, table.kind, strict=True):
         suffixes = VOLUME_SUFFIXES if kind == "volume" else IMAGE_SUFFIXES
         if not any(path.lower().endswith(s) for s in suffixes):
             raise BenchError(f"{origin}: '{path}' is not an image file (expected one of "
                              f"{', '.join(suffixes)}). Remove it or convert it.")
+        full = root / path
         try:
-            info = (root / path).stat()
+            info = os.lstat(full)
+            if stat.S_ISLNK(info.st_mode):
+                real = os.path.realpath(full)
+                info = os.stat(full)
+            else:
+                parent = os.path.dirname(path)
+                if parent not in real_parents:
+                    real_parents[parent] = os.path.realpath(root / parent)
+                real = os.path.join(real_parents[parent], full.name)
         except (FileNotFoundError, NotADirectoryError):
             info = None
         if info is None or not stat.S_ISREG(info.st_mode):
             missing.append(path)
-        else:
-            sizes.append(info.st_size)
+            continue
+        sizes.append(info.st_size)
+        times.append(info.st_mtime_ns)
+        links.append("" if _is_within(real, base) else link_outside(root, path))
     if missing:
         raise BenchError(f"{origin} names {len(missing)} image(s) that are not in {root}, "
                          f"first: '{missing[0]}'. Unpack the missing images there, or fix the "
                          f"label file.")
-    return sizes
+    return sizes, times, links
 
 
 def _check_classes(table: pd.DataFrame, *, origin: str) -> None:
