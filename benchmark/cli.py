@@ -274,7 +274,8 @@ def run(methods: str, dataset: str, seeds: str, profile: str, device: str,
 
 
 @cli.command()
-@click.option("--dataset", default="synthetic", show_default=True)
+@click.option("--dataset", default="synthetic", show_default=True,
+              help="Card name (bench list) or path to a .toml card.")
 @click.option("--format", "fmt", type=click.Choice(["md", "latex", "html"]), default="md",
               show_default=True,
               help="md: Markdown linking the figures; latex: a booktabs table; html: one "
@@ -298,6 +299,7 @@ def report(dataset: str, fmt: str, out: Path | None, profile: str | None, contam
     from benchmark.report import caption, select_runs, to_html_table, to_latex, to_markdown
     from benchmark.tracking import log_report, resolve_tracking_uri
 
+    dataset = _card_name(dataset)
     uri = resolve_tracking_uri(tracking_uri)
     data = select_runs(uri, dataset, profile, contaminated=contaminated)
     suffix = "-contaminated" if contaminated else ""
@@ -334,7 +336,8 @@ def report(dataset: str, fmt: str, out: Path | None, profile: str | None, contam
 
 
 @cli.command()
-@click.option("--dataset", default="synthetic", show_default=True)
+@click.option("--dataset", default="synthetic", show_default=True,
+              help="Card name (bench list) or path to a .toml card.")
 @click.option("--against", type=click.Path(path_type=Path), default=None,
               help="Reference JSON. Default: results/reference/<dataset>.json.")
 @click.option("--tolerance", type=float, default=None,
@@ -359,6 +362,7 @@ def check(dataset: str, against: Path | None, tolerance: float | None, update: b
 
     if tolerance is not None and tolerance < 0:
         raise UsageError(f"--tolerance must be >= 0, got {tolerance}.")
+    dataset = _card_name(dataset)
     against = against or Path("results") / "reference" / f"{dataset}.json"
     uri = resolve_tracking_uri(tracking_uri)
     if update:
@@ -789,6 +793,17 @@ def _print_verification(prepared: Any, asked: bool) -> None:
     else:
         click.echo(f"verify: all {check['files']} source files are unchanged since the cache "
                    f"was built.")
+
+
+def _card_name(dataset: str) -> str:
+    """The name runs are stored under: `bench run` keeps them under the card's `name`, which a
+    card path (or a card file named otherwise) does not spell. A name that is no card is kept
+    as given, so runs of a card since removed can still be read."""
+    from benchmark.data import available_cards, load_card
+
+    if dataset.endswith(".toml") or dataset in available_cards():
+        return load_card(dataset).name
+    return dataset
 
 
 def _print_notes(prepared: Any) -> None:
