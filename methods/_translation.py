@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import pickle
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from benchmark.api import Images, Method, Progress, TrainSet
+from benchmark.errors import BenchError
 from benchmark.metrics import aucp, debiased_aucp
 from benchmark.seeding import seed_everything
 from methods._budget import steps_for
@@ -441,8 +443,14 @@ class TranslationGAN(Method):
         if self.workdir is None or not (Path(self.workdir) / "last.pt").is_file():
             return 0
         # weights_only: a checkpoint on a shared disk must not be able to run code.
-        payload = torch.load(Path(self.workdir) / "last.pt", map_location=self.device,
-                             weights_only=True)
+        path = Path(self.workdir) / "last.pt"
+        try:
+            payload = torch.load(path, map_location=self.device, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise BenchError(
+                f"refused to resume from {path}: it holds objects other than tensors and plain "
+                f"values, and loading them could run code (someone else may have written it). "
+                f"Delete {path.parent} to train from the start.") from exc
         if payload["config"] != dataclasses.asdict(self.config):
             return 0  # another config: start afresh (the runner keys workdirs by config anyway)
         self.generator.load_state_dict(payload["generator"])

@@ -1,6 +1,7 @@
 """AnomalyPro: networks, losses, AUCp selection, resume and a short real training run."""
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from conftest import LEARNING_CARD
 
 from benchmark.api import Progress, TrainSet, get_method, make_config
 from benchmark.data import load_card, prepare
+from benchmark.errors import BenchError
 from benchmark.metrics import aucp, debiased_aucp, roc_auc
 from methods.anomalypro import (
     AnomalyPro,
@@ -322,3 +324,25 @@ def test_resize_upsampling_has_no_transposed_convolution():
     assert generator(torch.zeros(1, 1, 32, 32))[0].shape == (1, 1, 32, 32)
     with pytest.raises(ValueError, match="upsample"):
         small_config(upsample="bicubic")
+
+
+class _Payload:
+    """What a hostile checkpoint would carry: unpickling it calls `touch` on a file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_hostile_checkpoint_is_refused_and_runs_nothing(easy, tmp_path):
+    marker = tmp_path / "code-ran"
+    torch.save({"config": {}, "history": _Payload(marker)}, tmp_path / "last.pt")
+    with pytest.raises(BenchError, match=r"refused to resume from .*last\.pt.*could run code"):
+        train(easy, small_config(iterations=2, checkpoint_every=2, decay_iterations=1),
+              workdir=tmp_path)
+    assert not marker.exists()
+    # The same file unpickled without the guard would have run it: the test has teeth.
+    torch.load(tmp_path / "last.pt", weights_only=False)
+    assert marker.exists()
