@@ -217,12 +217,17 @@ def _parse_settings(items: tuple[str, ...], weights: tuple[str, ...],
               help="Join this Ray cluster (e.g. ray://head:10001); default: start a local one.")
 @click.option("--force", is_flag=True,
               help="Rerun runs already finished with the same run key (normally skipped).")
+@click.option("--deterministic", is_flag=True,
+              help="torch.use_deterministic_algorithms in every run (CUDA: with "
+                   "CUBLAS_WORKSPACE_CONFIG=:4096:8); an op with no deterministic version "
+                   "then fails the run. Part of the run key.")
 @tracking_option
 def run(methods: str, dataset: str, seeds: str, profile: str, device: str,
         data_root: Path | None, allow_external_links: bool, weights: tuple[str, ...],
         settings: tuple[str, ...],
         select: str | None, contaminated: bool, no_progress: bool, executor: str, jobs: int,
-        ray_address: str | None, force: bool, tracking_uri: str | None) -> None:
+        ray_address: str | None, force: bool, deterministic: bool,
+        tracking_uri: str | None) -> None:
     """Train and evaluate methods on a dataset; log every run to MLflow.
 
     Each run has a key (method, resolved config, split hash, data version, seed, code
@@ -236,6 +241,11 @@ def run(methods: str, dataset: str, seeds: str, profile: str, device: str,
 
     names = parse_method_list(methods)
     overrides = _parse_settings(settings, weights, names)
+    # Only --set counts as tuning: --weights and --select pick among documented choices.
+    tuned: dict[str, list[str]] = {}
+    for item in settings:
+        field = item.partition("=")[0]
+        tuned.setdefault(field.partition(".")[0], []).append(field)
     if select:
         selecting = [n for n in names if get_method(n).uses_selection]
         if not selecting:
@@ -247,7 +257,8 @@ def run(methods: str, dataset: str, seeds: str, profile: str, device: str,
                    device=device, tracking_uri=resolve_tracking_uri(tracking_uri),
                    data_root=data_root, overrides=overrides,
                    contaminated=contaminated, show_progress=not no_progress,
-                   executor=executor, jobs=jobs, ray_address=ray_address, force=force)
+                   executor=executor, jobs=jobs, ray_address=ray_address, force=force,
+                   tuned=tuned, deterministic=deterministic)
     if ray_address and executor != "ray":
         raise UsageError("--ray-address needs --executor ray.")
     if jobs > 1 and executor != "local":

@@ -26,7 +26,8 @@ from benchmark.runner import RunPlan, RunResult, RunSpec, execute_spec
 
 EXECUTORS = ("local", "ray")
 #: Environment a worker needs to find the same cards, cache and store as the parent.
-FORWARDED_ENV = ("BENCH_DATASETS_PATH", "BENCH_CACHE_DIR", "MLFLOW_TRACKING_URI")
+FORWARDED_ENV = ("BENCH_DATASETS_PATH", "BENCH_CACHE_DIR", "MLFLOW_TRACKING_URI",
+                 "CUBLAS_WORKSPACE_CONFIG", "BENCH_HEARTBEAT_SECONDS")
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from benchmark.data.images import empty_like, join
 from benchmark.data.prepared import resolve_data_root
 from benchmark.errors import BenchError, UsageError
 from benchmark.resources import MemoryWatch, megabytes, resolve_device
+from benchmark.seeding import deterministic_algorithms, prepare_determinism
 from benchmark.tracking import (
     KeyedRun,
     RunLogger,
@@ -118,6 +119,11 @@ class RunPlan:
     ray_address: str | None = None
     #: Rerun even runs already finished with the same key.
     force: bool = False
+    #: method -> the METHOD.FIELD names `--set` gave it. Such a run is `tuned`: its
+    #: hyper-parameters were picked by someone, who may have looked at test results.
+    tuned: dict[str, list[str]] = field(default_factory=dict)
+    #: torch.use_deterministic_algorithms (and cuBLAS's fixed workspace) in every run.
+    deterministic: bool = False
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,8 @@ class RunSpec:
 def run_plan(plan: RunPlan) -> list[RunResult]:
     """Prepare the dataset once, skip runs already finished with the same key, and execute the
     rest with the plan's executor; returns one result per (method, seed), skipped ones too."""
+    if plan.deterministic:
+        prepare_determinism()  # before anything touches CUDA, in this process and its workers
     card = load_card(plan.dataset)
     for name in plan.methods:
         get_method(name)  # an unknown name fails here, before any work
@@ -186,11 +194,19 @@ def plan_configs(plan: RunPlan, card: Any) -> dict[str, Any]:
 def run_identity(method: str, config: Any, data: PreparedDataset, plan: RunPlan,
                  provenance: dict[str, str]) -> str:
     """Hash of everything but the seed that defines a run's result: the method, its resolved
-    config, the split and data, the profile and setting, and the provenance (weights actually
-    loaded, device type, torch threads, package versions, code version)."""
+    config, the split and data, the profile and setting, deterministic algorithms or not, and
+    the provenance (weights actually loaded, device type, torch threads, package versions,
+    code version).
+
+    Whether the run is tuned is part of it too: `--set` to a value the profile already has
+    leaves the resolved config unchanged, and the untuned run must not be taken for the tuned
+    one nor the other way round.
+    """
     identity = json.dumps({"method": method, "config": dataclasses.asdict(config),
                            "split": data.split_hash, "data": data.data_version,
                            "profile": plan.profile, "contaminated": plan.contaminated,
+                           "tuned": bool(plan.tuned.get(method)),
+                           "deterministic": plan.deterministic,
                            "provenance": provenance}, sort_keys=True, default=str)
     return hashlib.sha256(identity.encode()).hexdigest()[:16]
 
@@ -244,10 +260,11 @@ def _whereabouts(run: KeyedRun, now: float) -> str:
 def execute_spec(plan: RunPlan, spec: RunSpec, data: PreparedDataset, *, device: str,
                  experiment_id: str) -> RunResult:
     """Run one spec in this process (the body every executor calls)."""
-    return run_one(get_method(spec.method), spec.config, data, seed=spec.seed,
-                   device=torch.device(device), plan=plan, experiment_id=experiment_id,
-                   label=spec.label, key=spec.key, identity=spec.identity,
-                   provenance=spec.provenance)
+    with deterministic_algorithms(plan.deterministic):
+        return run_one(get_method(spec.method), spec.config, data, seed=spec.seed,
+                       device=torch.device(device), plan=plan, experiment_id=experiment_id,
+                       label=spec.label, key=spec.key, identity=spec.identity,
+                       provenance=spec.provenance)
 
 
 def training_set(method: type[Method], data: PreparedDataset, contaminated: bool) -> TrainSet:
@@ -288,6 +305,11 @@ def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, see
             "data_version": data.data_version, "contaminated": str(plan.contaminated).lower(),
             "run_key": key, "run_identity": identity,
             **{f"identity.{k}": v for k, v in (provenance or {}).items()},
+            **_tuning_params(plan.tuned.get(method_cls.name, [])),
+            # What this process really runs under, so a worker that missed the setting shows.
+            "deterministic": str(torch.are_deterministic_algorithms_enabled()).lower(),
+            **({"cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG", "unset")}
+               if plan.deterministic else {}),
             "trained_on": ",".join(s for s in ("normal", "unlabeled")
                                    if len(getattr(train, s))),
             "model_selection": ("aucp_on_unlabelled_test" if method_cls.uses_selection
@@ -366,6 +388,12 @@ def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, see
     finally:
         logger.heartbeat.stop()  # also when logging the failure itself failed
         progress.close()
+
+
+def _tuning_params(fields: list[str]) -> dict[str, str]:
+    if not fields:
+        return {"tuned": "false"}
+    return {"tuned": "true", "tuned_fields": ",".join(sorted(fields))}
 
 
 def cost_metrics(method_cls: type[Method], config: Any, train: TrainSet, fit_seconds: float,
@@ -493,6 +521,8 @@ def _scores_table(data: PreparedDataset, val_scores: np.ndarray,
                   test_scores: np.ndarray) -> pd.DataFrame:
     parts = []
     for split, scores in (("val", val_scores), ("test", test_scores)):
+        # The subject lets the report resample patients, not images, for its intervals.
         parts.append(pd.DataFrame({"image_id": data.ids_of(split), "split": split,
+                                   "subject_id": data.subjects_of(split),
                                    "label": data.labels_of(split), "score": scores}))
     return pd.concat(parts, ignore_index=True)

@@ -311,7 +311,9 @@ def finished_runs(uri: str, dataset: str) -> pd.DataFrame:
 
     Columns: run_id, start_time, method, seed, profile, split_hash, data_version, backbone,
     backbone_weights (for people), weights_identity (what was loaded), run_identity (all but
-    the seed), contaminated and `metric.<name>` for each metric.
+    the seed), contaminated, tuned ("true" when `--set` changed the config: hyper-parameters
+    someone chose, perhaps on test data; "false" for runs logged before the param existed),
+    tuned_fields, deterministic and `metric.<name>` for each metric.
     """
     client = _client(uri)
     try:
@@ -347,6 +349,9 @@ def finished_runs(uri: str, dataset: str) -> pd.DataFrame:
                 "warnings": params.get("warnings", ""),
                 "budget_images_seen": params.get("budget_images_seen", ""),
                 "contaminated": params.get("contaminated", "false"),
+                "tuned": params.get("tuned", "false"),
+                "tuned_fields": params.get("tuned_fields", ""),
+                "deterministic": params.get("deterministic", "false"),
             }
             row.update({f"metric.{k}": v for k, v in run.data.metrics.items()})
             rows.append(row)

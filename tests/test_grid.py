@@ -313,3 +313,16 @@ def test_a_running_run_keeps_its_heartbeat_fresh_and_stops_when_it_ends(tracking
     last = client.get_run(logger.run_id).data.tags[HEARTBEAT_TAG]
     time.sleep(0.8)
     assert client.get_run(logger.run_id).data.tags[HEARTBEAT_TAG] == last
+
+
+def test_ray_tasks_run_under_the_plans_deterministic_setting(tracking_uri):
+    pytest.importorskip("ray", reason="the ray extra is part of the dev install")
+    result = bench("run", "--methods", "padim", "--dataset", "tiny", "--seeds", "0",
+                   "--no-progress", "--weights", "padim=random", "--deterministic",
+                   "--executor", "ray", "--tracking-uri", tracking_uri)
+    assert result.exit_code == 0, result.output
+    run_id = finished_runs(tracking_uri, "tiny").run_id.iloc[0]
+    params = MlflowClient(tracking_uri).get_run(run_id).data.params
+    # Logged from inside the Ray worker: its own torch mode and environment.
+    assert params["deterministic"] == "true"
+    assert params["cublas_workspace_config"] == ":4096:8"

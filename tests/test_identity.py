@@ -71,3 +71,63 @@ def test_code_version_covers_code_and_cards_but_not_reports_or_results(tmp_path)
     assert code_version(root) == before
     (root / "datasets" / "c.toml").write_text("image_size = 32")
     assert re.fullmatch(r"code-[0-9a-f]{16}", code_version(root)) and code_version(root) != before
+
+
+def test_a_tuned_run_says_so_and_is_never_reused_as_the_untuned_run(tracking_uri):
+    from mlflow.tracking import MlflowClient
+
+    from benchmark.tracking import experiment_name, finished_runs
+
+    both = ["run", "--methods", "padim,patchcore", "--dataset", "tiny", "--no-progress",
+            "--weights", "padim=random", "--weights", "patchcore=random",
+            "--tracking-uri", tracking_uri]
+    bench(*both)
+    # 100 is the profile's own value: the resolved config is the same, the run is not.
+    tuned = bench(*both, "--set", "padim.n_features=100")
+    assert re.search(r"padim\s+0\s+\d\.\d{4}.*\w{32}$", tuned.output, re.M)
+    assert "skipped: finished before" in tuned.output  # patchcore, untouched, is reused
+    runs = finished_runs(tracking_uri, "tiny")
+    padim = runs[runs.method == "padim"].set_index("tuned")
+    assert sorted(padim.index) == ["false", "true"]
+    assert padim.loc["true", "tuned_fields"] == "padim.n_features"
+    assert padim.loc["true", "run_identity"] != padim.loc["false", "run_identity"]
+    assert runs.loc[runs.method == "patchcore", "tuned"].tolist() == ["false"]
+    again = bench(*both)
+    assert again.output.count("skipped: finished before") == 2
+    # A run logged before the param existed reads as untuned.
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name("tiny"))
+    old = client.create_run(experiment.experiment_id)
+    client.log_param(old.info.run_id, "method", "alad")
+    client.set_terminated(old.info.run_id, "FINISHED")
+    runs = finished_runs(tracking_uri, "tiny")
+    assert runs.loc[runs.method == "alad", "tuned"].tolist() == ["false"]
+
+
+def test_deterministic_runs_log_it_reach_workers_and_are_another_run(tracking_uri):
+    from mlflow.tracking import MlflowClient
+
+    from benchmark.tracking import finished_runs
+
+    both = ["run", "--methods", "padim,ganomaly", "--dataset", "tiny", "--no-progress",
+            "--weights", "padim=random", "--set", "ganomaly.iterations=20",
+            "--tracking-uri", tracking_uri]
+    bench(*both)
+    deterministic = bench(*both, "--deterministic")
+    assert "skipped: finished before" not in deterministic.output
+    assert len(re.findall(r"(padim|ganomaly)\s+0\s+\d\.\d{4}", deterministic.output)) == 2
+    assert not torch.are_deterministic_algorithms_enabled()  # this process is left as it was
+    # Worker processes: the setting travels with the plan, not with this process's state.
+    workers = bench(*BASE, "--seeds", "1,2", "--weights", "padim=random", "--deterministic",
+                    "--jobs", "2", "--tracking-uri", tracking_uri)
+    assert len(re.findall(r"padim\s+\d\s+\d\.\d{4}", workers.output)) == 2
+    client = MlflowClient(tracking_uri)
+    params = {(r.method, r.seed, r.deterministic): client.get_run(r.run_id).data.params
+              for r in finished_runs(tracking_uri, "tiny").itertuples()}
+    assert set(params) == {("padim", 0, "false"), ("ganomaly", 0, "false"),
+                           ("padim", 0, "true"), ("ganomaly", 0, "true"),
+                           ("padim", 1, "true"), ("padim", 2, "true")}
+    for (_, _, flag), values in params.items():
+        assert values["deterministic"] == flag
+        if flag == "true":
+            assert values["cublas_workspace_config"] == ":4096:8"
