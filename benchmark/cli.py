@@ -298,11 +298,15 @@ def run(methods: str, dataset: str, seeds: str, profile: str, device: str,
 @click.option("--profile", type=click.Choice(["quick", "full"]), default=None,
               help="Which runs to tabulate. Default: the profile of the newest run.")
 @click.option("--contaminated", is_flag=True, help="Tabulate the contaminated-setting runs.")
+@click.option("--exclude-tuned", is_flag=True,
+              help="Leave out runs made with --set overrides (logged tuned=true). Without it "
+                   "they are tabulated and their method marked ‡.")
 @click.option("--no-figures", is_flag=True, help="The table only (faster; no figures).")
 @click.option("--no-log", is_flag=True, help="Do not log the report to MLflow.")
 @tracking_option
 def report(dataset: str, fmt: str, out: Path | None, profile: str | None, contaminated: bool,
-           no_figures: bool, no_log: bool, tracking_uri: str | None) -> None:
+           exclude_tuned: bool, no_figures: bool, no_log: bool,
+           tracking_uri: str | None) -> None:
     """Build Table 1 (a row per method: AUC mean ± std over seeds with its 95% CI and a paired
     test against the best) and the figures: ROC curves, score distributions, anomaly maps,
     cost and the paired comparison. Figures go to results/reports/<dataset>/ (beside --out)
@@ -312,7 +316,8 @@ def report(dataset: str, fmt: str, out: Path | None, profile: str | None, contam
 
     dataset = _card_name(dataset)
     uri = resolve_tracking_uri(tracking_uri)
-    data = select_runs(uri, dataset, profile, contaminated=contaminated)
+    data = select_runs(uri, dataset, profile, contaminated=contaminated,
+                       exclude_tuned=exclude_tuned)
     suffix = "-contaminated" if contaminated else ""
     extension = {"md": "md", "latex": "tex", "html": "html"}[fmt]
     out = out or REPORTS_DIR / f"{dataset}{suffix}.{extension}"
