@@ -238,23 +238,24 @@ def triage(plan: RunPlan, experiment_id: str,
         for run in running:
             if run not in alive:
                 mark_killed(plan.tracking_uri, run.run_id)
-                print(f"{spec.label}: run {run.run_id} {_whereabouts(run, now)} is dead; "
-                      f"marked failed", file=sys.stderr)
+                print(f"{spec.label}: run {run.run_id} {_whereabouts(run, now)}: dead; "
+                      f"marked failed, doing it again", file=sys.stderr)
         if finished and not plan.force:
             skipped.append(RunResult(spec.method, spec.seed, finished[0].run_id, ok=True,
                                      metrics=finished[0].metrics, skipped=True))
         elif alive and not plan.force:
-            print(f"{spec.label}: {_whereabouts(alive[0], now)}; skipping", file=sys.stderr)
+            print(f"{spec.label}: running {_whereabouts(alive[0], now)}; skipping",
+                  file=sys.stderr)
         else:
             todo.append(spec)
     return skipped, todo
 
 
 def _whereabouts(run: KeyedRun, now: float) -> str:
-    """'running on host X, heartbeat 12s ago' (or the pid, for runs without heartbeats)."""
+    """'on host X, heartbeat 12s ago' (or the pid, for runs without heartbeats)."""
     age = heartbeat_age(run, now)
     beat = f"heartbeat {age:.0f}s ago" if age is not None else f"pid {run.pid}, no heartbeat"
-    return f"running on host {run.host or '?'}, {beat}"
+    return f"on host {run.host or '?'}, {beat}"
 
 
 def execute_spec(plan: RunPlan, spec: RunSpec, data: PreparedDataset, *, device: str,
