@@ -431,7 +431,10 @@ def _data_params(data: PreparedDataset) -> dict[str, Any]:
         return {}
     return {"data_root": data.meta.get("data_root", ""),
             "protocol_scale": data.meta.get("protocol_scale", 1.0),
-            "protocol_notes": "; ".join(data.meta.get("notes", [])) or "none"}
+            "protocol_notes": "; ".join(data.meta.get("notes", [])) or "none",
+            # A tree that reads files through links out of its root says so in every run.
+            "allow_links_outside_root": bool(data.meta.get("allow_links_outside_root", False)),
+            "links_outside_root": int(data.meta.get("links_outside_root", 0))}
 
 
 def _subject_table(data: PreparedDataset, val_scores: np.ndarray,

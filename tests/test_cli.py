@@ -67,7 +67,7 @@ def test_run_logs_one_complete_mlflow_run_per_method_and_seed(two_seed_store, tm
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"scores.csv", "roc.csv", "config.json"} <= artifacts
     scores = pd.read_csv(client.download_artifacts(run.info.run_id, "scores.csv", str(tmp_path)))
-    assert list(scores.columns) == ["image_id", "split", "label", "score"]
+    assert list(scores.columns) == ["image_id", "split", "subject_id", "label", "score"]
     assert scores.split.value_counts().to_dict() == {"test": 30, "val": 20}
     from sklearn.metrics import roc_auc_score
 

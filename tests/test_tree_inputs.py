@@ -169,6 +169,15 @@ def test_bench_run_passes_allow_external_links_to_the_preparation(cards, tmp_pat
     assert result.exit_code == 0, result.output
     assert re.search(r"padim\s+0\s+\d\.\d{4}", result.output)
     assert ALLOW_LINKS_ENV not in os.environ  # the flag does not outlive the command
+    from mlflow.tracking import MlflowClient
+
+    from benchmark.tracking import finished_runs
+
+    run_id = finished_runs(tracking_uri, "covidx").run_id.iloc[0]
+    params = MlflowClient(tracking_uri).get_run(run_id).data.params
+    assert params["allow_links_outside_root"] == "true"  # recorded with the run
+    # The images the protocol took from the linked folder (some of its 30 files).
+    assert 0 < int(params["links_outside_root"]) <= 30
 
 
 # --- 7: files edited in place -----------------------------------------------------------------
