@@ -161,7 +161,7 @@ def test_paired_comparison_orders_by_auc_and_marks_significance():
     texts = sorted(t.get_text() for t in ax.texts)
     # 6 off-diagonal cells, none on the masked diagonal.
     assert texts == sorted(["<0.001*", "<0.001*", "0.034*", "0.034*", "0.200", "0.200"])
-    assert fig.axes[1].get_ylabel() == "two-sided p (paired test)"  # the colour bar
+    assert fig.axes[1].get_ylabel() == "two-sided p (paired test, Holm-adjusted)"  # colour bar
     strict = figures.paired_comparison_figure(p, aucs, alpha=0.01, title="paired")
     assert "0.034" in [t.get_text() for t in strict.axes[0].texts]
 
