@@ -120,9 +120,9 @@ ALPHA = 0.05
 STATS_TEXT = (f"95% CI of the seed-mean AUC and paired p-values from two levels of variation: "
               f"the test set, by a bootstrap over test patients stratified by label ({N_BOOT} "
               f"resamples, the same for every method and seed, images of one patient kept "
-              f"together), and training, by the between-seed variance (Student t with "
-              f"Welch-Satterthwaite degrees of freedom); p-values against the best are "
-              f"Holm-adjusted over the comparisons with it")
+              f"together), and training, by the between-seed variance of the AUC (Student t "
+              f"with seeds - 1 degrees of freedom), the two half-widths added in quadrature; "
+              f"p-values against the best are Holm-adjusted over the comparisons with it")
 
 
 def newest_identity(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
