@@ -277,6 +277,8 @@ def summary_table(data: ReportData) -> pd.DataFrame:
 
 PIXEL_TITLES = {"pixel_auroc": "Pixel AUROC", "pixel_dice": "Dice"}
 TIE_MARK = "†"
+#: The column of p-values against the best, as the ties are decided: Holm-adjusted.
+P_TITLE = "p vs best (Holm)"
 
 
 def _cells(data: ReportData, table: pd.DataFrame,
@@ -318,8 +320,8 @@ def _auc_statistics(statistics: pd.DataFrame, text: pd.DataFrame, bold: pd.DataF
     by_method = statistics.set_index("method").reindex(text.index)
     text["AUC 95% CI"] = [f"[{lo:.3f}, {hi:.3f}]" for lo, hi in
                           zip(by_method.ci_low, by_method.ci_high, strict=True)]
-    text["p vs best"] = ["best" if np.isnan(p) else "<0.001" if p < 0.001 else f"{p:.3f}"
-                         for p in by_method.p_value]
+    text[P_TITLE] = ["best" if np.isnan(p) else "<0.001" if p < 0.001 else f"{p:.3f}"
+                     for p in by_method.p_holm]
     tied = by_method.tied_with_best.to_numpy(dtype=bool)
     alone = tied.sum() == 1
     bold["AUC"] = tied & alone
@@ -327,7 +329,7 @@ def _auc_statistics(statistics: pd.DataFrame, text: pd.DataFrame, bold: pd.DataF
         text["AUC"] = [f"{t} {TIE_MARK}" if is_tied else t
                        for t, is_tied in zip(text["AUC"], tied, strict=True)]
     bold["AUC 95% CI"] = False
-    bold["p vs best"] = False
+    bold[P_TITLE] = False
 
 
 def caption(data: ReportData, plus_minus: str = " ± ") -> str:

@@ -26,11 +26,11 @@ def _run(uri: str, methods: str, *extra: str) -> None:
           "--tracking-uri", uri, *extra)
 
 
-def _auc_cells(report: str) -> dict[str, str]:
-    """Method -> its AUC cell, from the Markdown table."""
+def _auc_cells(report: str, title: str = "AUC") -> dict[str, str]:
+    """Method -> its cell in column `title`, from the Markdown table."""
     rows = [line for line in report.splitlines() if line.startswith("|")]
     header = [cell.strip() for cell in rows[0].strip("|").split("|")]
-    column = header.index("AUC")
+    column = header.index(title)
     cells = {}
     for line in rows[2:]:
         values = [cell.strip() for cell in line.strip("|").split("|")]
@@ -43,6 +43,13 @@ def test_without_scores_no_auc_is_bold(tracking_uri, isolated):
     with_scores = bench("report", "--dataset", "tiny", "--out", "-", "--tracking-uri",
                         tracking_uri).output
     assert "AUC 95% CI" in with_scores
+    # The p column is the one the ties are decided on: Holm-adjusted.
+    statistics = select_runs(tracking_uri, "tiny").statistics.set_index("method")
+    worse = statistics.index[1]
+    p_holm = statistics.loc[worse, "p_holm"]
+    assert p_holm >= statistics.loc[worse, "p_value"]
+    expected = "<0.001" if p_holm < 0.001 else f"{p_holm:.3f}"
+    assert _auc_cells(with_scores, "p vs best (Holm)")[worse] == expected
     # One run loses its scores: no test can be made, so no AUC may be bold (it used to fall
     # back to the highest mean).
     next(isolated.rglob("scores.csv")).unlink()
