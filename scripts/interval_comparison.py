@@ -59,7 +59,8 @@ def main() -> None:
                                                                   strict=True)],
         "p vs best before": [p_text(p) for p in old.p_value],
         "p vs best now (Holm)": [p_text(p) for p in now.p_holm],
-        "tied with best now": now.tied_with_best.map({True: "†", False: ""}),
+        "tied with best now": (now.tied_with_best & now.p_holm.notna()).map(
+            {True: "†", False: ""}),
     }, index=now.index)
     print(f"{args.dataset}, seeds {data.seeds}, {len(data.test_labels)} test units\n")
     print(table.to_markdown())
