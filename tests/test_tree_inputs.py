@@ -352,3 +352,33 @@ def test_a_chestxray14_cell_of_spaces_is_blank(cards, tmp_path):
     result = bench("data", "prepare", "--dataset", "chestxray14", "--data-root", str(root))
     assert result.exit_code == 1
     assert "Data_Entry_2017.csv, data row 4: the 'Patient ID' cell is blank" in result.output
+
+
+# --- linked subfolders: followed, never silently skipped -------------------------------------
+
+
+def test_a_linked_subfolder_of_a_class_folder_is_read_not_skipped(isolated, tmp_path):
+    """rglob before Python 3.13 does not enter a linked folder: its images used to drop out of
+    the dataset without a word. Now they count, and a link out of the root is refused unless
+    allowed, like any other."""
+    root = patient_tree(tmp_path / "tree")
+    (isolated / "cards" / "linked.toml").write_text(
+        'description = "a class folder with a linked batch"\nformat = "folder"\n'
+        'channels = 1\nimage_size = 16\n')
+    elsewhere = tmp_path / "shared" / "batch2"
+    for i in range(6):
+        write_png(elsewhere / f"late{i}.png", 200 + i)
+    (root / "abnormal" / "batch2").symlink_to(elsewhere, target_is_directory=True)
+    refused = bench("data", "prepare", "--dataset", "linked", "--data-root", str(root))
+    assert refused.exit_code == 1
+    assert "symbolic link abnormal/batch2 -> " in flat(refused.output)
+    data = prepare(load_card("linked"), data_root=root, show_progress=False,
+                   allow_external_links=True)
+    assert len(data.manifest) == 72 + 6
+    assert data.manifest.image_id.str.contains("late").sum() == 6
+    # A second link to a folder already read, and a loop, add nothing and do not hang.
+    (root / "abnormal" / "zz-again").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "loop").symlink_to(root / "abnormal", target_is_directory=True)
+    again = prepare(load_card("linked"), data_root=root, show_progress=False,
+                    allow_external_links=True)
+    assert len(again.manifest) == 78

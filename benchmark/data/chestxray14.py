@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.data.sources import check_table, require_files, source_table
+from benchmark.data.sources import check_table, require_files, source_table, walk_files
 from benchmark.errors import BenchError
 
 from .cards import DatasetCard
@@ -87,6 +87,6 @@ def _image_locations(root: Path) -> dict[str, str]:
     """Image name -> path relative to root, over every images*/ folder (any depth)."""
     locations: dict[str, str] = {}
     for folder in sorted(root.glob("images*")):
-        for path in folder.rglob("*.png"):
+        for path in (f for f in walk_files(folder) if f.suffix.lower() == ".png"):
             locations.setdefault(path.name, path.relative_to(root).as_posix())
     return locations

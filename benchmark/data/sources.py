@@ -196,10 +196,29 @@ def _check_classes(table: pd.DataFrame, *, origin: str) -> None:
                              f"Anomaly detection needs both; check the labels and the label map.")
 
 
+def walk_files(folder: Path) -> list[Path]:
+    """Every file under `folder` (sorted), following linked subfolders as a user expects:
+    `Path.rglob` before Python 3.13 skips them without a word, so their images would silently
+    drop out of the dataset. Paths keep the link in them, so `check_table` sees where a file
+    leaves the root; a folder reached twice (a link to a folder already walked, or a loop) is
+    walked once."""
+    files: list[Path] = []
+    seen: set[str] = set()
+    for current, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(current)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames.sort()
+        files += [Path(current) / name for name in filenames]
+    return sorted(path for path in files if path.is_file())
+
+
 def image_files(folder: Path, *, origin: str) -> list[Path]:
     """Every image in a folder tree (sorted); any other non-hidden file there is an error."""
     files: list[Path] = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in walk_files(folder):
         if any(part.startswith(".") for part in path.relative_to(folder).parts):
             continue  # .DS_Store and friends
         if not path.name.lower().endswith(IMAGE_SUFFIXES):
