@@ -116,6 +116,10 @@ class Method(ABC):
     #: True if the method reads the labelled validation split (TrainSet.validation) during
     #: training, for diagnostics or validation-based choices. Test labels are never given.
     uses_validation: ClassVar[bool] = False
+    #: The smallest image side (pixels) the method's networks take, and why; a dataset below it
+    #: is refused before any training, with that reason.
+    min_image_size: ClassVar[int] = 1
+    min_image_size_reason: ClassVar[str] = ""
     Config: ClassVar[type]
 
     def __init__(self, config: Any = None) -> None:
@@ -225,7 +229,20 @@ def make_config(method: type[Method], profile: str, *, image_size: int, channels
                 f"{method.name} has no setting {', '.join(unknown)}. "
                 f"Its settings: {', '.join(sorted(fields))}."
             )
-        config = dataclasses.replace(config, **overrides)
+        try:
+            config = dataclasses.replace(config, **overrides)
+        except (TypeError, ValueError) as exc:  # the config's own checks (__post_init__)
+            given = ", ".join(f"{method.name}.{k}={v!r}" for k, v in overrides.items())
+            raise UsageError(f"{method.name}: the settings {given} make an invalid config: "
+                             f"{exc}. Change the --set values.") from exc
+    # The size the networks see: the dataset's, or the profile's working size (full: 256).
+    working = getattr(config, "image_size", image_size)
+    if working < method.min_image_size:
+        raise UsageError(
+            f"{method.name} needs images of at least {method.min_image_size} px "
+            f"({method.min_image_size_reason or 'its networks cannot take smaller ones'}); "
+            f"the dataset's image_size is {image_size}. Raise image_size in the dataset card, "
+            f"or leave {method.name} out of --methods.")
     return config
 
 

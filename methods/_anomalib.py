@@ -29,6 +29,9 @@ class BackboneMethod(Method):
     """Scoring shared by anomalib's feature-based torch models (PaDiM, PatchCore): `fit` sets
     `self.model`; the image score is the model's `pred_score`, the map its `anomaly_map`."""
 
+    min_image_size = 17  # the blur's padding (16) must be smaller than the image
+    min_image_size_reason = "anomalib blurs its anomaly map with a 33-pixel Gaussian kernel"
+
     model: nn.Module
 
     @classmethod

@@ -51,6 +51,8 @@ class GanomalyConfig:
 @register_method
 class Ganomaly(Method):
     name = "ganomaly"
+    min_image_size = 20  # measured: every size from 20 up trains and scores
+    min_image_size_reason = "below it anomalib's GANomaly encoder and decoder disagree in size"
     description = "GANomaly: encoder-decoder-encoder GAN, score = latent distance (anomalib)"
     uses = ("normal",)
     Config = GanomalyConfig

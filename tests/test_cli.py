@@ -196,8 +196,21 @@ def test_tracking_uri_comes_from_the_environment(tracking_uri, monkeypatch, isol
     (["run", "--methods", "padim", "--select", "last", "--dataset", "tiny"], 2,
      "--select applies to methods that select"),
     (["check", "--dataset", "tiny", "--against", "missing.json"], 1, "does not exist"),
+    (["run", "--methods", "anomalypro", "--set", "anomalypro.iterations=2", "--dataset",
+      "tiny"], 2, "anomalypro.iterations=2 make an invalid config: decay_iterations must be "
+                  "within [0, iterations]. Change the --set values."),
+    (["run", "--methods", "alad,padim", "--dataset", "tiny16"], 2,
+     "padim needs images of at least 17 px (anomalib blurs its anomaly map with a 33-pixel "
+     "Gaussian kernel); the dataset's image_size is 16. Raise image_size in the dataset card, "
+     "or leave padim out of --methods."),
+    (["run", "--methods", "ganomaly", "--dataset", "tiny16"], 2,
+     "ganomaly needs images of at least 20 px"),
 ])
-def test_bad_input_gives_one_clear_message(args, code, needle, tracking_uri):
+def test_bad_input_gives_one_clear_message(args, code, needle, tracking_uri, isolated):
+    tiny = (isolated / "cards" / "tiny.toml").read_text()
+    (isolated / "cards" / "tiny16.toml").write_text(
+        tiny.replace('name = "tiny"', 'name = "tiny16"').replace("image_size = 32",
+                                                                 "image_size = 16"))
     result = bench(*args, "--tracking-uri", tracking_uri, ok=False)
     assert result.exit_code == code, result.output
     assert needle in result.output
