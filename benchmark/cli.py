@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import statistics
 import sys
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -258,14 +256,14 @@ def run(methods: str, dataset: str, seeds: str, profile: str, device: str,
                    data_root=data_root, overrides=overrides,
                    contaminated=contaminated, show_progress=not no_progress,
                    executor=executor, jobs=jobs, ray_address=ray_address, force=force,
-                   tuned=tuned, deterministic=deterministic)
+                   tuned=tuned, deterministic=deterministic,
+                   allow_external_links=allow_external_links)
     if ray_address and executor != "ray":
         raise UsageError("--ray-address needs --executor ray.")
     if jobs > 1 and executor != "local":
         raise UsageError("--jobs applies to --executor local; Ray schedules by resources.")
     _stop_cleanly_on_sigterm()
-    with _external_links(allow_external_links):
-        results = run_plan(plan)
+    results = run_plan(plan)
     click.echo(f"\n{'method':<12} {'seed':>4}  {'AUC':>6}  {'F1':>6}  {'fit s':>7}  "
                f"{'train img/s':>11}  {'peak MB':>7}  run id")
     for result in results:
@@ -768,24 +766,6 @@ def _prepared(dataset: str, data_root: Path | None, workers: int | None,
     return prepare(load_card(dataset), data_root=data_root, workers=workers,
                    show_progress=show_progress, allow_external_links=allow_external_links or None,
                    verify=verify)
-
-
-@contextlib.contextmanager
-def _external_links(allowed: bool) -> Iterator[None]:
-    """--allow-external-links for `bench run`: the runner prepares the data (and may start
-    worker processes) itself, and the environment reaches them all; restored afterwards."""
-    from benchmark.data.sources import ALLOW_LINKS_ENV
-
-    before = os.environ.get(ALLOW_LINKS_ENV)
-    if allowed:
-        os.environ[ALLOW_LINKS_ENV] = "1"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(ALLOW_LINKS_ENV, None)
-        else:
-            os.environ[ALLOW_LINKS_ENV] = before
 
 
 def _print_verification(prepared: Any, asked: bool) -> None:

@@ -16,6 +16,7 @@ variances, and over seeds E[AUC] = Phi(separation / sqrt(2 sigma^2 + seed_sd^2))
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,13 +72,21 @@ SCENARIOS = (
 INTERVALS = ("images only (before)", "seeds + subjects resampled", "two-level (now)")
 
 
+def image_bootstrap_means(labels: np.ndarray, scores: Sequence[np.ndarray], n_boot: int,
+                          rng: np.random.Generator) -> np.ndarray:
+    """(methods, n_boot) seed-mean AUCs of methods scored (seeds, N) on the same test images,
+    over shared stratified resamples of the images with the seeds held fixed: the statistic
+    the report bootstrapped before issue 13."""
+    weights = stats.cluster_weights(labels, np.arange(labels.size), n_boot, rng)
+    return np.stack([stats.weighted_aucs(labels, np.atleast_2d(m), weights).mean(axis=1)
+                     for m in scores])
+
+
 def image_bootstrap_interval(labels: np.ndarray, scores: np.ndarray, n_boot: int,
                              rng: np.random.Generator, level: float = 0.95
                              ) -> tuple[float, float]:
-    """The report's interval before issue 13: a stratified bootstrap over test images with the
-    seeds held fixed, percentile interval of the seed-mean AUC."""
-    weights = stats.cluster_weights(labels, np.arange(labels.size), n_boot, rng)
-    means = stats.weighted_aucs(labels, scores, weights).mean(axis=1)
+    """The report's interval before issue 13: percentile interval of `image_bootstrap_means`."""
+    means = image_bootstrap_means(labels, [scores], n_boot, rng)[0]
     low, high = np.quantile(means, [0.5 - level / 2, 0.5 + level / 2])
     return float(low), float(high)
 

@@ -76,8 +76,8 @@ def select_runs(uri: str, dataset: str, profile: str | None = None,
     runs = runs[runs.data_version == data_version]
     tuned_notes = []
     if exclude_tuned:
-        tuned = runs[is_tuned(runs)]
-        runs = runs[~is_tuned(runs)]
+        marked = is_tuned(runs)
+        tuned, runs = runs[marked], runs[~marked]
         if not tuned.empty:
             tuned_notes.append(f"left out {len(tuned)} tuned run(s) (--set overrides) of "
                                f"{', '.join(sorted(tuned.method.unique()))} "

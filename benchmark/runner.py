@@ -108,6 +108,9 @@ class RunPlan:
     device: str = "auto"
     tracking_uri: str = ""
     data_root: Path | None = None
+    #: Read files reached through links out of the data root (--allow-external-links);
+    #: False: the card's setting (or $BENCH_ALLOW_EXTERNAL_LINKS) decides.
+    allow_external_links: bool = False
     #: method -> {config field -> value}, applied on top of the profile's config.
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Train every method on normal + unlabeled (the contaminated setting).
@@ -159,7 +162,9 @@ def run_plan(plan: RunPlan) -> list[RunResult]:
         resolve_data_root(card, plan.data_root)  # a missing data root is reported first
     # Fail before any training if the tracking store is unusable.
     experiment_id = ensure_experiment(plan.tracking_uri, card.name)
-    data = prepare(card, data_root=plan.data_root, show_progress=plan.show_progress)
+    # Workers reopen the cache, never the tree: only this call reads through links.
+    data = prepare(card, data_root=plan.data_root, show_progress=plan.show_progress,
+                   allow_external_links=plan.allow_external_links or None)
     for note in data.meta.get("notes", []):
         print(f"note ({card.name}): {note}", file=sys.stderr)
     configs = plan_configs(plan, card)

@@ -24,7 +24,7 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     # cuBLAS needs this for deterministic matmuls on CUDA; harmless on the CPU.
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
+    prepare_determinism()
 
 
 def prepare_determinism() -> None:

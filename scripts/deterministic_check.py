@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from full_size import synthetic_at  # noqa: E402  (scripts/ is on the path when a script runs)
 from gpu_check import shortened  # noqa: E402
 
-from benchmark.api import available_methods, get_method, make_config  # noqa: E402
+from benchmark.api import get_method, make_config, parse_method_list  # noqa: E402
 
 
 def fit_scores(name: str, config: object, data: object, device: torch.device,
@@ -81,8 +81,7 @@ def main() -> None:
     device_name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
     print(f"torch {torch.__version__}, {device_name}; CUBLAS_WORKSPACE_CONFIG before: "
           f"{ENV_BEFORE!r}, now {os.environ['CUBLAS_WORKSPACE_CONFIG']!r}", flush=True)
-    names = (list(available_methods()) if args.methods == "all"
-             else [n.strip() for n in args.methods.split(",")])
+    names = parse_method_list(args.methods)
     results = []
     for profile in args.profiles.split(","):
         size = 64 if profile == "quick" else args.full_size

@@ -16,20 +16,17 @@ import numpy as np
 import pandas as pd
 
 from benchmark import stats
+from benchmark.coverage import image_bootstrap_means
+from benchmark.metrics import roc_auc
 from benchmark.report import N_BOOT, select_runs
 
 
 def before(labels: np.ndarray, scores: dict[str, np.ndarray]) -> pd.DataFrame:
     """The pre-issue-13 statistics: images resampled (stratified), seeds fixed, no correction."""
     names = list(scores)
-    rows = np.concatenate([scores[n] for n in names])
-    groups = np.repeat(np.arange(len(names)), [scores[n].shape[0] for n in names])
-    weights = stats.cluster_weights(labels, np.arange(labels.size), N_BOOT,
-                                    np.random.default_rng(0))
-    boots = stats.weighted_aucs(labels, rows, weights)
-    observed = stats.weighted_aucs(labels, rows, np.ones((1, labels.size), int))[0]
-    means = np.array([observed[groups == k].mean() for k in range(len(names))])
-    boot_means = np.stack([boots[:, groups == k].mean(axis=1) for k in range(len(names))])
+    boot_means = image_bootstrap_means(labels, [scores[n] for n in names], N_BOOT,
+                                       np.random.default_rng(0))
+    means = np.array([np.mean([roc_auc(labels, row) for row in scores[n]]) for n in names])
     best = int(np.argmax(means))
     p = [np.nan if k == best else stats._two_sided_p(
         float(means[k] - means[best]), float(np.var(boot_means[k] - boot_means[best], ddof=1)))
