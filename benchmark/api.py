@@ -58,8 +58,9 @@ class TrainSet:
 
     normal: Images
     unlabeled: Images
-    #: Unlabelled test images for label-free model selection (AUCp, DESIGN section 4), and the
-    #: protocol's share of healthy images among them (rho). None where selection is not used.
+    #: Unlabelled test images for label-free model selection (AUCp, docs/design.md section 4),
+    #: and the protocol's share of healthy images among them (rho). None where selection is not
+    #: used.
     selection: np.ndarray | None = None
     selection_normal_share: float | None = None
     #: The labelled validation split, for methods that declare `uses_validation`.

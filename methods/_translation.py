@@ -169,7 +169,8 @@ class TranslationConfig:
     log_every: int = 100
     score_batch_size: int = 64
     #: NHWC memory layout. Measured on 2 CPU cores with the quick networks: training 1.2x
-    #: faster (`bench perf`); DESIGN reports 0.75x for the full-size networks, so full keeps NCHW.
+    #: faster (`bench perf`); docs/design.md section 7 reports 0.75x for the full-size
+    #: networks, so full keeps NCHW.
     channels_last: bool = False
     #: bf16 autocast of the training losses on CUDA (ignored on a CPU). Measured on an H100
     #: with the full networks at 256 px (scripts/gpu_mask_check.py): 18.7 it/s against 12.5 in

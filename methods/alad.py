@@ -35,7 +35,7 @@ from methods._dcgan import (
 
 @dataclass(frozen=True)
 class AladConfig:
-    """Defaults: the published ALAD settings (DESIGN section 5)."""
+    """Defaults: the published ALAD settings (docs/design.md section 5)."""
 
     image_size: int = 32
     base_channels: int = 64

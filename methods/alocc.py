@@ -35,7 +35,7 @@ from methods._dcgan import (
 
 @dataclass(frozen=True)
 class AloccConfig:
-    """Defaults: the published ALOCC settings (DESIGN section 5)."""
+    """Defaults: the published ALOCC settings (docs/design.md section 5)."""
 
     image_size: int = 64
     base_channels: int = 64

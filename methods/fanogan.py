@@ -34,7 +34,7 @@ from methods._translation import gradient_penalty
 
 @dataclass(frozen=True)
 class FanoganConfig:
-    """Defaults: the published f-AnoGAN settings (DESIGN section 5)."""
+    """Defaults: the published f-AnoGAN settings (docs/design.md section 5)."""
 
     image_size: int = 64
     base_channels: int = 64

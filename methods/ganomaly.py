@@ -27,7 +27,7 @@ from methods._dcgan import ModelInputs, to_model_input
 
 @dataclass(frozen=True)
 class GanomalyConfig:
-    """Defaults are anomalib's / the paper's (DESIGN section 5)."""
+    """Defaults are anomalib's / the paper's (docs/design.md section 5)."""
 
     image_size: int = 256
     batch_size: int = 32

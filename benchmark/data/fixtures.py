@@ -1,8 +1,8 @@
 """Format-faithful little trees of each real dataset, for tests, demos and the prepare benchmark.
 
-The label files, folder layouts and file formats follow the public releases (DESIGN section 6);
-the pixels come from the synthetic chest generator (chest sets) or drawn head phantoms (MRI),
-so a method has something to find. None of this is real patient data.
+The label files, folder layouts and file formats follow the public releases
+(docs/design.md section 6); the pixels come from the synthetic chest generator (chest sets) or
+drawn head phantoms (MRI), so a method has something to find. None of this is real patient data.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Every reader returns channel-first arrays (C, H, W) so the rest of the pipeline never cares
 about the file format. Any decoder failure becomes an `ImageReadError` that names the file, says
 what is wrong and what to do: a bad file must stop the run with a clear message, never with a
-bare traceback and never by being silently skipped (DESIGN.md section 6).
+bare traceback and never by being silently skipped (docs/design.md section 6).
 """
 
 from __future__ import annotations
