@@ -169,9 +169,10 @@ def test_paired_comparison_orders_by_auc_and_marks_significance():
 def test_paired_comparison_with_stats_output(curves):
     from benchmark import stats
 
-    p = stats.pairwise_p_values(curves)
-    aucs = stats.compare_to_best(curves).set_index("method").auc.to_dict()
-    fig = figures.paired_comparison_figure(p, aucs, title="DeLong")
+    summary, p = stats.seed_mean_comparison(
+        LABELS, {name: scores[None] for name, (_, scores) in curves.items()}, n_boot=200)
+    aucs = summary.set_index("method").auc.to_dict()
+    fig = figures.paired_comparison_figure(p, aucs, title="two-level")
     assert fig.axes[0].get_yticklabels()[0].get_text().startswith("perfect")
     with pytest.raises(ValueError, match="no AUC"):
         figures.paired_comparison_figure(p, {"mid": 0.8}, title="x")

@@ -1,205 +1,21 @@
 import numpy as np
-import pandas as pd
 import pytest
-from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
 from benchmark import stats
 
 
-def binormal(rng, n_pos, n_neg, separation):
-    """Healthy N(0, 1), diseased N(separation, 1): true AUC = Phi(separation / sqrt 2)."""
-    labels = np.r_[np.ones(n_pos, int), np.zeros(n_neg, int)]
-    return labels, rng.normal(size=labels.size) + separation * labels
-
-
-def noisy_copies(rng, n=200, separation=1.0, noise=0.5):
-    """Two methods sharing a latent score, each with its own noise: equal true AUCs."""
-    labels, latent = binormal(rng, n // 2, n // 2, separation)
-    return (labels, latent + noise * rng.normal(size=n), latent + noise * rng.normal(size=n))
-
-
-def slow_delong_variance(labels, scores):
-    """DeLong et al. (1988) from the O(m n) kernel: psi = 1 if x > y, 1/2 if tied, 0 otherwise."""
-    x, y = scores[labels == 1], scores[labels == 0]
-    psi = (x[:, None] > y[None, :]) + 0.5 * (x[:, None] == y[None, :])
-    v10, v01 = psi.mean(axis=1), psi.mean(axis=0)
-    return psi.mean(), v10.var(ddof=1) / x.size + v01.var(ddof=1) / y.size
-
-
-def test_delong_auc_matches_sklearn_with_ties():
+def test_auc_matches_sklearn_with_ties():
     rng = np.random.default_rng(1)
-    labels, scores = binormal(rng, 37, 53, 0.7)
-    scores = np.round(scores, 1)  # many ties, within and across classes
-    auc, _ = stats.delong_auc_variance(labels, scores)
-    assert auc == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
-
-
-def test_delong_variance_matches_slow_structural_components():
-    rng = np.random.default_rng(2)
-    for n_pos, n_neg in [(5, 7), (12, 9), (30, 30)]:
-        labels, scores = binormal(rng, n_pos, n_neg, 0.5)
-        scores = np.round(scores, 1)
-        auc, var = stats.delong_auc_variance(labels, scores)
-        ref_auc, ref_var = slow_delong_variance(labels, scores)
-        assert auc == pytest.approx(ref_auc, abs=1e-12)
-        assert var == pytest.approx(ref_var, rel=1e-10)
-        assert var > 0
-
-
-def test_delong_ci_covers_true_auc_about_95_percent():
-    rng = np.random.default_rng(3)
-    separation = 1.0
-    true_auc = norm.cdf(separation / np.sqrt(2))
-    covered = []
-    for _ in range(300):
-        interval = stats.auc_ci(*binormal(rng, 50, 50, separation))
-        covered.append(interval.low <= true_auc <= interval.high)
-    assert 0.90 <= np.mean(covered) <= 0.99
-
-
-def test_bootstrap_ci_close_to_delong_ci():
-    labels, scores = binormal(np.random.default_rng(4), 100, 100, 1.0)
-    delong = stats.auc_ci(labels, scores)
-    boot = stats.auc_ci(labels, scores, method="bootstrap")
-    assert delong.method == "DeLong"
-    assert boot.method == "bootstrap (2000 resamples)"
-    assert delong.low < delong.high and boot.low < boot.high
-    assert boot.low == pytest.approx(delong.low, abs=0.03)
-    assert boot.high == pytest.approx(delong.high, abs=0.03)
-
-
-def test_bootstrap_ci_is_seeded():
-    labels, scores = binormal(np.random.default_rng(5), 20, 20, 1.0)
-    first = stats.auc_ci(labels, scores, method="bootstrap", n_boot=200, seed=7)
-    assert stats.auc_ci(labels, scores, method="bootstrap", n_boot=200, seed=7) == first
-    assert stats.auc_ci(labels, scores, method="bootstrap", n_boot=200, seed=8) != first
-
-
-def test_delong_ci_is_clipped_to_unit_interval():
-    labels = np.r_[np.ones(5, int), np.zeros(5, int)]
-    scores = labels + 0.01 * np.arange(10)  # AUC 1 with variance 0
-    interval = stats.auc_ci(labels, scores, level=0.99)
-    assert (interval.low, interval.high) == (1.0, 1.0)
-
-
-def test_paired_tests_give_p_one_for_identical_rankings():
-    labels, scores = binormal(np.random.default_rng(6), 40, 60, 0.8)
-    for other in (scores, 3 * scores + 1, np.exp(scores)):  # monotone maps keep the ranking
-        assert stats.delong_paired_test(labels, scores, other) == (0.0, 1.0)
-        assert stats.paired_bootstrap_test(labels, scores, other, n_boot=200) == (0.0, 1.0)
-
-
-def test_paired_test_detects_a_clearly_better_method():
-    rng = np.random.default_rng(7)
-    labels, latent = binormal(rng, 100, 100, 0.0)
-    good = latent + 2.0 * labels
-    weak = latent + 0.3 * labels + rng.normal(size=200)
-    delta, p = stats.delong_paired_test(labels, good, weak)
-    assert delta > 0.2
-    assert p < 0.01
-    delta_ba, p_ba = stats.delong_paired_test(labels, weak, good)
-    assert delta_ba == pytest.approx(-delta) and p_ba == pytest.approx(p)
-
-
-def test_paired_test_keeps_noisy_copies_apart_from_significance():
-    rng = np.random.default_rng(8)
-    p = [stats.delong_paired_test(*noisy_copies(rng))[1] for _ in range(20)]
-    assert np.mean(np.array(p) > 0.05) >= 0.8
-
-
-def test_paired_test_p_values_are_roughly_uniform_under_the_null():
-    rng = np.random.default_rng(9)
-    p = np.array([stats.delong_paired_test(*noisy_copies(rng, n=100))[1] for _ in range(200)])
-    assert 0.01 <= np.mean(p < 0.05) <= 0.10
-    assert 0.35 <= np.mean(p < 0.5) <= 0.65
-
-
-def test_paired_bootstrap_agrees_with_delong():
-    rng = np.random.default_rng(10)
-    labels, latent = binormal(rng, 100, 100, 0.8)
-    scores_a = latent + 0.5 * rng.normal(size=200)
-    scores_b = latent + 2.0 * rng.normal(size=200)
-    delta, p_delong = stats.delong_paired_test(labels, scores_a, scores_b)
-    boot_delta, p_boot = stats.paired_bootstrap_test(labels, scores_a, scores_b)
-    assert boot_delta == pytest.approx(delta)
-    assert delta > 0
-    assert 1e-3 < p_delong < 0.1  # an informative case, neither 0 nor 1
-    assert abs(np.log10(p_boot) - np.log10(p_delong)) < 1.0
-
-
-def test_paired_test_of_a_perfect_against_a_constant_scorer():
-    labels = np.r_[np.ones(6, int), np.zeros(6, int)]
-    delta, p = stats.delong_paired_test(labels, labels + 0.1 * np.arange(12) / 12,
-                                        np.zeros(12))
-    assert delta == 0.5
-    assert p == 0.0  # variance 0 but every component favours the perfect scorer
-
-
-@pytest.fixture
-def table():
-    rng = np.random.default_rng(11)
-    labels, latent = binormal(rng, 100, 100, 0.0)
-    strong = latent + 2.0 * labels
-    return {
-        "weak": (labels, latent + 0.2 * labels),
-        "strong": (labels, strong),
-        "strong-copy": (labels, strong + 0.05 * rng.normal(size=200)),
-    }
-
-
-@pytest.mark.parametrize("test", ["delong", "bootstrap"])
-def test_compare_to_best_marks_ties(table, test):
-    frame = stats.compare_to_best(table, test=test, n_boot=500)
-    assert list(frame.columns) == ["method", "auc", "delta", "p_value", "tied_with_best"]
-    assert list(frame["auc"]) == sorted(frame["auc"], reverse=True)
-    rows = frame.set_index("method")
-    best = frame["method"].iloc[0]
-    assert best in {"strong", "strong-copy"}
-    assert np.isnan(rows.loc[best, "p_value"]) and rows.loc[best, "delta"] == 0.0
-    assert rows["tied_with_best"].to_dict() == {"strong": True, "strong-copy": True,
-                                                "weak": False}
-    assert rows.loc["weak", "p_value"] < 0.01
-    assert rows.loc["weak", "delta"] == pytest.approx(rows.loc["weak", "auc"] - rows["auc"].max())
-    assert frame["tied_with_best"].dtype == bool
-
-
-def test_compare_to_best_alpha_decides_ties(table):
-    frame = stats.compare_to_best(table, alpha=1.0).set_index("method")
-    assert frame["tied_with_best"].sum() == 1  # only the best itself: every p < 1
-
-
-def test_compare_to_best_rejects_mismatched_labels(table):
-    labels, scores = table["weak"]
-    table["weak"] = (labels[::-1], scores)
-    with pytest.raises(ValueError, match="labels"):
-        stats.compare_to_best(table)
-    with pytest.raises(ValueError, match="labels"):
-        stats.pairwise_p_values(table)
-
-
-def test_unknown_test_is_rejected(table):
-    with pytest.raises(ValueError, match="unknown test"):
-        stats.compare_to_best(table, test="wilcoxon")
-
-
-def test_pairwise_p_values(table):
-    frame = stats.pairwise_p_values(table)
-    names = list(table)
-    assert isinstance(frame, pd.DataFrame)
-    assert list(frame.index) == names and list(frame.columns) == names
-    assert np.allclose(np.diag(frame), 1.0)
-    assert np.allclose(frame.to_numpy(), frame.to_numpy().T)
-    _, p = stats.delong_paired_test(table["weak"][0], table["weak"][1], table["strong"][1])
-    assert frame.loc["weak", "strong"] == pytest.approx(p)
-    compared = stats.compare_to_best(table).set_index("method")
-    best = compared.index[0]
-    assert frame.loc["weak", best] == pytest.approx(compared.loc["weak", "p_value"])
+    labels = np.r_[np.ones(37, int), np.zeros(53, int)]
+    scores = np.round(rng.normal(size=labels.size) + 0.7 * labels, 1)  # ties within and across
+    summary, _ = stats.seed_mean_comparison(labels, {"m": scores[None]}, n_boot=50)
+    assert summary.auc[0] == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
 
 
 def test_one_class_is_rejected():
-    with pytest.raises(ValueError):
-        stats.delong_auc_variance(np.ones(10, int), np.arange(10.0))
+    with pytest.raises(ValueError, match="two healthy and two diseased"):
+        stats.seed_mean_comparison(np.ones(10, int), {"m": np.arange(10.0)})
 
 
 @pytest.mark.parametrize("positive_share", [0.1, 0.9])
