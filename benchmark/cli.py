@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import statistics
 import sys
@@ -38,6 +39,42 @@ class BenchGroup(click.Group):
             ctx.exit(exc.exit_code)
 
 
+#: The packages whose log records the CLI shows; a third party's stay as Python leaves them.
+LOGGED_PACKAGES = ("benchmark", "methods")
+LOG_LEVEL_ENV = "BENCH_LOG_LEVEL"
+
+
+class _StderrHandler(logging.Handler):
+    """Writes each record to the sys.stderr of the moment (not the one at set-up time), so
+    output redirected later (pytest's capsys, click's CliRunner) still receives it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = sys.stderr
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except Exception:  # logging must never end the run
+            self.handleError(record)
+
+
+def configure_logging() -> None:
+    """One stderr handler on the suite's loggers, bare messages (the text users saw before),
+    level INFO unless $BENCH_LOG_LEVEL names another (DEBUG, INFO, WARNING, ERROR).
+    Idempotent: a second call (CliRunner invokes the group again) only resets the level."""
+    name = os.environ.get(LOG_LEVEL_ENV, "").strip().upper() or "INFO"
+    level = int(name) if name.isdigit() else logging.getLevelName(name)
+    if not isinstance(level, int):
+        raise UsageError(f"${LOG_LEVEL_ENV}={os.environ[LOG_LEVEL_ENV]!r} is not a log level: "
+                         f"use DEBUG, INFO, WARNING or ERROR.")
+    for package in LOGGED_PACKAGES:
+        logger = logging.getLogger(package)
+        logger.setLevel(level)
+        if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+            handler = _StderrHandler()
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            logger.addHandler(handler)
+
+
 @click.group(cls=BenchGroup,
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="medad-bench")
@@ -54,6 +91,7 @@ def cli() -> None:
       bench report --dataset synthetic
       bench check --dataset synthetic --against results/reference/synthetic.json
     """
+    configure_logging()
 
 
 @cli.command("list")
