@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmark.api import Images, Method
+from benchmark.api import Images, Method, Prediction
 from benchmark.data.images import ImageSet
 from methods._weights import WeightsSource, load_weights, resolve_weights
 
@@ -26,13 +26,18 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class BackboneMethod(Method):
-    """Scoring shared by anomalib's feature-based torch models (PaDiM, PatchCore): `fit` sets
-    `self.model`; the image score is the model's `pred_score`, the map its `anomaly_map`."""
+    """What anomalib's feature-based torch models (PaDiM, PatchCore) share: `_fit` builds the
+    model, loads its backbone with `_load_backbone` and registers it as the network `model`;
+    `_predict` runs it once per batch, the image score its `pred_score`, the map its
+    `anomaly_map` (at the input's size, only when asked for)."""
 
     min_image_size = 17  # the blur's padding (16) must be smaller than the image
     min_image_size_reason = "anomalib blurs its anomaly map with a 33-pixel Gaussian kernel"
 
-    model: nn.Module
+    @property
+    def model(self) -> nn.Module:
+        """The fitted anomalib torch model (the registered network `model`)."""
+        return self.networks["model"]
 
     @classmethod
     def provenance(cls, config: Any) -> dict[str, str]:
@@ -46,33 +51,26 @@ class BackboneMethod(Method):
         self.run_info.update(source.params())
         return source
 
-    def _training_images(self, images: Images, seed: int) -> Images:
-        """The healthy training images, or a seeded random `max_train_images` of them: the
-        quick profile's fixed budget, whatever the size of the tree."""
+    def _training_images(self, images: Images) -> Images:
+        """The healthy training images, or a random `max_train_images` of them drawn from the
+        run's seed: the quick profile's fixed budget, whatever the size of the tree."""
         cap = self.config.max_train_images
         self.run_info["train_images_available"] = len(images)
         if cap is None or len(images) <= cap:
             return images
-        rows = np.sort(np.random.default_rng([seed, 12]).choice(len(images), cap, replace=False))
+        rows = np.sort(np.random.default_rng([self.seed, 12]).choice(len(images), cap,
+                                                                      replace=False))
         self.warnings.append(f"max_train_images={cap}: embedded a random {cap} of the "
                              f"{len(images)} training images")
         return images.subset(rows) if isinstance(images, ImageSet) else images[rows]
 
-    def _infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        device = next(self.model.parameters()).device
-        scores, maps = [], []
-        with torch.inference_mode():
-            for chunk in batches(images, self.config.batch_size):
-                out = self.model(backbone_input(chunk, self.config.image_size, device))
-                scores.append(out.pred_score.float().reshape(-1).cpu().numpy())
-                maps.append(resize_maps(out.anomaly_map, chunk.shape[-2:]))
-        return np.concatenate(scores), np.concatenate(maps)
-
-    def score(self, images: np.ndarray) -> np.ndarray:
-        return self._infer(images)[0]
-
-    def anomaly_maps(self, images: np.ndarray) -> np.ndarray:
-        return self._infer(images)[1]
+    def _predict(self, images: np.ndarray, *, maps: bool, extras: bool) -> Prediction:
+        """One forward pass of the anomalib model (in eval mode: it returns pred_score and
+        anomaly_map together); the map is resized and copied only when asked for."""
+        out = self.model(backbone_input(images, self.config.image_size, self.device))
+        scores = out.pred_score.float().reshape(-1).cpu().numpy()
+        return Prediction(scores, resize_maps(out.anomaly_map, images.shape[-2:]) if maps
+                          else None)
 
 
 def backbone_input(images: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
@@ -98,9 +96,11 @@ def resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     return maps[:, 0].float().cpu().numpy()
 
 
-def batches(images: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
-    for start in range(0, len(images), batch_size):
-        yield images[start:start + batch_size]
+def chunks(images: Images, size: int) -> Iterator[np.ndarray]:
+    """Consecutive slices of at most `size` images (read as floats from an `ImageSet`): how
+    the training set is embedded, one slice at a time."""
+    for start in range(0, len(images), size):
+        yield images[start:start + size]
 
 
 def n_batches(n: int, batch_size: int) -> int:

@@ -1,7 +1,8 @@
 """PaDiM (Defard et al. 2020) through anomalib's torch model.
 
 A pretrained CNN embeds every patch; a Gaussian per patch position is fitted on healthy
-images; the anomaly map is the Mahalanobis distance, the image score its maximum.
+images; the anomaly map is the Mahalanobis distance, the image score its maximum (both from
+one forward pass: methods/_anomalib.py, BackboneMethod._predict).
 """
 
 from __future__ import annotations
@@ -11,12 +12,11 @@ from dataclasses import dataclass
 import torch
 
 from benchmark.api import Progress, TrainSet, register_method
-from benchmark.seeding import seed_everything
 from methods._anomalib import (
     LITE0,
     BackboneMethod,
     backbone_input,
-    batches,
+    chunks,
     n_batches,
 )
 from methods._budget import QUICK_IMAGES_SEEN
@@ -62,25 +62,25 @@ class Padim(BackboneMethod):
                                max_train_images=QUICK_IMAGES_SEEN)
         return PadimConfig()
 
-    def fit(self, train: TrainSet, *, seed: int, device: torch.device,
-            progress: Progress | None = None) -> None:
+    def _fit(self, train: TrainSet, progress: Progress) -> None:
         from anomalib.models.image.padim.torch_model import PadimModel
 
-        progress = progress or Progress()
         cfg = self.config
-        seed_everything(seed)  # PadimModel draws its random feature subset at construction
+        # PadimModel draws its random feature subset at construction, from the generators
+        # `fit` has seeded.
         model = PadimModel(backbone=cfg.backbone, layers=list(cfg.layers), pre_trained=False,
                            n_features=cfg.n_features)
         self._load_backbone(model.feature_extractor.feature_extractor)
-        model = model.to(device).eval()
+        model = self.add_network("model", model).eval()
+        device = self.device
 
         # Streaming mean and covariance: memory stays flat however many images there are
         # (anomalib would stack every embedding before fitting).
         total, outer, count = None, None, 0
-        images = self._training_images(train.normal, seed)
+        images = self._training_images(train.normal)
         progress.stage("embed", n_batches(len(images), cfg.batch_size))
         with torch.inference_mode():
-            for chunk in batches(images, cfg.batch_size):
+            for chunk in chunks(images, cfg.batch_size):
                 features = model.feature_extractor(backbone_input(chunk, cfg.image_size, device))
                 emb = model.generate_embedding(features).flatten(2).double()  # (B, C, P)
                 if total is None:
@@ -100,4 +100,3 @@ class Padim(BackboneMethod):
         cov += COVARIANCE_RIDGE * torch.eye(cov.shape[-1], dtype=cov.dtype, device=device)
         model.gaussian.mean = mean.float()
         model.gaussian.inv_covariance = torch.linalg.inv(cov).float()
-        self.model = model

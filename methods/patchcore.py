@@ -23,13 +23,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmark.api import Images, Progress, TrainSet, register_method
-from benchmark.seeding import seed_everything
+from benchmark.api import Images, Prediction, Progress, TrainSet, register_method
 from methods._anomalib import (
     LITE0,
     BackboneMethod,
     backbone_input,
-    batches,
+    chunks,
     n_batches,
     resize_maps,
 )
@@ -159,22 +158,19 @@ class Patchcore(BackboneMethod):
         bank_bytes = kept * (int(measured["embedding_dims"]) + projected) * 4
         return seconds, bank_bytes, [f"{kept:,} patches kept, coreset {coreset:,}"]
 
-    def fit(self, train: TrainSet, *, seed: int, device: torch.device,
-            progress: Progress | None = None) -> None:
+    def _fit(self, train: TrainSet, progress: Progress) -> None:
         from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
-        progress = progress or Progress()
         cfg = self.config
-        seed_everything(seed)
-        images = self._training_images(train.normal, seed)
+        images = self._training_images(train.normal)
         if len(images) == 0:
             raise ValueError("PatchCore needs healthy training images; none were given")
         model = PatchcoreModel(layers=list(cfg.layers), backbone=cfg.backbone, pre_trained=False,
                                num_neighbors=cfg.num_neighbors)
         self._load_backbone(model.feature_extractor.feature_extractor)
-        model = model.to(device).eval()
+        model = self.add_network("model", model).eval()
 
-        bank = self._sampled_patches(model, images, seed, device, progress)
+        bank = self._sampled_patches(model, images, progress)
         size = coreset_size(cfg, int(self.run_info["patches_total"]), len(bank))
         if size < 1:
             raise ValueError(
@@ -182,23 +178,22 @@ class Patchcore(BackboneMethod):
                 f"{len(bank)}; raise it or give more training images"
             )
         progress.stage("coreset", size)
-        chosen = greedy_coreset(bank, size, seed=seed, progress=progress)
+        chosen = greedy_coreset(bank, size, seed=self.seed, progress=progress)
         model.memory_bank = bank[chosen].contiguous()
         del bank
-        self.model = model
 
-    def _sampled_patches(self, model: nn.Module, images: Images, seed: int,
-                         device: torch.device, progress: Progress) -> torch.Tensor:
+    def _sampled_patches(self, model: nn.Module, images: Images,
+                         progress: Progress) -> torch.Tensor:
         """Every image's patch embeddings, or the same seeded random share of each when all of
-        them would exceed `max_patches`: (kept patches, D) on `device`, filled in place."""
-        cfg = self.config
+        them would exceed `max_patches`: (kept patches, D) on the device, filled in place."""
+        cfg, device = self.config, self.device
         n_images = len(images)
-        choose = torch.Generator(device="cpu").manual_seed(seed + 1)
+        choose = torch.Generator(device="cpu").manual_seed(self.seed + 1)
         bank: torch.Tensor | None = None
         row = 0
         progress.stage("embed", n_batches(n_images, cfg.batch_size))
         with torch.inference_mode():
-            for chunk in batches(images, cfg.batch_size):
+            for chunk in chunks(images, cfg.batch_size):
                 patches = patch_embeddings(model, backbone_input(chunk, cfg.image_size, device))
                 per_image = patches.shape[1]
                 if bank is None:
@@ -221,29 +216,27 @@ class Patchcore(BackboneMethod):
         assert bank is not None and row == len(bank)
         return bank
 
-    def _infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """anomalib's PatchcoreModel inference, with the nearest-neighbour search chunked."""
+    def _predict(self, images: np.ndarray, *, maps: bool, extras: bool) -> Prediction:
+        """anomalib's PatchcoreModel inference with the nearest-neighbour search chunked: the
+        patch distances give the re-weighted image score and, when asked for, the map (the
+        same distances, upsampled and blurred as anomalib does)."""
         model, cfg = self.model, self.config
         bank = model.memory_bank
-        device = bank.device
-        scores, maps = [], []
-        with torch.inference_mode():
-            for chunk in batches(images, cfg.batch_size):
-                x = backbone_input(chunk, cfg.image_size, device)
-                features = patch_embedding_maps(model, x)
-                batch, _, height, width = features.shape
-                embedding = features.permute(0, 2, 3, 1).reshape(batch, height * width, -1)
-                distance, location = nearest(embedding.reshape(-1, embedding.shape[-1]), bank,
-                                             1, cfg.distance_chunk)
-                patch_scores = distance[:, 0].reshape(batch, -1)
-                locations = location[:, 0].reshape(batch, -1)
-                scores.append(reweighted_score(patch_scores, locations, embedding, bank,
-                                               cfg.num_neighbors, cfg.distance_chunk)
-                              .float().cpu().numpy())
-                anomaly_map = model.anomaly_map_generator(
-                    patch_scores.reshape(batch, 1, height, width), x.shape[-2:])
-                maps.append(resize_maps(anomaly_map, chunk.shape[-2:]))
-        return np.concatenate(scores), np.concatenate(maps)
+        x = backbone_input(images, cfg.image_size, self.device)
+        features = patch_embedding_maps(model, x)
+        batch, _, height, width = features.shape
+        embedding = features.permute(0, 2, 3, 1).reshape(batch, height * width, -1)
+        distance, location = nearest(embedding.reshape(-1, embedding.shape[-1]), bank, 1,
+                                     cfg.distance_chunk)
+        patch_scores = distance[:, 0].reshape(batch, -1)
+        locations = location[:, 0].reshape(batch, -1)
+        scores = reweighted_score(patch_scores, locations, embedding, bank, cfg.num_neighbors,
+                                  cfg.distance_chunk).float().cpu().numpy()
+        if not maps:
+            return Prediction(scores)
+        anomaly_map = model.anomaly_map_generator(
+            patch_scores.reshape(batch, 1, height, width), x.shape[-2:])
+        return Prediction(scores, resize_maps(anomaly_map, images.shape[-2:]))
 
 
 def coreset_size(config: PatchcoreConfig, total: int, kept: int) -> int:

@@ -7,7 +7,7 @@ import torch
 
 import methods._anomalib as backbones
 import methods._weights as weights
-from benchmark.api import get_method, make_config
+from benchmark.api import NotFittedError, get_method, make_config
 from benchmark.data import load_card, prepare
 from benchmark.errors import BenchError
 from benchmark.metrics import roc_auc
@@ -34,14 +34,38 @@ def trained(name, data, seed=0, **overrides):
 
 
 @pytest.mark.parametrize("name", ["padim", "patchcore"])
-def test_scores_and_maps_have_one_value_per_image_and_pixel(name, tiny_data):
-    method = trained(name, tiny_data)
+def test_one_pass_gives_scores_and_maps_at_the_input_size(name, tiny_data):
+    # The model runs at 48 px: the maps still come back at the images' 32 px.
+    method = trained(name, tiny_data, image_size=48, batch_size=7)
     images = tiny_data.images_of("test")
-    scores = method.score(images)
-    assert scores.shape == (30,) and np.all(np.isfinite(scores))
-    maps = method.anomaly_maps(images)
-    assert maps.shape == (30, 32, 32)
+    prediction = method.predict(images)
+    assert prediction.scores.shape == (30,) and np.all(np.isfinite(prediction.scores))
+    assert prediction.maps.shape == (30, 32, 32) and np.all(np.isfinite(prediction.maps))
+    assert prediction.maps.std() > 0 and prediction.extras == {}
+    # The maps are the ones of each image, whatever batch it was scored in (7 per batch).
+    alone = method.predict(images[9:10])
+    np.testing.assert_allclose(alone.maps[0], prediction.maps[9], rtol=1e-4, atol=1e-5)
+    without = method.predict(images, maps=False)
+    assert without.maps is None
+    np.testing.assert_array_equal(without.scores, prediction.scores)
+    np.testing.assert_array_equal(method.score(images), prediction.scores)
     assert method.run_info["backbone_weights"] == "random (requested)"
+
+
+@pytest.mark.parametrize("name", ["padim", "patchcore"])
+def test_predict_before_fit_is_refused(name):
+    cls = get_method(name)
+    method = cls(make_config(cls, "quick", image_size=32, channels=1))
+    with pytest.raises(NotFittedError, match="before fit"):
+        method.predict(np.zeros((2, 1, 32, 32), np.float32))
+
+
+def test_padim_image_score_is_the_maximum_of_its_map(tiny_data):
+    """PaDiM's score and map come from the same forward pass: at the model's own size the
+    score is the map's maximum."""
+    method = trained("padim", tiny_data)
+    prediction = method.predict(tiny_data.images_of("test"))
+    np.testing.assert_allclose(prediction.scores, prediction.maps.max(axis=(1, 2)), rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["padim", "patchcore"])

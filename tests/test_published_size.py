@@ -123,7 +123,8 @@ def test_every_method_reads_its_training_images_batch_by_batch(name, tiny):
     train = TrainSet(normal=CountingImageSet(tiny.images, np.sort(rows_b), log),
                      unlabeled=CountingImageSet(tiny.images, np.sort(rows_a), log),
                      selection=tiny.images_of("test") if cls.uses_selection else None,
-                     selection_normal_share=0.5 if cls.uses_selection else None)
+                     selection_normal_share=0.5 if cls.uses_selection else None,
+                     selection_normals=tiny.images_of("val") if cls.uses_selection else None)
     cls(config).fit(train, seed=0, device=CPU)
     assert log, "the method read nothing from its training set"
     largest = max(getattr(config, f, 0) for f in ("batch_size", "score_batch_size"))
@@ -185,10 +186,12 @@ def test_patchcore_scoring_equals_anomalib_forward_when_nothing_is_dropped(tiny)
     method = patchcore(tiny, max_patches=None, distance_chunk=500)
     assert method.run_info["patches_kept"] == method.run_info["patches_total"]
     images = tiny.images_of("test")
-    ours = method.score(images)
+    ours = method.predict(images)
     with torch.inference_mode():
-        theirs = method.model(backbone_input(images, 32, CPU)).pred_score.reshape(-1).numpy()
-    np.testing.assert_allclose(ours, theirs, atol=2e-3, rtol=1e-3)
+        theirs = method.model(backbone_input(images, 32, CPU))
+    np.testing.assert_allclose(ours.scores, theirs.pred_score.reshape(-1).numpy(), atol=2e-3,
+                               rtol=1e-3)
+    np.testing.assert_allclose(ours.maps, theirs.anomaly_map[:, 0].numpy(), atol=2e-3, rtol=1e-3)
 
 
 def test_patchcore_holds_at_most_max_patches_and_says_so(tiny):
