@@ -19,11 +19,6 @@ TRACKING_HELP = ("MLflow tracking URI: a sqlite:///file.db, a folder, or http://
                  "`mlflow server`. Default: $MLFLOW_TRACKING_URI, else sqlite under results/.")
 
 
-#: Where `bench report` writes by default: inside the git-ignored results/, so a report never
-#: dirties the checkout. The committed reports/ come from `make reports`.
-REPORTS_DIR = Path("results") / "reports"
-
-
 def tracking_option(func: Any) -> Any:
     return click.option("--tracking-uri", default=None, metavar="URI", help=TRACKING_HELP)(func)
 
@@ -346,45 +341,22 @@ def report(dataset: str, fmt: str, out: Path | None, profile: str | None, contam
     """Build Table 1 (a row per method: AUC mean ± std over seeds with its 95% CI and a paired
     test against the best) and the figures: ROC curves, score distributions, anomaly maps,
     cost and the paired comparison. Figures go to results/reports/<dataset>/ (beside --out)
-    and, with the table, to an MLflow run tagged bench.kind=report."""
-    from benchmark.report import caption, select_runs, to_html_table, to_latex, to_markdown
-    from benchmark.tracking import log_report, resolve_tracking_uri
+    and, with the table, to an MLflow run tagged bench.kind=report. Where runs logged their
+    checkpoints (selection.csv), a "Model selection" table follows Table 1."""
+    from benchmark.reporting import build_report, log_report_run, write_report
 
-    dataset = _card_name(dataset)
-    uri = resolve_tracking_uri(tracking_uri)
-    data = select_runs(uri, dataset, profile, contaminated=contaminated,
-                       exclude_tuned=exclude_tuned)
-    suffix = "-contaminated" if contaminated else ""
-    extension = {"md": "md", "latex": "tex", "html": "html"}[fmt]
-    out = out or REPORTS_DIR / f"{dataset}{suffix}.{extension}"
-    printing_only = str(out) == "-"
-    figure_dir = out.parent / f"{dataset}{suffix}"
-    figures: dict[str, Path] = {}
-    if not no_figures and fmt != "latex" and not printing_only:
-        from benchmark.report_figures import build_figures
-
-        figures = build_figures(data, figure_dir)
-    if fmt == "md":
-        text = to_markdown(data, figures, relative_to=out.parent if str(out) != "-" else None)
-    elif fmt == "latex":
-        text = to_latex(data)
-    else:
-        from benchmark.html_report import render_html
-
-        text = render_html(title=f"Table 1: {dataset}", caption=caption(data),
-                           table_html=to_html_table(data), figures=figures, notes=data.notes)
-    if fmt != "html" or str(out) == "-":
-        click.echo(text)
-    if str(out) != "-":
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
-        click.echo(f"Written to {out}" + (f"; figures in {figure_dir}" if figures else ""),
-                   err=True)
+    built = build_report(tracking_uri, dataset, fmt, out, profile=profile,
+                         contaminated=contaminated, exclude_tuned=exclude_tuned,
+                         figures=not no_figures)
+    if built.printed:
+        click.echo(built.text)
+    if built.to_file:
+        written = write_report(built)
+        click.echo(f"Written to {written}" + (f"; figures in {built.figure_dir}"
+                                              if built.figures else ""), err=True)
         if not no_log:
-            run_id = log_report(uri, dataset, [out, *figures.values()],
-                                {"format": fmt, "profile": data.profile,
-                                 "split_hash": data.split_hash, "seeds": data.seeds})
-            click.echo(f"Logged to MLflow run {run_id} ({uri}).", err=True)
+            run_id = log_report_run(built)
+            click.echo(f"Logged to MLflow run {run_id} ({built.data.uri}).", err=True)
 
 
 @cli.command()
@@ -402,43 +374,24 @@ def check(dataset: str, against: Path | None, tolerance: float | None, update: b
     """Fail (exit 1) when any seed's AUC moved beyond the tolerance of the reference (down or
     up), a method or seed is missing, or a method loaded other weights. --update records the
     newest runs as the reference."""
-    from benchmark.regression import (
-        DEFAULT_TOLERANCE,
-        compare,
-        read_reference,
-        reference_from,
-        write_reference,
-    )
-    from benchmark.report import select_runs
-    from benchmark.tracking import resolve_tracking_uri
+    from benchmark.reporting import check_against_reference, record_reference
 
     if tolerance is not None and tolerance < 0:
         raise UsageError(f"--tolerance must be >= 0, got {tolerance}.")
-    dataset = _card_name(dataset)
-    against = against or Path("results") / "reference" / f"{dataset}.json"
-    uri = resolve_tracking_uri(tracking_uri)
     if update:
-        data = select_runs(uri, dataset, profile, statistics=False)
-        reference = reference_from(data, DEFAULT_TOLERANCE if tolerance is None else tolerance)
-        write_reference(reference, against)
+        reference, written = record_reference(tracking_uri, dataset, against, tolerance,
+                                              profile)
         click.echo(json.dumps(reference, indent=2))
-        click.echo(f"Reference written to {against}", err=True)
+        click.echo(f"Reference written to {written}", err=True)
         return
-    reference = read_reference(against)
-    if reference["dataset"] != dataset:
-        raise UsageError(f"{against} is the reference of '{reference['dataset']}', "
-                         f"not '{dataset}'.")
-    data = select_runs(uri, dataset, profile or reference["profile"], statistics=False)
-    outcome = compare(reference, data, tolerance)
-    click.echo(outcome.table.to_markdown(index=False))
-    if not outcome.ok:
+    result = check_against_reference(tracking_uri, dataset, against, tolerance, profile)
+    click.echo(result.outcome.table.to_markdown(index=False))
+    if not result.ok:
         click.echo("")
-        for problem in outcome.problems:
+        for problem in result.outcome.problems:
             click.secho(f"FAIL {problem}", fg="red", err=True)
         sys.exit(1)
-    methods = outcome.table.method.nunique()
-    click.echo(f"\nAll {len(outcome.table)} seeds of {methods} methods within "
-               f"{reference.get('tolerance')} of {against}; same weights.")
+    click.echo(f"\n{result.summary()}")
 
 
 @cli.command()
@@ -827,17 +780,6 @@ def _print_verification(prepared: Any, asked: bool) -> None:
     else:
         click.echo(f"verify: all {check['files']} source files are unchanged since the cache "
                    f"was built.")
-
-
-def _card_name(dataset: str) -> str:
-    """The name runs are stored under: `bench run` keeps them under the card's `name`, which a
-    card path (or a card file named otherwise) does not spell. A name that is no card is kept
-    as given, so runs of a card since removed can still be read."""
-    from benchmark.data import available_cards, load_card
-
-    if dataset.endswith(".toml") or dataset in available_cards():
-        return load_card(dataset).name
-    return dataset
 
 
 def _print_notes(prepared: Any) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 
@@ -39,6 +40,25 @@ figcaption { font-size: 0.9em; color: #555; margin-top: 0.3em; }
 """
 
 
+@dataclass
+class HtmlSection:
+    """A further table after the main one (e.g. "Model selection"): its title, caption, the
+    table's HTML (inserted as is, like `table_html`) and footnotes under it."""
+
+    title: str
+    caption: str
+    table_html: str
+    footnotes: Sequence[str] = field(default_factory=list)
+
+
+def _section(section: HtmlSection) -> str:
+    footnotes = "".join(f'\n<p class="caption">{escape(note)}</p>'
+                        for note in section.footnotes)
+    return (f"<h2>{escape(section.title)}</h2>\n"
+            f'<p class="caption">{escape(section.caption)}</p>\n'
+            f'<div class="table">\n{section.table_html}\n</div>{footnotes}')
+
+
 def _data_uri(path: Path) -> str:
     path = Path(path)
     media_type = IMAGE_TYPES.get(path.suffix.lower())
@@ -54,12 +74,14 @@ def _figure(name: str, path: Path) -> str:
 
 
 def render_html(*, title: str, caption: str, table_html: str, figures: Mapping[str, Path],
-                notes: Sequence[str] = ()) -> str:
-    """The report page: title, caption, table, notes, then each figure with its name.
+                notes: Sequence[str] = (), sections: Sequence[HtmlSection] = ()) -> str:
+    """The report page: title, caption, table, notes, the further sections (each with its
+    title, caption, table and footnotes), then each figure with its name.
 
     `table_html` is inserted as is (it comes from pandas' `DataFrame.to_html` or
-    `Styler.to_html`, which escape cell text themselves); title, caption, notes and figure names
-    are escaped here.
+    `Styler.to_html`, which escape cell text themselves), as are the sections' tables; title,
+    caption, notes, figure names and the sections' titles, captions and footnotes are escaped
+    here.
     """
     parts = [
         "<!DOCTYPE html>",
@@ -79,6 +101,7 @@ def render_html(*, title: str, caption: str, table_html: str, figures: Mapping[s
     if notes:
         items = "".join(f"<li>{escape(note)}</li>" for note in notes)
         parts.append(f'<ul class="notes">{items}</ul>')
+    parts += [_section(section) for section in sections]
     parts += [_figure(name, path) for name, path in figures.items()]
     parts += ["</body>", "</html>", ""]
     return "\n".join(parts)

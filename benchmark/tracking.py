@@ -461,6 +461,11 @@ def downloaded_artifact(uri: str, run_id: str, names: tuple[str, ...]) -> Iterat
                                                        dst_path=target, tracking_uri=uri))
 
 
+def run_params(uri: str, run_id: str) -> dict[str, str]:
+    """All params of one run, as logged (text)."""
+    return dict(_client(uri).get_run(run_id).data.params)
+
+
 def log_report(uri: str, dataset: str, files: list[Path], params: dict[str, Any]) -> str:
     """The report's files as one MLflow run (tag bench.kind=report) in the dataset's
     experiment, so the figures sit beside the runs they summarise."""
