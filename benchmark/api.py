@@ -1,8 +1,14 @@
 """The interface every method meets, the training set it receives, and the method registry.
 
-A method is a class with a small `fit` / `score` surface (scikit-learn / PyOD style): its
-hyper-parameters live in a config dataclass given to the constructor, `fit` trains on a
-`TrainSet`, `score` returns one anomaly score per image (higher = more anomalous).
+A method is a class with a small `fit` / `predict` surface (scikit-learn / PyOD style): its
+hyper-parameters live in a config dataclass given to the constructor (with the work folder for
+its checkpoints), `fit` trains on a `TrainSet` and returns the method, `predict` returns a
+`Prediction` per image batch: one anomaly score per image (higher = more anomalous), per-pixel
+maps where the method has them, and named extras (AnomalyPro's translation and mask), all from
+one pass of the model. `score` is `predict(...).scores`.
+
+The contract is checked for every registered method, plug-ins included, by
+`benchmark.testing.check_method`.
 
 Methods are registered by name with `@register_method`; the built-in ones live in the top-level
 `methods` package, and other packages add theirs through the entry-point group
@@ -11,16 +17,19 @@ Methods are registered by name with `@register_method`; the built-in ones live i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from torch import nn
 
 from benchmark.data.images import ImageSet
 from benchmark.errors import BenchError, UsageError, unknown_name
@@ -63,11 +72,13 @@ class TrainSet:
     #: used.
     selection: np.ndarray | None = None
     selection_normal_share: float | None = None
+    #: Known-normal images held out of `normal` (never trained on): AUCp's pseudo-label 0.
+    selection_normals: Images | None = None
     #: The labelled validation split, for methods that declare `uses_validation`.
     validation: LabelledSplit | None = None
 
     def __post_init__(self) -> None:
-        for name in (*TRAINING_SETS, "selection"):
+        for name in (*TRAINING_SETS, "selection", "selection_normals"):
             array = getattr(self, name)
             if array is None:
                 continue
@@ -81,6 +92,44 @@ class TrainSet:
     @property
     def image_size(self) -> int:
         return int(self.normal.shape[-1])
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Everything a method says about N images, from one pass of its model.
+
+    scores: (N,) float64, higher = more anomalous.
+    maps:   (N, H, W) per-pixel anomaly maps at the input's size, or None (no maps, or not
+            asked for).
+    extras: name -> (N, H, W) per-pixel outputs worth showing beside the map (AnomalyPro: the
+            translation and its mask M), at the input's size; empty unless asked for.
+    """
+
+    scores: np.ndarray
+    maps: np.ndarray | None = None
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def rows(self, index: np.ndarray) -> Prediction:
+        """The prediction of a subset of the images."""
+        return Prediction(self.scores[index], None if self.maps is None else self.maps[index],
+                          {name: value[index] for name, value in self.extras.items()})
+
+    @staticmethod
+    def concatenate(parts: Sequence[Prediction]) -> Prediction:
+        """Batches' predictions joined in order."""
+        if not parts:
+            return Prediction(np.zeros(0))
+        maps = None if parts[0].maps is None else np.concatenate([p.maps for p in parts])
+        extras = {name: np.concatenate([p.extras[name] for p in parts])
+                  for name in parts[0].extras}
+        return Prediction(np.concatenate([p.scores for p in parts]), maps, extras)
+
+
+class NotFittedError(RuntimeError):
+    """A method was asked to predict before `fit`."""
 
 
 class Progress:
@@ -104,7 +153,10 @@ class Method(ABC):
     """Base class of every anomaly-detection method in the suite.
 
     Subclasses set the class attributes, define a `Config` dataclass whose defaults are the
-    published values, and implement `profile_config`, `fit` and `score`.
+    published values, and implement `profile_config`, `_fit` and `_predict`. The base class
+    owns the template around them: `fit` seeds every generator from the run's seed, gives the
+    method its device and progress, and marks it fitted; `predict` checks that, batches the
+    images and runs `_predict` without gradients with every network in eval mode.
     """
 
     name: ClassVar[str]
@@ -112,31 +164,130 @@ class Method(ABC):
     #: Which TrainSet fields the method trains on by default ("normal", "unlabeled").
     uses: ClassVar[tuple[str, ...]] = ("normal",)
     #: True if the method picks its checkpoint by AUCp on the unlabelled test images
-    #: (TrainSet.selection); their labels are never handed over.
+    #: (TrainSet.selection, with held-out normals); their labels are never handed over. Every
+    #: iterative method (benchmark.training.IterativeMethod) does.
     uses_selection: ClassVar[bool] = False
     #: True if the method reads the labelled validation split (TrainSet.validation) during
     #: training, for diagnostics or validation-based choices. Test labels are never given.
     uses_validation: ClassVar[bool] = False
+    #: True if a method given a `workdir` resumes an interrupted `fit` from its checkpoint.
+    supports_resume: ClassVar[bool] = False
+    #: Extras `diagnostics` reads; the runner keeps these for the whole test split.
+    diagnostic_extras: ClassVar[tuple[str, ...]] = ()
     #: The smallest image side (pixels) the method's networks take, and why; a dataset below it
     #: is refused before any training, with that reason.
     min_image_size: ClassVar[int] = 1
     min_image_size_reason: ClassVar[str] = ""
     Config: ClassVar[type]
 
-    def __init__(self, config: Any = None) -> None:
+    def __init__(self, config: Any = None, *, workdir: Path | str | None = None) -> None:
         self.config = config if config is not None else self.Config()
+        #: A private folder for checkpoints; a method that finds its own checkpoint there
+        #: resumes from it. None: keep everything in memory.
+        self.workdir: Path | None = Path(workdir) if workdir is not None else None
         #: Facts about the run the method wants recorded (e.g. which backbone weights it used).
         self.run_info: dict[str, Any] = {}
-        #: A private folder for checkpoints, set by the runner; a method that finds its own
-        #: checkpoint there resumes from it. None: keep everything in memory.
-        self.workdir: Path | None = None
-        #: Per checkpoint: (step, {"aucp": ..., ...}, test-image scores). The runner turns the
-        #: scores into true AUCs after final scoring, to show how well selection worked.
-        self.selection_history: list[tuple[int, dict[str, float], np.ndarray]] = []
         #: Numbers about the fitted model the runner logs as metrics (e.g. diagnostics).
         self.run_metrics: dict[str, float] = {}
-        #: Problems the user must see (printed by the runner, logged, noted in reports).
+        #: Problems the user must see (logged as warnings, recorded with the run).
         self.warnings: list[str] = []
+        #: The torch modules of the model, by name (placed on the device by `add_network`).
+        self.networks: dict[str, nn.Module] = {}
+        self.device = torch.device("cpu")
+        self.seed: int | None = None
+        self.is_fitted = False
+
+    # -- what the runner and users call -------------------------------------------------------
+
+    def fit(self, train: TrainSet, *, seed: int, device: torch.device | str = "cpu",
+            progress: Progress | None = None) -> Method:
+        """Train on `train` (the fields named in `uses`), all randomness seeded from `seed`;
+        returns the fitted method."""
+        from benchmark.seeding import seed_everything
+
+        self.is_fitted = False
+        self.networks = {}
+        self.seed, self.device = seed, torch.device(device)
+        seed_everything(seed)
+        self._fit(train, progress or Progress())
+        for network in self.networks.values():
+            network.eval()
+        self.is_fitted = True
+        return self
+
+    def predict(self, images: Images, *, maps: bool = True, extras: bool = False) -> Prediction:
+        """Scores (and maps, extras where asked and available) for images (N, C, H, W) in
+        [0, 1], in batches: one pass of the model per image."""
+        if not self.is_fitted:
+            raise NotFittedError(
+                f"{self.name}: predict() or score() was called before fit(). Call "
+                f"fit(train, seed=..., device=...) first; it returns the fitted method.")
+        return self._predict_batches(images, maps=maps, extras=extras)
+
+    def score(self, images: Images) -> np.ndarray:
+        """One anomaly score per image, higher = more anomalous; images (N, C, H, W) in [0, 1]."""
+        return self.predict(images, maps=False).scores
+
+    # -- what a method implements -------------------------------------------------------------
+
+    @classmethod
+    @abstractmethod
+    def profile_config(cls, profile: str, *, image_size: int, channels: int) -> Any:
+        """The config for a profile: `quick` (CPU, minutes) or `full` (published settings)."""
+
+    @abstractmethod
+    def _fit(self, train: TrainSet, progress: Progress) -> None:
+        """Train: build the networks with `add_network` (on `self.device`), seeded already."""
+
+    @abstractmethod
+    def _predict(self, images: np.ndarray, *, maps: bool, extras: bool) -> Prediction:
+        """The prediction for one batch (float32, N <= predict_batch_size), called without
+        gradients and with the networks in eval mode. Compute maps / extras only if asked."""
+
+    # -- services for subclasses --------------------------------------------------------------
+
+    def add_network(self, name: str, module: nn.Module, *,
+                    channels_last: bool = False) -> nn.Module:
+        """Place a network on the method's device and register it: it is set to eval mode
+        for prediction, and iterative methods snapshot and checkpoint it."""
+        module = module.to(self.device)
+        if channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        self.networks[name] = module
+        return module
+
+    @property
+    def predict_batch_size(self) -> int:
+        """Images per `_predict` call: the config's score_batch_size, else batch_size, else 64."""
+        return int(getattr(self.config, "score_batch_size", 0)
+                   or getattr(self.config, "batch_size", 0) or 64)
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Networks in eval mode and no gradients for the duration; training modes restored."""
+        modes = {name: net.training for name, net in self.networks.items()}
+        for net in self.networks.values():
+            net.eval()
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            for name, net in self.networks.items():
+                net.train(modes[name])
+
+    def _predict_batches(self, images: Images, *, maps: bool, extras: bool) -> Prediction:
+        """`_predict` over batches (also while training: for checkpoint selection)."""
+        parts = []
+        size = self.predict_batch_size
+        with self.evaluating():
+            for start in range(0, len(images), size):
+                chunk = np.asarray(images[start:start + size], dtype=np.float32)
+                part = self._predict(chunk, maps=maps, extras=extras)
+                parts.append(Prediction(np.asarray(part.scores, dtype=np.float64).reshape(-1),
+                                        part.maps, part.extras))
+        return Prediction.concatenate(parts)
+
+    # -- optional hooks -----------------------------------------------------------------------
 
     @classmethod
     def provenance(cls, config: Any) -> dict[str, str]:
@@ -171,45 +322,18 @@ class Method(ABC):
         linear training and scoring costs, from `calibrate_extra`'s constants."""
         return 0.0, 0, []
 
-    @classmethod
-    @abstractmethod
-    def profile_config(cls, profile: str, *, image_size: int, channels: int) -> Any:
-        """The config for a profile: `quick` (CPU, minutes) or `full` (published settings)."""
-
-    @abstractmethod
-    def fit(
-        self,
-        train: TrainSet,
-        *,
-        seed: int,
-        device: torch.device,
-        progress: Progress | None = None,
-    ) -> None:
-        """Train on `train` (the fields named in `uses`), all randomness seeded from `seed`."""
-
-    @abstractmethod
-    def score(self, images: np.ndarray) -> np.ndarray:
-        """One anomaly score per image, higher = more anomalous; images (N, C, H, W) in [0, 1]."""
-
-    def anomaly_maps(self, images: np.ndarray) -> np.ndarray | None:
-        """Per-pixel anomaly maps (N, H, W) where the method has them, else None."""
-        return None
-
-    def diagnostics(self, images: np.ndarray, labels: np.ndarray,
+    def diagnostics(self, prediction: Prediction, labels: np.ndarray,
                     lesions: np.ndarray | None) -> dict[str, float]:
         """Numbers about how the fitted model treats labelled images (AnomalyPro: its mask M
-        on healthy and diseased images). The runner calls it on the test split only after
-        fitting and selection are done, and logs the values as test_* metrics."""
+        on healthy and diseased images), from the test prediction (with the extras named in
+        `diagnostic_extras`). The runner calls it only after fitting and selection are done,
+        and logs the values as test_* metrics."""
         return {}
 
-    def figure(self, images: np.ndarray) -> Any | None:
-        """A matplotlib figure explaining the method's output on `images`, or None."""
+    def figure(self, images: np.ndarray, prediction: Prediction) -> Any | None:
+        """A matplotlib figure explaining the method's output on `images` (their prediction
+        with maps and extras), or None."""
         return None
-
-    def explain(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """Extra per-pixel outputs worth showing beside the anomaly map, name -> (N, H, W)
-        (AnomalyPro: the healthy-looking translation and its mask M). Default: none."""
-        return {}
 
     def config_dict(self) -> dict[str, Any]:
         """The full resolved config, for logging."""
@@ -253,8 +377,8 @@ def config_from_params(method: type[Method], params: dict[str, str]) -> Any:
     import json
 
     values = {}
-    for field in dataclasses.fields(method.Config):
-        key = f"config.{field.name}"
+    for entry in dataclasses.fields(method.Config):
+        key = f"config.{entry.name}"
         if key not in params:
             raise BenchError(f"the run has no param {key}: it was logged by another version.")
         text = params[key]
@@ -262,7 +386,7 @@ def config_from_params(method: type[Method], params: dict[str, str]) -> Any:
             value = json.loads(text)
         except json.JSONDecodeError:
             value = text  # strings are logged bare
-        values[field.name] = tuple(value) if isinstance(value, list) else value
+        values[entry.name] = tuple(value) if isinstance(value, list) else value
     return method.Config(**values)
 
 

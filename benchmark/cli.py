@@ -233,8 +233,9 @@ def _parse_settings(items: tuple[str, ...], weights: tuple[str, ...],
 @click.option("--set", "settings", multiple=True, metavar="METHOD.FIELD=VALUE",
               help="Override one config field, e.g. --set patchcore.coreset_sampling_ratio=0.05.")
 @click.option("--select", type=click.Choice(["aucp", "last"]), default=None,
-              help="Checkpoint selection of the methods that select (anomalypro): highest "
-                   "label-free AUCp, or the last. Default: the method's (aucp).")
+              help="Which checkpoint every iterative method (the GANs) keeps: the highest "
+                   "label-free AUCp (held-out normal training images vs the unlabelled test "
+                   "images; no labels), or the last. Part of the run key. Default: aucp.")
 @click.option("--contaminated", is_flag=True,
               help="Train every method on normal + unlabeled images (contaminated setting).")
 @click.option("--no-progress", is_flag=True, help="No progress bars (for logs).")
@@ -264,11 +265,13 @@ def run(methods: str, dataset: str, seeds: str, profile: str, device: str,
     Each run has a key (method, resolved config, split hash, data version, seed, code
     version). A run already finished with its key is skipped, so an interrupted grid is
     finished by running the same command again; runs killed midway are marked failed in MLflow
-    and done again (AnomalyPro resumes from its last checkpoint). --force reruns everything.
+    and done again (iterative methods resume from their last checkpoint). --force reruns
+    everything.
     """
-    from benchmark.api import get_method, parse_method_list
+    from benchmark.api import available_methods, get_method, parse_method_list
     from benchmark.runner import RunPlan, run_plan
     from benchmark.tracking import resolve_tracking_uri
+    from benchmark.training import IterativeMethod
 
     names = parse_method_list(methods)
     overrides = _parse_settings(settings, weights, names)
@@ -277,19 +280,17 @@ def run(methods: str, dataset: str, seeds: str, profile: str, device: str,
     for item in settings:
         field = item.partition("=")[0]
         tuned.setdefault(field.partition(".")[0], []).append(field)
-    if select:
-        selecting = [n for n in names if get_method(n).uses_selection]
-        if not selecting:
-            raise UsageError(f"--select applies to methods that select checkpoints "
-                             f"(anomalypro); none among --methods {','.join(names)}.")
-        for name in selecting:
-            overrides.setdefault(name, {})["select"] = select
+    if select and not any(issubclass(get_method(n), IterativeMethod) for n in names):
+        iterative = [n for n in available_methods() if issubclass(get_method(n), IterativeMethod)]
+        raise UsageError(f"--select applies to methods that select checkpoints (the iterative "
+                         f"ones: {', '.join(iterative)}); none among --methods "
+                         f"{','.join(names)}.")
     plan = RunPlan(methods=names, dataset=dataset, seeds=_parse_seeds(seeds), profile=profile,
                    device=device, tracking_uri=resolve_tracking_uri(tracking_uri),
                    data_root=data_root, overrides=overrides,
                    contaminated=contaminated, show_progress=not no_progress,
                    executor=executor, jobs=jobs, ray_address=ray_address, force=force,
-                   tuned=tuned, deterministic=deterministic,
+                   tuned=tuned, deterministic=deterministic, select=select or "aucp",
                    allow_external_links=allow_external_links)
     if ray_address and executor != "ray":
         raise UsageError("--ray-address needs --executor ray.")
@@ -419,7 +420,7 @@ def perf(method: str, dataset: str, profile: str, iterations: int, repeats: int,
     from benchmark.api import get_method, make_config
     from benchmark.data import load_card, prepare
     from benchmark.perf import measure
-    from benchmark.runner import resolve_device
+    from benchmark.resources import resolve_device
 
     if threads:
         torch.set_num_threads(threads)

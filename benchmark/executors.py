@@ -22,7 +22,8 @@ import torch
 from benchmark.data import PreparedDataset, load_card
 from benchmark.data.prepared import open_prepared
 from benchmark.errors import BenchError
-from benchmark.runner import RunPlan, RunResult, RunSpec, execute_spec
+from benchmark.planning import RunPlan, RunResult, RunSpec, threads_per_worker
+from benchmark.running import execute_spec
 
 EXECUTORS = ("local", "ray")
 #: Environment a worker needs to find the same cards, cache and store as the parent.
@@ -56,23 +57,7 @@ def execute(plan: RunPlan, specs: list[RunSpec], data: PreparedDataset, *, devic
 
 def worker_context(parallel: int) -> WorkerContext:
     env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
-    return WorkerContext(cwd=os.getcwd(), env=env, threads=_threads_per_worker(parallel))
-
-
-def _threads_per_worker(parallel: int) -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) // max(1, parallel))
-
-
-def planned_threads(plan: RunPlan) -> str:
-    """The torch thread count the plan's runs will use (part of their identity): fixed by the
-    plan, not by how many runs are left, so a resumed grid keeps its keys. Under Ray the
-    cluster decides; each run logs the count it got as `torch_threads`."""
-    if plan.executor == "ray":
-        return "ray"
-    if plan.jobs <= 1:
-        return str(torch.get_num_threads())
-    return str(_threads_per_worker(plan.jobs))
+    return WorkerContext(cwd=os.getcwd(), env=env, threads=threads_per_worker(parallel))
 
 
 def run_in_worker(context: WorkerContext, plan: RunPlan, spec: RunSpec, cache: Path,

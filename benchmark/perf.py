@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from benchmark.api import TrainSet
-from benchmark.runner import BarProgress
+from benchmark.running import BarProgress
 from methods.anomalypro import (
     AnomalyPro,
     AnomalyProConfig,

@@ -161,7 +161,8 @@ def calibrate(method_cls: type[Method], profile: str, *, image_size: int, channe
         n = CALIBRATION_IMAGES if iterative else CALIBRATION_IMAGES * scale
         train = TrainSet(normal=images[:n], unlabeled=images[CALIBRATION_IMAGES:][:n],
                          selection=images[:16] if method_cls.uses_selection else None,
-                         selection_normal_share=0.5 if method_cls.uses_selection else None)
+                         selection_normal_share=0.5 if method_cls.uses_selection else None,
+                         selection_normals=images[16:32] if method_cls.uses_selection else None)
         method = method_cls(config)
         watch = MemoryWatch(device).start()
         seconds = timed(partial(method.fit, train, seed=0, device=device), device)

@@ -17,20 +17,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmark.api import Method, Progress, TrainSet, register_method
-from benchmark.seeding import seed_everything
+from benchmark.api import Prediction, TrainSet, register_method
 from methods._budget import steps_for
-from methods._dcgan import (
-    BatchSampler,
-    ImageEncoder,
-    ModelInputs,
-    batched,
-    bce,
-    dcgan_init,
-    down_stack,
-    to_model_input,
-    up_stack,
-)
+from methods._gan import GANMethod, ImageEncoder, bce, down_stack, optimizer_step, up_stack
 
 
 @dataclass(frozen=True)
@@ -59,7 +48,7 @@ class Reconstructor(nn.Module):
 
 
 @register_method
-class Alocc(Method):
+class Alocc(GANMethod):
     name = "alocc"
     description = "ALOCC: denoising reconstructor R + discriminator D; score = 1 - D(R(x))"
     uses = ("normal",)
@@ -82,46 +71,35 @@ class Alocc(Method):
     def images_seen(cls, config: AloccConfig) -> int:
         return config.iterations * config.batch_size
 
-    def fit(self, train: TrainSet, *, seed: int, device: torch.device,
-            progress: Progress | None = None) -> None:
-        progress = progress or Progress()
+    def total_steps(self, train: TrainSet) -> int:
+        return self.config.iterations
+
+    def _setup(self, train: TrainSet) -> None:
         cfg = self.config
-        seed_everything(seed)
-        self.device = device
-        self.reconstructor = Reconstructor(train.channels, cfg.base_channels, cfg.image_size)
-        self.discriminator = ImageEncoder(train.channels, cfg.base_channels, cfg.image_size, 1)
-        for net in (self.reconstructor, self.discriminator):
-            dcgan_init(net)
-            net.to(device).train()
-        opt_r = torch.optim.RMSprop(self.reconstructor.parameters(), lr=cfg.lr)
-        opt_d = torch.optim.RMSprop(self.discriminator.parameters(), lr=cfg.lr)
-        images = ModelInputs(train.normal, device, cfg.image_size)
-        sampler = BatchSampler(len(images), cfg.batch_size, seed + 1)
-        noise = torch.Generator(device="cpu").manual_seed(seed + 2)
-        progress.stage("train", cfg.iterations)
-        for step in range(1, cfg.iterations + 1):
-            x = images[sampler.next()]
-            noisy = x + cfg.noise_sigma * torch.randn(x.shape, generator=noise).to(device)
-            rebuilt = self.reconstructor(noisy)
-            d_loss = bce(self.discriminator(x), 1) + bce(self.discriminator(rebuilt.detach()), 0)
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
-            r_loss = (bce(self.discriminator(rebuilt), 1)
-                      + cfg.lambda_reconstruction * F.mse_loss(rebuilt, x))
-            opt_r.zero_grad(set_to_none=True)
-            r_loss.backward()
-            opt_r.step()
-            progress.advance()
-            if step % cfg.log_every == 0:
-                progress.metric("train_d_loss", float(d_loss.detach()), step)
-                progress.metric("train_r_loss", float(r_loss.detach()), step)
-        self.reconstructor.eval()
-        self.discriminator.eval()
+        self.reconstructor = self._network(
+            "reconstructor", Reconstructor(train.channels, cfg.base_channels, cfg.image_size))
+        self.discriminator = self._network(
+            "discriminator", ImageEncoder(train.channels, cfg.base_channels, cfg.image_size, 1))
+        self.opt_r = self._optimizer("reconstructor",
+                                     torch.optim.RMSprop(self.reconstructor.parameters(), cfg.lr))
+        self.opt_d = self._optimizer("discriminator",
+                                     torch.optim.RMSprop(self.discriminator.parameters(), cfg.lr))
+        self.images, self.batches = self._shuffled_batches(train)
+        self.noise = self._noise()
 
-    def score(self, images: np.ndarray) -> np.ndarray:
-        def doubt(chunk: np.ndarray) -> torch.Tensor:
-            x = to_model_input(chunk, self.device, self.config.image_size)
-            return 1.0 - torch.sigmoid(self.discriminator(self.reconstructor(x))).flatten()
+    def _train_step(self, step: int) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        x = self.images[self.batches.next()]
+        noisy = x + cfg.noise_sigma * torch.randn(x.shape, generator=self.noise).to(self.device)
+        rebuilt = self.reconstructor(noisy)
+        d_loss = bce(self.discriminator(x), 1) + bce(self.discriminator(rebuilt.detach()), 0)
+        optimizer_step(self.opt_d, d_loss)
+        r_loss = (bce(self.discriminator(rebuilt), 1)
+                  + cfg.lambda_reconstruction * F.mse_loss(rebuilt, x))
+        optimizer_step(self.opt_r, r_loss)
+        return {"d_loss": d_loss.detach(), "r_loss": r_loss.detach()}
 
-        return batched(doubt, images, self.config.score_batch_size)
+    def _predict(self, images: np.ndarray, *, maps: bool, extras: bool) -> Prediction:
+        rebuilt = self.reconstructor(self._model_input(images))
+        return Prediction((1.0 - torch.sigmoid(self.discriminator(rebuilt))).flatten().cpu()
+                          .numpy())

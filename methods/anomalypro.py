@@ -6,8 +6,9 @@ the input outside the mask, B0 = B_int*M + A*(1-M); the reconstruction swaps the
 A0 = A*M + B_int*(1-M), so that together they can rebuild the input. A PatchGAN critic with a
 WGAN gradient penalty judges B0 against real healthy images. It trains on the mixed unannotated
 set A (TrainSet.unlabeled) and the healthy set B (TrainSet.normal), and picks its checkpoint
-without labels by AUCp (known-normal training images vs unlabelled test images). The loop,
-critic, checkpoints and selection live in methods/_translation.py (shared with Brainomaly).
+without labels by AUCp (known-normal images held out of training vs unlabelled test images).
+The training step, critic and scoring live in methods/_translation.py (shared with Brainomaly);
+the loop, checkpoints and selection are the engine's (benchmark/training.py).
 
 The `full` profile is the published code's setting, with one deviation: the published code
 lowers the lr by lr/100k every 1,000 iterations (a StarGAN remnant: 0.1% over its decay); the
@@ -23,23 +24,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmark.api import Progress, TrainSet, register_method
+from benchmark.api import Prediction, Progress, TrainSet, register_method
+from methods._gan import wgan_critic_loss
 from methods._translation import (
     PatchDiscriminator,
     TranslationConfig,
     TranslationGAN,
     critic_layers_for,
     generator_body,
-    gradient_penalty,
     quick_translation_settings,
-    resize_maps,
-    to_model_range,
-    wgan_critic_loss,
 )
 
 __all__ = ["AnomalyPro", "AnomalyProConfig", "Generator", "PatchDiscriminator", "critic_loss",
-           "critic_layers_for", "generator_loss", "gradient_penalty", "mask_diagnostics",
-           "mask_loss", "mask_saturation_warning", "reconstruct", "to_model_range", "translate"]
+           "critic_layers_for", "generator_loss", "mask_diagnostics", "mask_loss",
+           "mask_saturation_warning", "reconstruct", "translate"]
 
 # ----------------------------------------------------------------------------- networks
 
@@ -150,6 +148,7 @@ class AnomalyPro(TranslationGAN):
     description = ("MedAI AnomalyPro: GAN translating any scan to a healthy-looking one; "
                    "score = mean |input - translation|")
     uses_validation = True  # mask diagnostics on the labelled validation split
+    diagnostic_extras = ("mask M",)
     Config = AnomalyProConfig
     config: AnomalyProConfig
 
@@ -205,9 +204,9 @@ class AnomalyPro(TranslationGAN):
     def _warming_up(self, iteration: int) -> bool:
         return iteration < self.config.mask_warmup_iterations
 
-    def _eligible(self, iteration: int) -> bool:
-        # A warm-up checkpoint's mask is untrained: it is logged, never kept.
-        return iteration > self.config.mask_warmup_iterations
+    def first_selectable_step(self) -> int:
+        # A warm-up checkpoint's mask is untrained: checkpoints come after the warm-up.
+        return self.config.mask_warmup_iterations
 
     # -- mask diagnostics (validation split only) ----------------------------------------
 
@@ -215,7 +214,8 @@ class AnomalyPro(TranslationGAN):
         if train.validation is None:
             return {}
         split = train.validation
-        return mask_diagnostics(self.masks(split.images), split.labels, split.masks)
+        masks = self._predict_batches(split.images, maps=False, extras=True).extras["mask M"]
+        return mask_diagnostics(masks, split.labels, split.masks)
 
     def _on_checkpoint(self, train: TrainSet, progress: Progress, step: int) -> None:
         """Curves over checkpoints (checkpoint_mask_*): does M follow the input, or has it
@@ -231,15 +231,15 @@ class AnomalyPro(TranslationGAN):
         if warning:
             self.warnings.append(warning)
 
-    def diagnostics(self, images: np.ndarray, labels: np.ndarray,
+    def diagnostics(self, prediction: Prediction, labels: np.ndarray,
                     lesions: np.ndarray | None) -> dict[str, float]:
-        """The mask diagnostics on any labelled images (the runner: the test split, after
-        selection; logged as test_mask_*)."""
-        return mask_diagnostics(self.masks(images), labels, lesions)
+        """The mask diagnostics on any labelled images' prediction (the runner: the test split,
+        after selection; logged as test_mask_*)."""
+        return mask_diagnostics(prediction.extras["mask M"], labels, lesions)
 
     def masks(self, images: np.ndarray) -> np.ndarray:
         """The generator's mask M (N, H, W) in [0, 1], at the input's size."""
-        return resize_maps(self._outputs(images)["mask"], images.shape[-2:])
+        return self.predict(images, maps=False, extras=True).extras["mask M"]
 
 
 #: Mean M on healthy validation images beyond these bounds: the mask saturated (everything

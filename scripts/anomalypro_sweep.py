@@ -31,6 +31,7 @@ import torch
 from benchmark import metrics
 from benchmark.data.cards import load_card
 from benchmark.data.prepared import prepare
+from benchmark.running import training_set
 from methods.anomalypro import (
     AnomalyPro,
     AnomalyProConfig,
@@ -78,12 +79,11 @@ def candidate_config(base: AnomalyProConfig, overrides: dict[str, Any],
     iterations = int(base.iterations * factor * overrides.get("budget_factor", 1.0))
     warmup = int(iterations * overrides.get("mask_warmup_fraction", 0.0))
     return dataclasses.replace(base, **fields, iterations=iterations,
-                               decay_iterations=iterations // 4,
-                               checkpoint_every=iterations // 6, mask_warmup_iterations=warmup)
+                               decay_iterations=iterations // 4, mask_warmup_iterations=warmup)
 
 
 def run(name: str, cfg: AnomalyProConfig, data: Any, seed: int) -> dict[str, Any]:
-    train = data.train_set(with_selection=True, with_validation=True)
+    train = training_set(AnomalyPro, data)  # held-out normals + test images for AUCp
     method = AnomalyPro(cfg)
     started = time.perf_counter()
     method.fit(train, seed=seed, device=torch.device("cpu"))

@@ -29,17 +29,18 @@ from full_size import synthetic_at  # noqa: E402  (scripts/ is on the path when 
 from gpu_check import shortened  # noqa: E402
 
 from benchmark.api import get_method, make_config, parse_method_list  # noqa: E402
+from benchmark.running import make_method, training_set  # noqa: E402
 
 
 def fit_scores(name: str, config: object, data: object, device: torch.device,
                deterministic: bool, tag: str) -> tuple[np.ndarray, float]:
     cls = get_method(name)
-    method = cls(config)
-    method.workdir = Path("/tmp/deterministic-check") / f"{name}-{tag}"
-    shutil.rmtree(method.workdir, ignore_errors=True)  # never resume an earlier try
+    workdir = Path("/tmp/deterministic-check") / f"{name}-{tag}"
+    shutil.rmtree(workdir, ignore_errors=True)  # never resume an earlier try
+    method = make_method(cls, config, workdir)
     started = time.perf_counter()
     with deterministic_algorithms(deterministic):
-        method.fit(data.train_set(with_selection=cls.uses_selection), seed=0, device=device)
+        method.fit(training_set(cls, data), seed=0, device=device)
         scores = np.asarray(method.score(data.images_of("test")), dtype=float)
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -26,26 +26,14 @@ from full_size import synthetic_at  # scripts/ is on the path when a script runs
 
 from benchmark import metrics
 from benchmark.api import available_methods, get_method, make_config
-
-#: Config fields that set a schedule length, and how the shortened run scales them.
-SCHEDULE_FIELDS = ("iterations", "gan_iterations", "encoder_iterations", "epochs")
+from benchmark.running import make_method, training_set
 
 
-def shortened(config: object, n: int) -> tuple[object, int]:
-    """The config with every schedule field set to n (decay / checkpoints scaled to fit);
-    returns (config, full-schedule length of the longest field)."""
-    values = dataclasses.asdict(config)
-    full = max((values[f] for f in SCHEDULE_FIELDS if f in values), default=0)
-    changes = {f: n for f in SCHEDULE_FIELDS if f in values and f != "epochs"}
-    if "epochs" in values:  # an epoch-based schedule: no per-iteration projection
-        changes["epochs"] = max(1, min(values["epochs"], n // 100))
-    if "decay_iterations" in values:
-        changes["decay_iterations"] = n // 4
-    if "checkpoint_every" in values:
-        changes["checkpoint_every"] = max(1, n // 2)
-    if "log_every" in values:
-        changes["log_every"] = max(1, n // 10)
-    return dataclasses.replace(config, **changes), full
+def shortened(cls: type, config: object, n: int) -> object:
+    """The config shortened to about n steps by the method's own hook (the one `bench plan
+    --calibrate` uses): no method-specific knowledge here, so a new method needs no edit."""
+    overrides = cls.calibration_overrides(config, max(1, n // 10))
+    return dataclasses.replace(config, **overrides) if overrides else config
 
 
 def sync(device: torch.device) -> None:
@@ -56,24 +44,26 @@ def sync(device: torch.device) -> None:
 def check_method(name: str, data: object, size: int, n: int, device: torch.device) -> dict:
     cls = get_method(name)
     base = make_config(cls, "full", image_size=size, channels=1)
-    train = data.train_set(with_selection=cls.uses_selection)
+    train = training_set(cls, data)
     test = data.images_of("test")
     labels = data.labels_of("test")
     result: dict = {"method": name, "config": dataclasses.asdict(base)}
     timings = []
-    lengths = [n] if not any(f in result["config"] for f in SCHEDULE_FIELDS) else [n // 4, n]
+    iterative = cls.images_seen(base) is not None
+    full = cls.images_seen(base) or 0
+    lengths = [n // 4, n] if iterative else [n]
     for length in lengths:
-        config, full = shortened(base, length)
-        method = cls(config)
-        method.workdir = Path("/tmp/gpu-check-work") / f"{name}-{length}"
-        shutil.rmtree(method.workdir, ignore_errors=True)  # never resume an earlier try
+        config = shortened(cls, base, length)
+        workdir = Path("/tmp/gpu-check-work") / f"{name}-{length}"
+        shutil.rmtree(workdir, ignore_errors=True)  # never resume an earlier try
+        method = make_method(cls, config, workdir)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         sync(device)
         started = time.perf_counter()
         method.fit(train, seed=0, device=device)
         sync(device)
-        timings.append((length, time.perf_counter() - started))
+        timings.append((cls.images_seen(config) or length, time.perf_counter() - started))
     started = time.perf_counter()
     scores = method.score(test)
     sync(device)
@@ -86,12 +76,14 @@ def check_method(name: str, data: object, size: int, n: int, device: torch.devic
         "auc_shortened": round(metrics.roc_auc(labels, scores), 4),
         "run_info": {k: str(v) for k, v in method.run_info.items()},
     })
-    if len(timings) == 2 and full and "epochs" not in result["config"]:
+    if len(timings) == 2 and full:
+        # Marginal seconds per training image drawn (the budget unit), projected to the full
+        # schedule's images_seen.
         (n1, t1), (n2, t2) = timings
-        per_iteration = (t2 - t1) / (n2 - n1)
-        result["seconds_per_iteration"] = round(per_iteration, 5)
-        result["full_schedule_length"] = full
-        result["projected_full_hours"] = round(per_iteration * full / 3600, 2)
+        per_image = (t2 - t1) / max(n2 - n1, 1)
+        result["seconds_per_training_image"] = round(per_image, 7)
+        result["full_images_seen"] = full
+        result["projected_full_hours"] = round(per_image * full / 3600, 2)
     print(json.dumps({k: v for k, v in result.items() if k != "config"}), flush=True)
     return result
 

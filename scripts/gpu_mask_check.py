@@ -27,7 +27,8 @@ from full_size import synthetic_at  # scripts/ is on the path when a script runs
 
 from benchmark import metrics
 from benchmark.api import Progress
-from methods._dcgan import to_model_input
+from benchmark.running import training_set  # noqa: E402
+from methods._gan import to_model_input
 from methods.anomalypro import (
     AnomalyPro,
     AnomalyProConfig,
@@ -97,7 +98,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("gpu_mask_check.json"))
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--checkpoint-every", type=int, default=1000)
     parser.add_argument("--blocks", type=int, default=5, help="timed blocks per mode")
     parser.add_argument("--block", type=int, default=20, help="iterations per timed block")
     parser.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke test")
@@ -108,7 +108,7 @@ def main() -> None:
     data = synthetic_at(args.size, Path("/tmp/gpu-mask-cache"))
     full = AnomalyPro.profile_config("full", image_size=args.size, channels=1)
     full = dataclasses.replace(full, image_size=args.size)
-    train = data.train_set(with_selection=True, with_validation=True)
+    train = training_set(AnomalyPro, data)  # held-out normals + test images for AUCp
     a_set = to_model_input(train.unlabeled, device, args.size)
     b_set = to_model_input(train.normal, device, args.size)
     speeds = {mode: round(iterations_per_second(full, a_set, b_set, mode, args.blocks,
@@ -117,10 +117,8 @@ def main() -> None:
     print(json.dumps({"iterations_per_second": speeds}), flush=True)
 
     # As many iterations as the time allows, measured on the fp32 rate (with ~8% for scoring).
-    n = int(speeds["fp32"] * args.minutes * 60 * 0.92) // args.checkpoint_every
-    n = max(1, n) * args.checkpoint_every
-    config = dataclasses.replace(full, iterations=n, decay_iterations=0,
-                                 checkpoint_every=args.checkpoint_every, log_every=100)
+    n = max(6, int(speeds["fp32"] * args.minutes * 60 * 0.92))
+    config = dataclasses.replace(full, iterations=n, decay_iterations=0, log_every=100)
     method = AnomalyPro(config)
     curves = Curves()
     started = time.perf_counter()

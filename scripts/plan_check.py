@@ -26,8 +26,8 @@ from benchmark import plan as planning
 from benchmark.api import get_method, make_config, parse_method_list
 from benchmark.cli import _parse_settings
 from benchmark.data import load_card, prepare
-from benchmark.data.images import empty_like
 from benchmark.resources import MemoryWatch, megabytes, resolve_device
+from benchmark.running import training_set
 
 
 def main() -> int:
@@ -67,9 +67,7 @@ def main() -> int:
             continue
         estimate = planning.estimate(cls, config, costs[key], counts)
         method = cls(config)
-        train = data.train_set(with_selection=cls.uses_selection)
-        for unused in {"normal", "unlabeled"} - set(cls.uses):  # as the runner hands it over
-            train = dataclasses.replace(train, **{unused: empty_like(getattr(train, unused))})
+        train = training_set(cls, data)  # as the runner hands it over
         watch = MemoryWatch(device).start()
         fit_seconds = planning.timed(partial(method.fit, train, seed=0, device=device), device)
         score_seconds = sum(planning.timed(partial(method.score, data.images_of(split)), device)

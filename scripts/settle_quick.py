@@ -28,6 +28,7 @@ from benchmark import metrics
 from benchmark.api import get_method, make_config
 from benchmark.data.cards import load_card
 from benchmark.data.prepared import prepare
+from benchmark.running import training_set
 
 #: Per method: setting -> overrides of today's quick profile. The first is today's.
 CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
@@ -44,9 +45,10 @@ def run(method: str, setting: str, data: Any, seed: int) -> dict[str, Any]:
     image_size = int(data.images_of("val").shape[-1])
     config = make_config(cls, "quick", image_size=image_size, channels=1,
                          overrides=CANDIDATES[method][setting])
-    train = data.train_set(with_selection=cls.uses_selection, with_validation=True)
-    if "unlabeled" not in cls.uses:
-        train = dataclasses.replace(train, unlabeled=train.unlabeled[:0])
+    train = training_set(cls, data)  # as the runner hands it over
+    if train.validation is None:
+        train = dataclasses.replace(train, validation=data.train_set(
+            with_validation=True).validation)
     model = cls(config)
     started = time.perf_counter()
     model.fit(train, seed=seed, device=torch.device("cpu"))

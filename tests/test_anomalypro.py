@@ -12,11 +12,13 @@ from benchmark.api import Progress, TrainSet, get_method, make_config
 from benchmark.data import load_card, prepare
 from benchmark.errors import BenchError
 from benchmark.metrics import aucp, debiased_aucp, roc_auc
+from benchmark.running import training_set
+from benchmark.training import checkpoint_steps
+from methods._gan import gradient_penalty
 from methods.anomalypro import (
     AnomalyPro,
     Generator,
     PatchDiscriminator,
-    gradient_penalty,
     mask_diagnostics,
     mask_loss,
     mask_saturation_warning,
@@ -116,42 +118,44 @@ def easy(tmp_path_factory):
     return prepare(load_card(str(card)), cache_root=folder / "cache", show_progress=False)
 
 
-def train(data, config, seed=0, workdir=None, progress=None):
-    method = AnomalyPro(config)
-    method.workdir = workdir
-    method.fit(data.train_set(with_selection=True), seed=seed, device=CPU, progress=progress)
-    return method
+def train(data, config, seed=0, workdir=None, progress=None, selection="aucp"):
+    method = AnomalyPro(config, workdir=workdir, selection=selection)
+    return method.fit(training_set(AnomalyPro, data), seed=seed, device=CPU, progress=progress)
 
 
 def test_scores_maps_and_masks_have_the_right_shapes(easy):
-    method = train(easy, small_config(iterations=4, checkpoint_every=2, decay_iterations=2))
+    method = train(easy, small_config(iterations=4, decay_iterations=2))
     images = easy.images_of("test")[:5]
-    scores = method.score(images)
+    prediction = method.predict(images, extras=True)
+    scores = prediction.scores
     assert scores.shape == (5,) and np.all(scores >= 0)
-    maps = method.anomaly_maps(images)
-    assert maps.shape == (5, 32, 32)
-    np.testing.assert_allclose(maps.mean(axis=(1, 2)), scores, rtol=1e-5)
-    masks = method.masks(images)
+    np.testing.assert_array_equal(method.score(images), scores)
+    assert prediction.maps.shape == (5, 32, 32)
+    np.testing.assert_allclose(prediction.maps.mean(axis=(1, 2)), scores, rtol=1e-5)
+    masks = prediction.extras["mask M"]
     assert masks.shape == (5, 32, 32) and masks.min() >= 0 and masks.max() <= 1
-    assert method.figure(images[:2]) is not None
+    assert prediction.extras["translated"].shape == (5, 32, 32)
+    assert method.figure(images[:2], prediction.rows(np.arange(2))) is not None
 
 
 def test_selection_keeps_the_best_aucp_checkpoint(easy):
-    method = train(easy, small_config(iterations=6, checkpoint_every=2, decay_iterations=2))
-    steps = [step for step, _, _ in method.selection_history]
-    assert steps == [2, 4, 6]
-    values = [v["aucp"] for _, v, _ in method.selection_history]
+    method = train(easy, small_config(iterations=12, decay_iterations=2))
+    steps = [c.step for c in method.selection_history]
+    assert steps == checkpoint_steps(0, 12) == [2, 4, 6, 8, 10, 12]
+    values = [c.values["aucp"] for c in method.selection_history]
     best = steps[int(np.argmax(values))]  # argmax: first on ties
-    assert method.run_info["selected_iteration"] == best
-    for _, v, _ in method.selection_history:
-        assert v["aucp_debiased"] == pytest.approx(debiased_aucp(v["aucp"], 0.5))
-    last = train(easy, small_config(iterations=6, checkpoint_every=2, decay_iterations=2,
-                                    select="last"))
-    assert last.run_info["selected_iteration"] == 6
+    assert method.run_info["selected_step"] == method.selected_step == best
+    for c in method.selection_history:
+        assert c.values["aucp_debiased"] == pytest.approx(debiased_aucp(c.values["aucp"], 0.5))
+    last = train(easy, small_config(iterations=12, decay_iterations=2), selection="last")
+    assert last.run_info["selected_step"] == 12
+    # The rule changes only which checkpoint is kept, not the training.
+    assert [c.values for c in last.selection_history] == [c.values
+                                                          for c in method.selection_history]
 
 
 def test_same_seed_same_scores(easy):
-    config = small_config(iterations=6, checkpoint_every=3, decay_iterations=2)
+    config = small_config(iterations=6, decay_iterations=2)
     images = easy.images_of("test")
     first = train(easy, config, seed=4).score(images)
     np.testing.assert_array_equal(first, train(easy, config, seed=4).score(images))
@@ -171,16 +175,16 @@ class Killer(Progress):
 
 
 def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_one_ends(easy, tmp_path):
-    config = small_config(iterations=10, checkpoint_every=4, decay_iterations=4)
+    config = small_config(iterations=12, decay_iterations=4)
     images = easy.images_of("test")
     straight = train(easy, config, seed=2)
     with pytest.raises(KeyboardInterrupt):
         train(easy, config, seed=2, workdir=tmp_path, progress=Killer(after=7))
     assert (tmp_path / "last.pt").is_file()
     resumed = train(easy, config, seed=2, workdir=tmp_path)
-    assert resumed.run_info["resumed_from_iteration"] == 4
+    assert resumed.run_info["resumed_from_step"] == 6  # the checkpoint before the kill
     np.testing.assert_array_equal(straight.score(images), resumed.score(images))
-    assert resumed.run_info["selected_iteration"] == straight.run_info["selected_iteration"]
+    assert resumed.run_info["selected_step"] == straight.run_info["selected_step"]
     for name, value in straight.generator.state_dict().items():
         torch.testing.assert_close(resumed.generator.state_dict()[name], value, rtol=0, atol=0)
 
@@ -198,8 +202,7 @@ def test_short_training_on_obvious_lesions_scores_diseased_above_healthy(tmp_pat
     (tmp_path / "learn.toml").write_text(LEARNING_CARD)
     data = prepare(load_card(str(tmp_path / "learn.toml")), cache_root=tmp_path,
                    show_progress=False)
-    method = train(data, small_config(iterations=LEARNING_ITERATIONS, checkpoint_every=150,
-                                      decay_iterations=100))
+    method = train(data, small_config(iterations=LEARNING_ITERATIONS, decay_iterations=100))
     auc = roc_auc(data.labels_of("test"), method.score(data.images_of("test")))
     assert auc > 0.75, auc
 
@@ -221,7 +224,7 @@ def test_a_run_logs_curves_selection_quality_and_the_figure(tracking_uri, isolat
 
     result = CliRunner().invoke(cli, [
         "run", "--methods", "anomalypro", "--dataset", "tiny", "--no-progress",
-        "--set", "anomalypro.iterations=4", "--set", "anomalypro.checkpoint_every=2",
+        "--set", "anomalypro.iterations=4",
         "--set", "anomalypro.decay_iterations=2", "--set", "anomalypro.log_every=1",
         "--select", "aucp",
         "--tracking-uri", tracking_uri], catch_exceptions=False)
@@ -230,17 +233,20 @@ def test_a_run_logs_curves_selection_quality_and_the_figure(tracking_uri, isolat
     run = client.search_runs([client.get_experiment_by_name("bench/tiny").experiment_id])[0]
     assert run.info.status == "FINISHED"
     assert run.data.params["trained_on"] == "normal,unlabeled"
-    assert run.data.params["model_selection"] == "aucp_on_unlabelled_test"
-    assert run.data.params["config.select"] == "aucp"
-    assert run.data.params["selected_iteration"] in ("2", "4")
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "aucp")] == [2, 4]
-    assert len(client.get_metric_history(run.info.run_id, "checkpoint_true_auc")) == 2
+    assert run.data.params["model_selection"] == "aucp"
+    assert int(run.data.params["n_selection_normals"]) > 0
+    assert run.data.params["selected_step"] in ("1", "2", "3", "4")
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "aucp")] == [1, 2, 3, 4]
+    assert len(client.get_metric_history(run.info.run_id, "checkpoint_test_auc")) == 4
+    for name in ("selection_last_auc", "selection_aucp_auc", "selection_oracle_auc"):
+        assert 0 <= run.data.metrics[name] <= 1
+    assert run.data.metrics["selection_oracle_auc"] >= run.data.metrics["selection_aucp_auc"]
     assert len(client.get_metric_history(run.info.run_id, "train_d_total")) == 4
     # Mask diagnostics on the validation split: a curve over checkpoints and final metrics.
     for name in ("mask_mean_healthy", "mask_mean_diseased", "mask_share_above_half",
                  "mask_pixel_auroc"):
         curve = client.get_metric_history(run.info.run_id, f"checkpoint_{name}")
-        assert [m.step for m in curve] == [2, 4]
+        assert [m.step for m in curve] == [1, 2, 3, 4]
         assert 0 <= run.data.metrics[name] <= 1
         # ... and the same numbers on the test split, computed after selection.
         assert 0 <= run.data.metrics[f"test_{name}"] <= 1
@@ -280,7 +286,7 @@ def test_a_saturated_run_warns_on_screen_and_in_the_report(tracking_uri, bias, s
     from benchmark.cli import cli
     from benchmark.report import select_runs
 
-    settings = {"iterations": 2, "checkpoint_every": 2, "decay_iterations": 0, "lr_g": 0,
+    settings = {"iterations": 2, "decay_iterations": 0, "lr_g": 0,
                 "lr_d": 0, "mask_logit_bias": bias}
     args = ["run", "--methods", "anomalypro", "--dataset", "tiny", "--no-progress",
             "--tracking-uri", tracking_uri]
@@ -310,9 +316,11 @@ def test_the_mask_warm_up_trains_b_int_alone_and_is_never_kept(easy):
     b_int, _ = method.generator(a)
     torch.testing.assert_close(warm["g_adv"], -method.critic(b_int).mean()
                                - method.critic(method.generator(b)[0]).mean())
-    trained = train(easy, small_config(iterations=6, checkpoint_every=2, decay_iterations=2,
+    trained = train(easy, small_config(iterations=6, decay_iterations=2,
                                        mask_warmup_iterations=4))
-    assert trained.run_info["selected_iteration"] == 6
+    # Checkpoints come only after the warm-up: none of its untrained masks can be kept.
+    assert [c.step for c in trained.selection_history] == [5, 6]
+    assert trained.run_info["selected_step"] in (5, 6)
     with pytest.raises(ValueError, match="mask_warmup_iterations"):
         small_config(mask_warmup_iterations=10_000)
 
@@ -340,7 +348,7 @@ def test_a_hostile_checkpoint_is_refused_and_runs_nothing(easy, tmp_path):
     marker = tmp_path / "code-ran"
     torch.save({"config": {}, "history": _Payload(marker)}, tmp_path / "last.pt")
     with pytest.raises(BenchError, match=r"refused to resume from .*last\.pt.*could run code"):
-        train(easy, small_config(iterations=2, checkpoint_every=2, decay_iterations=1),
+        train(easy, small_config(iterations=2, decay_iterations=1),
               workdir=tmp_path)
     assert not marker.exists()
     # The same file unpickled without the guard would have run it: the test has teeth.

@@ -11,6 +11,8 @@ from conftest import LEARNING_CARD
 from benchmark.api import get_method, make_config
 from benchmark.data import load_card, prepare
 from benchmark.metrics import roc_auc
+from benchmark.running import training_set
+from benchmark.training import checkpoint_steps
 from methods.brainomaly import Brainomaly, MapGenerator
 
 CPU = torch.device("cpu")
@@ -66,36 +68,35 @@ def learn(tmp_path_factory):
 
 
 def train(data, config, seed=0, workdir=None):
-    method = Brainomaly(config)
-    method.workdir = workdir
-    method.fit(data.train_set(with_selection=True), seed=seed, device=CPU)
-    return method
+    method = Brainomaly(config, workdir=workdir)
+    return method.fit(training_set(Brainomaly, data), seed=seed, device=CPU)
 
 
 def test_short_training_on_obvious_lesions_scores_diseased_above_healthy(learn):
-    method = train(learn, small_config(iterations=900, checkpoint_every=150,
+    method = train(learn, small_config(iterations=900,
                                        decay_iterations=100))
     auc = roc_auc(learn.labels_of("test"), method.score(learn.images_of("test")))
     assert auc > 0.75, auc
-    assert method.run_info["selected_iteration"] in {150, 300, 450, 600, 750, 900}
+    assert method.run_info["selected_step"] in checkpoint_steps(0, 900)
 
 
 def test_maps_explanations_and_figure_have_no_mask(learn):
-    method = train(learn, small_config(iterations=4, checkpoint_every=2, decay_iterations=2))
+    method = train(learn, small_config(iterations=4, decay_iterations=2))
     images = learn.images_of("test")[:4]
-    maps = method.anomaly_maps(images)
-    assert maps.shape == (4, 32, 32)
-    np.testing.assert_allclose(maps.mean(axis=(1, 2)), method.score(images), rtol=1e-5)
-    assert list(method.explain(images)) == ["translated"]
-    assert len(method.figure(images[:2]).axes) == 2 * 3
+    prediction = method.predict(images, extras=True)
+    assert prediction.maps.shape == (4, 32, 32)
+    np.testing.assert_allclose(prediction.maps.mean(axis=(1, 2)), method.score(images),
+                               rtol=1e-5)
+    assert list(prediction.extras) == ["translated"]
+    assert len(method.figure(images[:2], prediction.rows(np.arange(2))).axes) == 2 * 3
 
 
 def test_same_seed_same_scores_and_a_finished_run_resumes_to_the_same_model(learn, tmp_path):
-    config = small_config(iterations=8, checkpoint_every=4, decay_iterations=2)
+    config = small_config(iterations=8, decay_iterations=2)
     images = learn.images_of("test")
     first = train(learn, config, seed=3, workdir=tmp_path).score(images)
     np.testing.assert_array_equal(first, train(learn, config, seed=3).score(images))
     assert not np.array_equal(first, train(learn, config, seed=4).score(images))
     resumed = train(learn, config, seed=3, workdir=tmp_path)  # its last.pt is at iteration 8
-    assert resumed.run_info["resumed_from_iteration"] == 8
+    assert resumed.run_info["resumed_from_step"] == 8
     np.testing.assert_array_equal(first, resumed.score(images))

@@ -22,7 +22,7 @@ from benchmark.cli import cli
 from benchmark.data import fixtures, load_card, prepare
 from benchmark.data.covidx import read_name_list
 from benchmark.errors import BenchError
-from benchmark.runner import evaluation_units
+from benchmark.evaluation import evaluation_units
 
 BUILTIN = Path(__file__).resolve().parents[1] / "datasets"
 SIZE = 32  # cache size of the test cards: the real cards' text with a smaller image_size

@@ -1,20 +1,29 @@
-"""Building blocks the own-PyTorch GAN baselines share (f-AnoGAN, ALAD, ALOCC).
+"""What every GAN method shares (AnomalyPro, Brainomaly, f-AnoGAN, ALAD, ALOCC, GANomaly).
 
-DCGAN-style convolutional stacks that halve (or double) the resolution per layer between the
-image size and a 4x4 grid, a seeded batch sampler, and the [0, 1] -> [-1, 1] input conversion.
+- `GANMethod`: the chores of a GAN's training on top of the engine's loop
+  (benchmark/training.py: steps, logging cadence, checkpoints, selection, resume): networks
+  initialised and placed on the device, seeded batches and noise, the optimiser step.
+- Networks: DCGAN-style convolutional stacks that halve (or double) the resolution per layer
+  between the image size and a 4x4 grid, an image encoder (also a critic), a latent decoder.
+- Losses: BCE against a constant label, the WGAN-GP gradient penalty and critic loss.
+- Inputs: [0, 1] images -> the [-1, 1] range at the working size, batch by batch from the cache.
+
+No method imports another method's module: what two methods share lives here.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmark.api import Images
+from benchmark.api import Images, TrainSet
 from benchmark.data.images import ImageSet
+from benchmark.training import IterativeMethod
 
 
 def stages(image_size: int) -> int:
@@ -71,16 +80,20 @@ class LatentDecoder(nn.Module):
 
 
 class ImageEncoder(nn.Module):
-    """image -> vector (N, out): `down_stack`, then a linear layer."""
+    """image -> vector (N, out): `down_stack`, then a linear layer. With out=1 and
+    norm="layer" it is a WGAN-GP critic; `features` are its penultimate activations."""
 
     def __init__(self, channels: int, base: int, image_size: int, out: int,
                  norm: str = "batch") -> None:
         super().__init__()
-        self.features, width = down_stack(channels, base, image_size, norm)
+        self.body, width = down_stack(channels, base, image_size, norm)
         self.head = nn.Linear(width * 16, out)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x).flatten(1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).flatten(1))
+        return self.head(self.features(x))
 
 
 def dcgan_init(module: nn.Module) -> None:
@@ -98,6 +111,36 @@ def dcgan_init(module: nn.Module) -> None:
 def bce(logits: torch.Tensor, target: float) -> torch.Tensor:
     """Binary cross-entropy of logits against a constant label."""
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
+                     weights: torch.Tensor) -> torch.Tensor:
+    """WGAN-GP: mean (||grad D(x_hat)||_2 - 1)^2 on per-sample interpolates
+    x_hat = w*real + (1-w)*fake, `weights` (N, 1, 1, 1) in [0, 1]."""
+    mixed = (weights * real + (1.0 - weights) * fake).requires_grad_(True)
+    out = critic(mixed)
+    (grad,) = torch.autograd.grad(out, mixed, grad_outputs=torch.ones_like(out),
+                                  create_graph=True)
+    norms = grad.reshape(grad.shape[0], -1).norm(2, dim=1)
+    return torch.mean((norms - 1.0) ** 2)
+
+
+def wgan_critic_loss(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
+                     gp_weights: torch.Tensor, lambda_gp: float) -> tuple[torch.Tensor, dict]:
+    """-mean D(real) + mean D(fake) + lambda_gp * GP; the parts, for logging."""
+    real_score = critic(real).mean()
+    fake_score = critic(fake).mean()
+    penalty = gradient_penalty(critic, real, fake, gp_weights)
+    loss = -real_score + fake_score + lambda_gp * penalty
+    return loss, {"d_real": real_score, "d_fake": fake_score, "gp": penalty}
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor,
+                   retain_graph: bool = False) -> None:
+    """The zero_grad / backward / step sequence of one update."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward(retain_graph=retain_graph)
+    optimizer.step()
 
 
 def to_model_input(images: np.ndarray, device: torch.device, size: int) -> torch.Tensor:
@@ -144,13 +187,14 @@ class ModelInputs:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
-class BatchSampler:
-    """Seeded epochs of shuffled batches, dropping the ragged last batch."""
+class ShuffledBatches:
+    """Seeded epochs of shuffled batches (without replacement within an epoch), dropping the
+    ragged last batch; its state (generator and the epoch's remaining batches) resumes."""
 
     def __init__(self, n: int, batch_size: int, seed: int) -> None:
-        if n < batch_size:
-            batch_size = n
-        self.n, self.batch_size = n, batch_size
+        if n < 1:
+            raise ValueError("no training images to draw batches from")
+        self.n, self.batch_size = n, min(batch_size, n)
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
         self._queue: list[torch.Tensor] = []
 
@@ -164,11 +208,47 @@ class BatchSampler:
     def steps_per_epoch(self) -> int:
         return self.n // self.batch_size
 
+    def get_state(self) -> dict[str, Any]:
+        return {"rng": self.generator.get_state(), "queue": [q.clone() for q in self._queue]}
 
-def batched(function: object, x: np.ndarray, batch_size: int) -> np.ndarray:
-    """Apply `function` (array -> tensor of per-image values) in batches, without gradients."""
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(x), batch_size):
-            out.append(function(x[start:start + batch_size]).float().cpu())
-    return torch.cat(out).numpy().astype(np.float64)
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["rng"])
+        self._queue = [q.cpu() for q in state["queue"]]
+
+
+class GANMethod(IterativeMethod):
+    """The chores a GAN method's `_setup` and `_predict` share, on top of the engine's loop.
+
+    Random streams: `seed + 1` orders the training batches, `seed + 2` draws noise (latents,
+    interpolation weights), the global generator (seeded by `fit`) initialises the weights.
+    """
+
+    def _network(self, name: str, module: nn.Module, *, init: bool = True,
+                 channels_last: bool = False) -> nn.Module:
+        """DCGAN-initialise a network, place it on the device and register it."""
+        if init:
+            dcgan_init(module)
+        return self.add_network(name, module, channels_last=channels_last)
+
+    def _optimizer(self, name: str, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        return self.add_optimizer(name, optimizer)
+
+    def _training_inputs(self, images: Images, channels_last: bool = False) -> ModelInputs:
+        return ModelInputs(images, self.device, self.config.image_size,
+                           channels_last=channels_last)
+
+    def _shuffled_batches(self, train: TrainSet, images: Images | None = None
+                          ) -> tuple[ModelInputs, ShuffledBatches]:
+        """The healthy training images as model inputs and their seeded batch order."""
+        inputs = self._training_inputs(train.normal if images is None else images)
+        batches = ShuffledBatches(len(inputs), self.config.batch_size, self.seed + 1)
+        return inputs, self.add_generator("batches", batches)
+
+    def _noise(self) -> torch.Generator:
+        """The seeded stream of latents and interpolation weights."""
+        return self.add_generator("noise",
+                                  torch.Generator(device="cpu").manual_seed(self.seed + 2))
+
+    def _model_input(self, images: np.ndarray) -> torch.Tensor:
+        """A batch of [0, 1] images -> the [-1, 1] range at the working size, on the device."""
+        return to_model_input(images, self.device, self.config.image_size)

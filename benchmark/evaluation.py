@@ -1,0 +1,183 @@
+"""Evaluating a fitted method: one prediction pass per split, then everything from it.
+
+`predict_split` runs the method once over a split's images, keeping the maps only where the
+dataset has lesion masks (localisation needs them all) and the maps and extras of the sample
+images the report shows. Labels are read only after that, by `evaluate`: image (or subject)
+metrics at a threshold from the validation split, localisation, the method's diagnostics, and
+what the selection rule chose against the other checkpoints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from benchmark import metrics, stats
+from benchmark.api import Images, Method, Prediction
+from benchmark.data import PreparedDataset
+
+#: Images predicted at once: bounds the maps held for a split without lesion masks.
+PREDICT_CHUNK = 256
+
+
+@dataclass(frozen=True)
+class SplitPrediction:
+    """A split's scores, its maps where kept, the diagnostics' extras, and the full prediction
+    (maps and extras) of the sample images."""
+
+    scores: np.ndarray
+    maps: np.ndarray | None
+    extras: dict[str, np.ndarray]
+    samples: Prediction | None
+
+
+def sample_rows(labels: np.ndarray, per_class: int = 4) -> np.ndarray:
+    """The first `per_class` healthy then diseased test images: the same ones for every method."""
+    return np.r_[np.flatnonzero(labels == 0)[:per_class], np.flatnonzero(labels == 1)[:per_class]]
+
+
+def predict_split(method: Method, images: Images, *, keep_maps: bool,
+                  samples: np.ndarray | None = None) -> SplitPrediction:
+    """One pass of `method` over `images`, chunk by chunk: scores for all, maps for all if
+    `keep_maps`, the extras `method.diagnostic_extras` names for all, and maps and extras of
+    the rows `samples` (for the report's figures)."""
+    want_samples = samples is not None and len(samples) > 0
+    extras = want_samples or bool(method.diagnostic_extras)
+    parts, kept = [], []
+    for start in range(0, len(images), PREDICT_CHUNK):
+        chunk = images[start:start + PREDICT_CHUNK]
+        prediction = method.predict(chunk, maps=keep_maps or want_samples, extras=extras)
+        checked_scores(method, prediction.scores, len(chunk))
+        parts.append(Prediction(prediction.scores,
+                                prediction.maps if keep_maps else None,
+                                {k: prediction.extras[k] for k in method.diagnostic_extras
+                                 if k in prediction.extras}))
+        if want_samples:
+            inside = samples[(samples >= start) & (samples < start + len(chunk))]
+            kept.append((inside, prediction.rows(inside - start)))
+    whole = Prediction.concatenate(parts)
+    sample_prediction = None
+    if want_samples:
+        found = np.concatenate([rows for rows, _ in kept])
+        joined = Prediction.concatenate([p for _, p in kept])
+        position = {int(row): i for i, row in enumerate(found)}  # chunk order -> given order
+        sample_prediction = joined.rows(np.array([position[int(r)] for r in samples], int))
+    return SplitPrediction(whole.scores, whole.maps, whole.extras, sample_prediction)
+
+
+def checked_scores(method: Method, scores: np.ndarray, expected: int) -> np.ndarray:
+    """The scores, if there is one finite score per image; otherwise the run fails."""
+    if scores.shape != (expected,):
+        raise RuntimeError(f"{method.name}.predict returned {scores.shape} scores for "
+                           f"{expected} images")
+    if not np.all(np.isfinite(scores)):
+        raise RuntimeError(f"{method.name} produced NaN/infinite scores")
+    return scores
+
+
+def evaluation_units(data: PreparedDataset, split: str,
+                     scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, scores) per evaluation unit: per image, or slice scores averaged per subject."""
+    labels = data.labels_of(split)
+    if data.card.unit != "subject":
+        return labels, scores
+    table = pd.DataFrame({"subject": data.subjects_of(split), "label": labels, "score": scores})
+    grouped = table.groupby("subject", sort=True).agg(label=("label", "first"),
+                                                      score=("score", "mean"))
+    return grouped.label.to_numpy(), grouped.score.to_numpy()
+
+
+def evaluate(method: Method, data: PreparedDataset, val: SplitPrediction,
+             test: SplitPrediction) -> dict[str, float]:
+    """Test metrics at the validation threshold (Youden's J), localisation, diagnostics.
+    Labels are read here, after both splits were predicted."""
+    val_labels, val_units = evaluation_units(data, "val", val.scores)
+    test_labels, test_units = evaluation_units(data, "test", test.scores)
+    threshold = metrics.youden_threshold(val_labels, val_units)
+    values = metrics.evaluate(test_labels, test_units, threshold)
+    values.update(localisation(data, val, test))
+    test_prediction = Prediction(test.scores, test.maps, test.extras)
+    values.update({f"test_{key}": value for key, value in method.diagnostics(
+        test_prediction, data.labels_of("test"), data.masks_of("test")).items()})
+    values["threshold"] = threshold
+    values["val_auc"] = metrics.roc_auc(val_labels, val_units)
+    return values
+
+
+def localisation(data: PreparedDataset, val: SplitPrediction,
+                 test: SplitPrediction) -> dict[str, float]:
+    """Pixel AUROC and Dice on the test split where the dataset has lesion masks and the
+    method gives maps; the Dice threshold comes from the validation split's pixels."""
+    val_masks = data.masks_of("val")
+    if val_masks is None or val.maps is None or test.maps is None:
+        return {}
+    test_masks = data.masks_of("test")
+    threshold = stats.youden_pixel_threshold(val_masks, val.maps)
+    return {"pixel_auroc": stats.pixel_auroc(test_masks, test.maps),
+            "pixel_dice": stats.dice_at_threshold(test_masks, test.maps, threshold),
+            "pixel_threshold": threshold}
+
+
+def selection_table(method: Method, data: PreparedDataset) -> pd.DataFrame | None:
+    """After final scoring only: every checkpoint the engine weighed, its label-free AUCp
+    beside its true test AUC, which one AUCp chose and which was last. None for a method
+    without checkpoints."""
+    history = getattr(method, "selection_history", None)
+    if not history:
+        return None
+    rows = []
+    for checkpoint in history:
+        labels, units = evaluation_units(data, "test", checkpoint.test_scores)
+        rows.append({"step": checkpoint.step, **checkpoint.values,
+                     "test_auc": metrics.roc_auc(labels, units), "eligible": 1,
+                     "aucp_choice": int(checkpoint.step == method.aucp_step),
+                     "last": int(checkpoint.step == method.last_step)})
+    return pd.DataFrame(rows)
+
+
+def selection_metrics(table: pd.DataFrame) -> dict[str, float]:
+    """Test AUC of the last checkpoint, of AUCp's choice, and of the best in hindsight
+    (oracle: chosen with the test labels; shown to judge the rule, never a result)."""
+    return {"selection_last_auc": float(table.loc[table["last"] == 1, "test_auc"].iloc[0]),
+            "selection_aucp_auc": float(table.loc[table["aucp_choice"] == 1,
+                                                  "test_auc"].iloc[0]),
+            "selection_oracle_auc": float(table.loc[table["eligible"] == 1, "test_auc"].max())}
+
+
+def scores_table(data: PreparedDataset, val_scores: np.ndarray,
+                 test_scores: np.ndarray) -> pd.DataFrame:
+    parts = []
+    for split, scores in (("val", val_scores), ("test", test_scores)):
+        # The subject lets the report resample patients, not images, for its intervals.
+        parts.append(pd.DataFrame({"image_id": data.ids_of(split), "split": split,
+                                   "subject_id": data.subjects_of(split),
+                                   "label": data.labels_of(split), "score": scores}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def subject_table(data: PreparedDataset, val_scores: np.ndarray,
+                  test_scores: np.ndarray) -> pd.DataFrame:
+    parts = []
+    for split, scores in (("val", val_scores), ("test", test_scores)):
+        labels, units = evaluation_units(data, split, scores)
+        subjects = np.unique(data.subjects_of(split))
+        parts.append(pd.DataFrame({"subject_id": subjects, "split": split, "label": labels,
+                                   "score": units}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def map_samples(data: PreparedDataset, test_images: np.ndarray, rows: np.ndarray,
+                samples: Prediction) -> dict[str, np.ndarray]:
+    """Inputs, anomaly maps, ground-truth masks and the method's extras of the sample test
+    images, for the report's map grids."""
+    arrays: dict[str, np.ndarray] = {"input": test_images[rows].mean(axis=1),
+                                     "label": data.labels_of("test")[rows]}
+    if samples.maps is not None:
+        arrays["anomaly map"] = samples.maps
+    masks = data.masks_of("test")
+    if masks is not None:
+        arrays["ground truth"] = masks[rows]
+    arrays.update(samples.extras)
+    return arrays

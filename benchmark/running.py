@@ -1,0 +1,271 @@
+"""Running one planned run: train, predict once, evaluate, log to MLflow.
+
+The test labels are read only after the method has predicted both splits; the decision
+threshold comes from the labelled validation split (Youden's J), never from the test split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import socket
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from benchmark import evaluation, metrics
+from benchmark.api import Method, Progress, TrainSet, get_method
+from benchmark.data import PreparedDataset
+from benchmark.data.images import empty_like, join
+from benchmark.errors import BenchError
+from benchmark.planning import RunPlan, RunResult, RunSpec, selection_rule
+from benchmark.resources import MemoryWatch, megabytes
+from benchmark.seeding import deterministic_algorithms
+from benchmark.tracking import RunLogger, environment_params
+from benchmark.training import IterativeMethod, hold_out_normals
+
+logger = logging.getLogger(__name__)
+
+#: Per-run working folders (checkpoints for resume); removed when a run finishes.
+WORK_ROOT = Path("results") / "runs"
+
+
+class BarProgress(Progress):
+    """Turns a method's stage/advance calls into one tqdm bar per run, and its training
+    curves into MLflow metrics (buffered: one call per few hundred points)."""
+
+    def __init__(self, label: str, enabled: bool = True, logger: RunLogger | None = None) -> None:
+        self.label = label
+        self.logger = logger
+        self.points: list[tuple[str, float, int]] = []
+        # disable=None: a bar on a terminal, none when output goes to a file or CI log.
+        self.bar = tqdm(total=None, desc=label, unit="step", leave=False,
+                        disable=None if enabled else True,
+                        dynamic_ncols=True)
+
+    def metric(self, name: str, value: float, step: int) -> None:
+        self.points.append((name, value, step))
+        if len(self.points) >= 500:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.logger is not None and self.points:
+            self.logger.series(self.points)
+        self.points = []
+
+    def stage(self, name: str, total: int | None = None) -> None:
+        self.bar.reset(total=total)
+        self.bar.set_description(f"{self.label} | {name}")
+
+    def advance(self, n: int = 1) -> None:
+        self.bar.update(n)
+
+    def close(self) -> None:
+        self.flush()
+        self.bar.close()
+
+
+def execute_spec(plan: RunPlan, spec: RunSpec, data: PreparedDataset, *, device: str,
+                 experiment_id: str) -> RunResult:
+    """Run one spec in this process (the body every executor calls)."""
+    with deterministic_algorithms(plan.deterministic):
+        return run_one(get_method(spec.method), spec.config, data, seed=spec.seed,
+                       device=torch.device(device), plan=plan, experiment_id=experiment_id,
+                       label=spec.label, key=spec.key, identity=spec.identity,
+                       provenance=spec.provenance)
+
+
+def training_set(method: type[Method], data: PreparedDataset,
+                 contaminated: bool = False) -> TrainSet:
+    """The images the method may see: its declared sets, or normal + unlabeled if contaminated.
+
+    A set the method does not use is handed over empty, so it cannot see it by accident. An
+    iterative method gets the unlabelled test images for AUCp and a tenth of the known normals
+    (at most 256) held out of its training set as AUCp's pseudo-label 0.
+    """
+    full = data.train_set(with_selection=method.uses_selection,
+                          with_validation=method.uses_validation)
+    normal, held = full.normal, None
+    if method.uses_selection:
+        normal, held = hold_out_normals(full.normal)
+    empty = empty_like(full.normal)
+    if contaminated and "unlabeled" not in method.uses:
+        return dataclasses.replace(full, normal=join(normal, full.unlabeled), unlabeled=empty,
+                                   selection_normals=held)
+    return dataclasses.replace(
+        full, normal=normal if "normal" in method.uses else empty,
+        unlabeled=full.unlabeled if "unlabeled" in method.uses else empty,
+        selection_normals=held)
+
+
+def make_method(method_cls: type[Method], config: Any, workdir: Path | None,
+                select: str = "aucp") -> Method:
+    """The method, constructed with its work folder (and, if iterative, its selection rule)."""
+    if issubclass(method_cls, IterativeMethod):
+        return method_cls(config, workdir=workdir, selection=select)
+    return method_cls(config, workdir=workdir)
+
+
+def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, seed: int,
+            device: torch.device, plan: RunPlan, experiment_id: str, label: str,
+            key: str, identity: str = "", provenance: dict[str, str] | None = None
+            ) -> RunResult:
+    """Train, predict, evaluate and log one run. A failure inside the method marks the MLflow
+    run FAILED and is returned (the grid goes on); a BenchError stops everything."""
+    workdir = WORK_ROOT.resolve() / data.card.name / f"{method_cls.name}-s{seed}-{key}"
+    rule = selection_rule(method_cls.name, plan)
+    method = make_method(method_cls, config, workdir, rule if rule != "none" else "aucp")
+    run = RunLogger(plan.tracking_uri, experiment_id, run_name=f"{method_cls.name}-s{seed}",
+                    tags={"method": method_cls.name, "dataset": data.card.name,
+                          "seed": str(seed), "profile": plan.profile,
+                          "split_hash": data.split_hash, "run_key": key,
+                          "host": socket.gethostname(), "pid": str(os.getpid())})
+    progress = BarProgress(label, enabled=plan.show_progress, logger=run)
+    train = training_set(method_cls, data, plan.contaminated)
+    try:
+        run.params({
+            "method": method_cls.name, "dataset": data.card.name, "seed": seed,
+            "profile": plan.profile, "device": str(device), "split_hash": data.split_hash,
+            "data_version": data.data_version, "contaminated": str(plan.contaminated).lower(),
+            "run_key": key, "run_identity": identity,
+            **{f"identity.{k}": v for k, v in (provenance or {}).items()},
+            **_tuning_params(plan.tuned.get(method_cls.name, [])),
+            # What this process really runs under, so a worker that missed the setting shows.
+            "deterministic": str(torch.are_deterministic_algorithms_enabled()).lower(),
+            **({"cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG", "unset")}
+               if plan.deterministic else {}),
+            "trained_on": ",".join(s for s in ("normal", "unlabeled")
+                                   if len(getattr(train, s))),
+            # aucp: the checkpoint with the highest label-free AUCp (held-out normals vs the
+            # unlabelled test images); last: the last checkpoint; none: no checkpoints.
+            "model_selection": rule,
+            "n_train_normal": len(train.normal), "n_train_unlabeled": len(train.unlabeled),
+            "n_selection_normals": (len(train.selection_normals)
+                                    if train.selection_normals is not None else 0),
+            "threshold_rule": "youden_j_on_val",
+            # The training budget (Method.images_seen): equal for every trainable method's
+            # quick profile, stated in the report's caption.
+            "budget_images_seen": method_cls.images_seen(config) or "none",
+            "evaluation_unit": data.card.unit,
+            **_data_params(data),
+            **{f"config.{k}": v for k, v in dataclasses.asdict(config).items()},
+            **environment_params(),
+        })
+        run.json(method.config_dict(), "config.json")
+
+        watch = MemoryWatch(device).start()
+        started = time.perf_counter()
+        method.fit(train, seed=seed, device=device, progress=progress)
+        fit_seconds = time.perf_counter() - started
+        fit_peak_host, fit_peak_gpu = watch.peak_host_bytes(), watch.peak_gpu_bytes()
+        run.params(dict(method.run_info))
+        if method.run_metrics:
+            run.metrics(method.run_metrics)
+        if method.warnings:
+            for warning in method.warnings:
+                logger.warning("WARNING %s: %s", label, warning)
+            run.params({"warnings": " | ".join(method.warnings)})
+
+        # One pass per split; labels are read only afterwards, by evaluation.evaluate.
+        progress.stage("predict")
+        started = time.perf_counter()
+        has_masks = data.masks_of("val") is not None
+        val = evaluation.predict_split(method, data.images_of("val"), keep_maps=has_masks)
+        test_images = data.images_of("test")
+        samples = evaluation.sample_rows(data.labels_of("test"))
+        test = evaluation.predict_split(method, test_images, keep_maps=has_masks,
+                                        samples=samples)
+        score_seconds = time.perf_counter() - started
+
+        values = evaluation.evaluate(method, data, val, test)
+        values.update({
+            "fit_seconds": fit_seconds,
+            "score_seconds": score_seconds,
+            "score_images_per_second": (len(val.scores) + len(test.scores)) / score_seconds,
+            **cost_metrics(method_cls, config, train, fit_seconds, watch,
+                           fit_peak_host, fit_peak_gpu),
+        })
+        selection = evaluation.selection_table(method, data)
+        if selection is not None:
+            values.update(evaluation.selection_metrics(selection))
+            run.series([("checkpoint_test_auc", row.test_auc, row.step)
+                        for row in selection.itertuples()])
+            run.table(selection, "selection.csv")
+        run.metrics(values)
+        run.table(evaluation.scores_table(data, val.scores, test.scores), "scores.csv")
+        if data.card.unit == "subject":
+            run.table(evaluation.subject_table(data, val.scores, test.scores),
+                      "subject_scores.csv")
+        test_labels, test_units = evaluation.evaluation_units(data, "test", test.scores)
+        run.table(pd.DataFrame(metrics.roc_points(test_labels, test_units)), "roc.csv")
+        if test.samples is not None:
+            _log_figure(run, method, test_images[samples], test.samples)
+            run.arrays(evaluation.map_samples(data, test_images, samples, test.samples),
+                       "map_samples.npz")
+        progress.flush()
+        run.finish(ok=True)
+        shutil.rmtree(workdir, ignore_errors=True)  # finished: nothing to resume
+        return RunResult(method_cls.name, seed, run.run_id, ok=True, metrics=values)
+    except BenchError:
+        run.finish(ok=False)
+        raise
+    except BaseException as exc:
+        run.json({"error": repr(exc), "traceback": traceback.format_exc()}, "error.json")
+        run.finish(ok=False)
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        return RunResult(method_cls.name, seed, run.run_id, ok=False,
+                         error=f"{type(exc).__name__}: {exc}")
+    finally:
+        run.heartbeat.stop()  # also when logging the failure itself failed
+        progress.close()
+
+
+def _tuning_params(fields: list[str]) -> dict[str, str]:
+    if not fields:
+        return {"tuned": "false"}
+    return {"tuned": "true", "tuned_fields": ",".join(sorted(fields))}
+
+
+def cost_metrics(method_cls: type[Method], config: Any, train: TrainSet, fit_seconds: float,
+                 watch: MemoryWatch, fit_peak_host: int, fit_peak_gpu: int | None
+                 ) -> dict[str, float]:
+    """Throughput and memory of a run: training images/s (images drawn into batches for an
+    iterative method, training images embedded for a feature method), and peak memory while
+    training and over the whole run (training, scoring, evaluation), host and GPU."""
+    trained = method_cls.images_seen(config) or (len(train.normal) + len(train.unlabeled))
+    values = {"train_images_per_second": trained / fit_seconds if fit_seconds > 0 else 0.0,
+              "peak_host_mb_fit": megabytes(fit_peak_host),
+              "peak_host_mb": megabytes(max(fit_peak_host, watch.peak_host_bytes()))}
+    if fit_peak_gpu is not None:
+        values["peak_gpu_mb_fit"] = megabytes(fit_peak_gpu)
+        values["peak_gpu_mb"] = megabytes(max(fit_peak_gpu, watch.peak_gpu_bytes() or 0))
+    return values
+
+
+def _data_params(data: PreparedDataset) -> dict[str, Any]:
+    """What the run should say about the data: protocol scale, notes, image sizes seen."""
+    if data.card.is_synthetic:
+        return {}
+    return {"data_root": data.meta.get("data_root", ""),
+            "protocol_scale": data.meta.get("protocol_scale", 1.0),
+            "protocol_notes": "; ".join(data.meta.get("notes", [])) or "none",
+            # A tree that reads files through links out of its root says so in every run.
+            "allow_links_outside_root": bool(data.meta.get("allow_links_outside_root", False)),
+            "links_outside_root": int(data.meta.get("links_outside_root", 0))}
+
+
+def _log_figure(run: RunLogger, method: Method, images: np.ndarray,
+                samples: Any) -> None:
+    """The method's own figure on the sample test images, where it has one."""
+    figure = method.figure(images, samples)
+    if figure is not None:
+        run.figure(figure, "figure_grid.png")
