@@ -17,19 +17,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmark.api import Method, Progress, TrainSet, register_method
-from benchmark.seeding import seed_everything
+from benchmark.api import Prediction, TrainSet, register_method
 from methods._budget import steps_for
-from methods._dcgan import (
-    BatchSampler,
+from methods._gan import (
+    GANMethod,
     ImageEncoder,
     LatentDecoder,
-    ModelInputs,
-    batched,
     bce,
-    dcgan_init,
     down_stack,
-    to_model_input,
+    optimizer_step,
 )
 
 
@@ -111,7 +107,7 @@ def _pair_losses(d_xz: nn.Module, d_xx: nn.Module, d_zz: nn.Module, p: dict[str,
 
 
 @register_method
-class Alad(Method):
+class Alad(GANMethod):
     name = "alad"
     description = "ALAD: BiGAN with D_xz, D_xx, D_zz; score = D_xx feature distance"
     uses = ("normal",)
@@ -134,67 +130,68 @@ class Alad(Method):
     def images_seen(cls, config: AladConfig) -> int:
         return config.iterations * config.batch_size
 
-    def fit(self, train: TrainSet, *, seed: int, device: torch.device,
-            progress: Progress | None = None) -> None:
-        progress = progress or Progress()
+    # -- training ---------------------------------------------------------------------------
+
+    def total_steps(self, train: TrainSet) -> int:
+        return self.config.iterations
+
+    def _setup(self, train: TrainSet) -> None:
         cfg = self.config
-        seed_everything(seed)
-        self.device = device
         channels = train.channels
-        encoder = ImageEncoder(channels, cfg.base_channels, cfg.image_size, cfg.latent)
-        generator = LatentDecoder(cfg.latent, channels, cfg.base_channels, cfg.image_size)
-        d_xz = JointXZ(channels, cfg.base_channels, cfg.image_size, cfg.latent)
-        d_xx = PairXX(channels, cfg.base_channels, cfg.image_size)
-        d_zz = PairZZ(cfg.latent)
-        nets = (encoder, generator, d_xz, d_xx, d_zz)
-        for net in nets:
-            dcgan_init(net)
-            net.to(device).train()
+        # Built in this order, then initialised: the weights the seed has always drawn.
+        nets = {"encoder": ImageEncoder(channels, cfg.base_channels, cfg.image_size, cfg.latent),
+                "generator": LatentDecoder(cfg.latent, channels, cfg.base_channels,
+                                           cfg.image_size),
+                "d_xz": JointXZ(channels, cfg.base_channels, cfg.image_size, cfg.latent),
+                "d_xx": PairXX(channels, cfg.base_channels, cfg.image_size),
+                "d_zz": PairZZ(cfg.latent)}
+        for name, net in nets.items():
+            self._network(name, net)
+        self.encoder, self.generator = nets["encoder"], nets["generator"]
+        self.d_xz, self.d_xx, self.d_zz = nets["d_xz"], nets["d_xx"], nets["d_zz"]
         betas = (cfg.beta1, cfg.beta2)
-        opt_ge = torch.optim.Adam([*encoder.parameters(), *generator.parameters()], cfg.lr,
-                                  betas)
-        opt_d = torch.optim.Adam([*d_xz.parameters(), *d_xx.parameters(),
-                                  *d_zz.parameters()], cfg.lr, betas)
-        # The averaged copies used at inference.
-        self.encoder, self.generator, self.d_xx = (copy.deepcopy(n) for n in nets[:2] + nets[3:4])
-        images = ModelInputs(train.normal, device, cfg.image_size)
-        sampler = BatchSampler(len(images), cfg.batch_size, seed + 1)
-        noise = torch.Generator(device="cpu").manual_seed(seed + 2)
-        progress.stage("train", cfg.iterations)
-        for step in range(1, cfg.iterations + 1):
-            x = images[sampler.next()]
-            z = torch.randn(len(x), cfg.latent, generator=noise).to(device)
-            # Discriminators: real pairs 1, generated pairs 0.
-            with torch.no_grad():
-                pairs = _pairs(encoder, generator, x, z)
-            d_loss = _pair_losses(d_xz, d_xx, d_zz, pairs, real_label=1.0)
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
-            # Encoder and generator: the same pairs with the labels flipped.
-            ge_loss = _pair_losses(d_xz, d_xx, d_zz, _pairs(encoder, generator, x, z),
-                                   real_label=0.0)
-            opt_ge.zero_grad(set_to_none=True)
-            ge_loss.backward()
-            opt_ge.step()
-            with torch.no_grad():
-                for live, average in ((encoder, self.encoder), (generator, self.generator),
-                                      (d_xx, self.d_xx)):
-                    _ema_update(average, live, cfg.ema_decay)
-            progress.advance()
-            if step % cfg.log_every == 0:
-                progress.metric("train_d_loss", float(d_loss.detach()), step)
-                progress.metric("train_ge_loss", float(ge_loss.detach()), step)
-        for net in (self.encoder, self.generator, self.d_xx):
-            net.eval()
+        self.opt_ge = self._optimizer("encoder_generator", torch.optim.Adam(
+            [*self.encoder.parameters(), *self.generator.parameters()], cfg.lr, betas))
+        self.opt_d = self._optimizer("discriminators", torch.optim.Adam(
+            [*self.d_xz.parameters(), *self.d_xx.parameters(), *self.d_zz.parameters()],
+            cfg.lr, betas))
+        # The moving averages inference uses: networks too (checkpointed, selected, resumed).
+        self.ema_encoder = self._network("ema_encoder", copy.deepcopy(self.encoder), init=False)
+        self.ema_generator = self._network("ema_generator", copy.deepcopy(self.generator),
+                                           init=False)
+        self.ema_d_xx = self._network("ema_d_xx", copy.deepcopy(self.d_xx), init=False)
+        self.images, self.batches = self._shuffled_batches(train)
+        self.noise = self._noise()
 
-    def score(self, images: np.ndarray) -> np.ndarray:
-        def distance(chunk: np.ndarray) -> torch.Tensor:
-            x = to_model_input(chunk, self.device, self.config.image_size)
-            rec = self.generator(self.encoder(x))
-            return torch.abs(self.d_xx.features(x, x) - self.d_xx.features(x, rec)).sum(1)
+    def _train_step(self, step: int) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        x = self.images[self.batches.next()]
+        z = torch.randn(len(x), cfg.latent, generator=self.noise).to(self.device)
+        discriminators = (self.d_xz, self.d_xx, self.d_zz)
+        # Discriminators: real pairs 1, generated pairs 0.
+        with torch.no_grad():
+            pairs = _pairs(self.encoder, self.generator, x, z)
+        d_loss = _pair_losses(*discriminators, pairs, real_label=1.0)
+        optimizer_step(self.opt_d, d_loss)
+        # Encoder and generator: the same pairs with the labels flipped.
+        ge_loss = _pair_losses(*discriminators, _pairs(self.encoder, self.generator, x, z),
+                               real_label=0.0)
+        optimizer_step(self.opt_ge, ge_loss)
+        with torch.no_grad():
+            for live, average in ((self.encoder, self.ema_encoder),
+                                  (self.generator, self.ema_generator),
+                                  (self.d_xx, self.ema_d_xx)):
+                _ema_update(average, live, cfg.ema_decay)
+        return {"d_loss": d_loss.detach(), "ge_loss": ge_loss.detach()}
 
-        return batched(distance, images, self.config.score_batch_size)
+    # -- prediction -------------------------------------------------------------------------
+
+    def _predict(self, images: np.ndarray, *, maps: bool, extras: bool) -> Prediction:
+        """The L1 distance of the averaged D_xx's features of (x, x) and (x, G(E(x)))."""
+        x = self._model_input(images)
+        rec = self.ema_generator(self.ema_encoder(x))
+        distance = torch.abs(self.ema_d_xx.features(x, x) - self.ema_d_xx.features(x, rec)).sum(1)
+        return Prediction(distance.float().cpu().numpy())
 
 
 def _ema_update(average: nn.Module, live: nn.Module, decay: float) -> None:

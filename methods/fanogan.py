@@ -5,6 +5,10 @@ generator step, Adam 2e-4 betas (0.5, 0.999), latent 100) learns healthy images.
 Phase 2: with G and D frozen, an encoder E learns to map images to latents with the izi_f
 loss MSE(x, G(E(x))) + kappa * MSE(f(x), f(G(E(x)))), f the critic's penultimate features,
 kappa = 1. The anomaly score is that same expression per image.
+
+One engine step (benchmark/training.py) is a generator step with its critic steps in phase 1,
+an encoder step in phase 2. Checkpoints (and the AUCp selection) are spread over phase 2 only:
+without a trained encoder the model cannot score.
 """
 
 from __future__ import annotations
@@ -16,20 +20,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmark.api import Method, Progress, TrainSet, register_method
-from benchmark.seeding import seed_everything
+from benchmark.api import Prediction, TrainSet, register_method
 from methods._budget import steps_for
-from methods._dcgan import (
-    BatchSampler,
+from methods._gan import (
+    GANMethod,
     ImageEncoder,
     LatentDecoder,
-    ModelInputs,
-    batched,
-    dcgan_init,
-    down_stack,
-    to_model_input,
+    gradient_penalty,
+    optimizer_step,
 )
-from methods._translation import gradient_penalty
 
 
 @dataclass(frozen=True)
@@ -52,22 +51,7 @@ class FanoganConfig:
     score_batch_size: int = 64
 
 
-class Critic(nn.Module):
-    """WGAN-GP critic; `features` are the penultimate activations f(x) used by izi_f."""
-
-    def __init__(self, channels: int, base: int, image_size: int) -> None:
-        super().__init__()
-        self.body, width = down_stack(channels, base, image_size, norm="layer")
-        self.head = nn.Linear(width * 16, 1)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x).flatten(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
-def izi_f(x: torch.Tensor, generator: nn.Module, encoder: nn.Module, critic: Critic,
+def izi_f(x: torch.Tensor, generator: nn.Module, encoder: nn.Module, critic: ImageEncoder,
           kappa: float) -> torch.Tensor:
     """Per-image izi_f residual: MSE(x, x') + kappa * MSE(f(x), f(x')), x' = G(E(x))."""
     rebuilt = generator(encoder(x))
@@ -77,7 +61,7 @@ def izi_f(x: torch.Tensor, generator: nn.Module, encoder: nn.Module, critic: Cri
 
 
 @register_method
-class Fanogan(Method):
+class Fanogan(GANMethod):
     name = "fanogan"
     description = "f-AnoGAN: WGAN-GP + izi_f encoder; score = image + critic-feature residual"
     uses = ("normal",)
@@ -105,79 +89,75 @@ class Fanogan(Method):
         return (config.gan_iterations * config.critic_steps
                 + config.encoder_iterations) * config.batch_size
 
-    def fit(self, train: TrainSet, *, seed: int, device: torch.device,
-            progress: Progress | None = None) -> None:
-        progress = progress or Progress()
+    # -- training ---------------------------------------------------------------------------
+
+    def total_steps(self, train: TrainSet) -> int:
+        return self.config.gan_iterations + self.config.encoder_iterations
+
+    def first_selectable_step(self) -> int:
+        """The encoder trains after the GAN: no score before phase 2."""
+        return self.config.gan_iterations
+
+    def _stage_name(self, step: int) -> str:
+        return "wgan-gp" if step <= self.config.gan_iterations else "izi_f encoder"
+
+    def _setup(self, train: TrainSet) -> None:
         cfg = self.config
-        seed_everything(seed)
-        self.device = device
         channels = train.channels
-        self.generator = LatentDecoder(cfg.latent, channels, cfg.base_channels, cfg.image_size)
-        self.critic = Critic(channels, cfg.base_channels, cfg.image_size)
-        self.encoder = ImageEncoder(channels, cfg.base_channels, cfg.image_size, cfg.latent)
-        for net in (self.generator, self.critic, self.encoder):
-            dcgan_init(net)
-            net.to(device)
-        images = ModelInputs(train.normal, device, cfg.image_size)
-        sampler = BatchSampler(len(images), cfg.batch_size, seed + 1)
-        noise = torch.Generator(device="cpu").manual_seed(seed + 2)
-        self._train_gan(images, sampler, noise, progress)
-        self._train_encoder(images, sampler, progress)
-
-    def _train_gan(self, images: ModelInputs, sampler: BatchSampler,
-                   noise: torch.Generator, progress: Progress) -> None:
-        cfg = self.config
+        # Built in this order, then initialised: the weights the seed has always drawn.
+        generator = LatentDecoder(cfg.latent, channels, cfg.base_channels, cfg.image_size)
+        critic = ImageEncoder(channels, cfg.base_channels, cfg.image_size, 1, norm="layer")
+        encoder = ImageEncoder(channels, cfg.base_channels, cfg.image_size, cfg.latent)
+        self.generator = self._network("generator", generator)
+        self.critic = self._network("critic", critic)
+        self.encoder = self._network("encoder", encoder)
         betas = (cfg.beta1, cfg.beta2)
-        opt_g = torch.optim.Adam(self.generator.parameters(), cfg.lr, betas)
-        opt_d = torch.optim.Adam(self.critic.parameters(), cfg.lr, betas)
-        progress.stage("wgan-gp", cfg.gan_iterations)
-        self.generator.train()
-        for step in range(1, cfg.gan_iterations + 1):
-            for _ in range(cfg.critic_steps):
-                real = images[sampler.next()]
-                z = torch.randn(len(real), cfg.latent, generator=noise).to(self.device)
-                with torch.no_grad():
-                    fake = self.generator(z)
-                weights = torch.rand(len(real), 1, 1, 1, generator=noise).to(self.device)
-                d_loss = (self.critic(fake).mean() - self.critic(real).mean()
-                          + cfg.lambda_gp * gradient_penalty(self.critic, real, fake, weights))
-                opt_d.zero_grad(set_to_none=True)
-                d_loss.backward()
-                opt_d.step()
-            z = torch.randn(cfg.batch_size, cfg.latent, generator=noise).to(self.device)
-            g_loss = -self.critic(self.generator(z)).mean()
-            opt_g.zero_grad(set_to_none=True)
-            g_loss.backward()
-            opt_g.step()
-            progress.advance()
-            if step % cfg.log_every == 0:
-                progress.metric("train_critic_loss", float(d_loss.detach()), step)
-                progress.metric("train_generator_loss", float(g_loss.detach()), step)
-        self.generator.eval()
-        self.critic.eval()
-        for net in (self.generator, self.critic):
-            net.requires_grad_(False)
+        self.opt_g = self._optimizer("generator",
+                                     torch.optim.Adam(self.generator.parameters(), cfg.lr, betas))
+        self.opt_d = self._optimizer("critic",
+                                     torch.optim.Adam(self.critic.parameters(), cfg.lr, betas))
+        self.opt_e = self._optimizer("encoder",
+                                     torch.optim.Adam(self.encoder.parameters(), cfg.lr, betas))
+        self.images, self.batches = self._shuffled_batches(train)
+        self.noise = self._noise()
 
-    def _train_encoder(self, images: ModelInputs, sampler: BatchSampler,
-                       progress: Progress) -> None:
+    def _train_step(self, step: int) -> dict[str, torch.Tensor]:
+        if step <= self.config.gan_iterations:
+            return self._gan_step()
+        return self._encoder_step()
+
+    def _gan_step(self) -> dict[str, torch.Tensor]:
+        """One generator step after `critic_steps` critic batches (WGAN-GP)."""
         cfg = self.config
-        opt_e = torch.optim.Adam(self.encoder.parameters(), cfg.lr, (cfg.beta1, cfg.beta2))
-        progress.stage("izi_f encoder", cfg.encoder_iterations)
-        self.encoder.train()
-        for step in range(1, cfg.encoder_iterations + 1):
-            x = images[sampler.next()]
-            loss = izi_f(x, self.generator, self.encoder, self.critic, cfg.kappa).mean()
-            opt_e.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_e.step()
-            progress.advance()
-            if step % cfg.log_every == 0:
-                progress.metric("train_izi_f", float(loss.detach()), step)
-        self.encoder.eval()
+        for _ in range(cfg.critic_steps):
+            real = self.images[self.batches.next()]
+            z = torch.randn(len(real), cfg.latent, generator=self.noise).to(self.device)
+            with torch.no_grad():
+                fake = self.generator(z)
+            weights = torch.rand(len(real), 1, 1, 1, generator=self.noise).to(self.device)
+            d_loss = (self.critic(fake).mean() - self.critic(real).mean()
+                      + cfg.lambda_gp * gradient_penalty(self.critic, real, fake, weights))
+            optimizer_step(self.opt_d, d_loss)
+        z = torch.randn(cfg.batch_size, cfg.latent, generator=self.noise).to(self.device)
+        g_loss = -self.critic(self.generator(z)).mean()
+        optimizer_step(self.opt_g, g_loss)
+        return {"critic_loss": d_loss.detach(), "generator_loss": g_loss.detach()}
 
-    def score(self, images: np.ndarray) -> np.ndarray:
-        def residual(chunk: np.ndarray) -> torch.Tensor:
-            x = to_model_input(chunk, self.device, self.config.image_size)
-            return izi_f(x, self.generator, self.encoder, self.critic, self.config.kappa)
+    def _encoder_step(self) -> dict[str, torch.Tensor]:
+        """One izi_f step of the encoder, G and the critic frozen. They are put back in eval
+        mode at every step: the engine sets every network to train mode after each
+        checkpoint's scoring (and on resume), and G's BatchNorm statistics must not move."""
+        for net in (self.generator, self.critic):
+            net.eval()
+            net.requires_grad_(False)
+        x = self.images[self.batches.next()]
+        loss = izi_f(x, self.generator, self.encoder, self.critic, self.config.kappa).mean()
+        optimizer_step(self.opt_e, loss)
+        return {"izi_f": loss.detach()}
 
-        return batched(residual, images, self.config.score_batch_size)
+    # -- prediction -------------------------------------------------------------------------
+
+    def _predict(self, images: np.ndarray, *, maps: bool, extras: bool) -> Prediction:
+        x = self._model_input(images)
+        residual = izi_f(x, self.generator, self.encoder, self.critic, self.config.kappa)
+        return Prediction(residual.float().cpu().numpy())

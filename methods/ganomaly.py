@@ -5,10 +5,11 @@ distance between the latent code of the input and that of its reconstruction,
 mean (z - z_hat)^2. Trained adversarially against a DCGAN discriminator with anomalib's losses
 (adversarial 1, contextual 50, encoder 1).
 
-We drive anomalib's `GanomalyModel` with our own loop instead of its Lightning module, so that
-every source of randomness is seeded from the run's seed: weight initialisation, the order of
-batches (a seeded generator rather than a DataLoader's unseeded shuffle) and nothing else. That
-is what makes its AUC repeat exactly under one seed, which anomalib users report it does not.
+We drive anomalib's `GanomalyModel` with the suite's training engine (benchmark/training.py)
+instead of its Lightning module, so that every source of randomness is seeded from the run's
+seed: weight initialisation, the order of batches (seeded epochs of shuffled batches rather
+than a DataLoader's unseeded shuffle) and nothing else. That is what makes its AUC repeat
+exactly under one seed, which anomalib users report it does not.
 """
 
 from __future__ import annotations
@@ -19,10 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmark.api import Method, Progress, TrainSet, register_method
-from benchmark.seeding import seed_everything
+from benchmark.api import Prediction, TrainSet, register_method
 from methods._budget import steps_for
-from methods._dcgan import ModelInputs, to_model_input
+from methods._gan import GANMethod, optimizer_step
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class GanomalyConfig:
 
 
 @register_method
-class Ganomaly(Method):
+class Ganomaly(GANMethod):
     name = "ganomaly"
     min_image_size = 20  # measured: every size from 20 up trains and scores
     min_image_size_reason = "below it anomalib's GANomaly encoder and decoder disagree in size"
@@ -77,66 +77,48 @@ class Ganomaly(Method):
             return config.iterations * config.batch_size
         return None
 
-    def fit(self, train: TrainSet, *, seed: int, device: torch.device,
-            progress: Progress | None = None) -> None:
+    def total_steps(self, train: TrainSet) -> int:
+        """`iterations` batches, or `epochs` epochs of whole batches (the ragged last batch of
+        an epoch dropped)."""
+        cfg = self.config
+        return cfg.iterations or cfg.epochs * max(1, len(train.normal) // cfg.batch_size)
+
+    def _setup(self, train: TrainSet) -> None:
         from anomalib.models.image.ganomaly.loss import DiscriminatorLoss, GeneratorLoss
         from anomalib.models.image.ganomaly.torch_model import GanomalyModel
 
-        progress = progress or Progress()
         cfg = self.config
         if len(train.normal) < 2:
             raise ValueError("GANomaly needs at least two healthy training images")
-        seed_everything(seed)
-        self.device = device
-        model = GanomalyModel(input_size=(cfg.image_size, cfg.image_size),
-                              num_input_channels=train.channels, n_features=cfg.n_features,
-                              latent_vec_size=cfg.latent_vec_size,
-                              extra_layers=cfg.extra_layers).to(device)
-        generator_loss = GeneratorLoss(cfg.w_adversarial, cfg.w_contextual, cfg.w_encoder)
-        discriminator_loss = DiscriminatorLoss()
+        # anomalib initialises its own weights (no DCGAN initialisation of ours).
+        self.model = self.add_network("model", GanomalyModel(
+            input_size=(cfg.image_size, cfg.image_size), num_input_channels=train.channels,
+            n_features=cfg.n_features, latent_vec_size=cfg.latent_vec_size,
+            extra_layers=cfg.extra_layers))
+        self.generator_loss = GeneratorLoss(cfg.w_adversarial, cfg.w_contextual, cfg.w_encoder)
+        self.discriminator_loss = DiscriminatorLoss()
         betas = (cfg.beta1, cfg.beta2)
-        opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=cfg.lr, betas=betas)
-        opt_g = torch.optim.Adam(model.generator.parameters(), lr=cfg.lr, betas=betas)
-        images = ModelInputs(train.normal, device, cfg.image_size)
-        order = torch.Generator(device="cpu").manual_seed(seed + 1)
-        steps_per_epoch = max(1, len(images) // cfg.batch_size)  # drop the ragged last batch
-        total = cfg.iterations or cfg.epochs * steps_per_epoch
-        progress.stage("train", total)
-        model.train()
-        step = 0
-        while step < total:  # epochs: a fresh permutation each, cut short at `total` batches
-            permutation = torch.randperm(len(images), generator=order)
-            for batch_index in range(min(steps_per_epoch, total - step)):
-                batch = images[permutation[batch_index * cfg.batch_size:
-                                           (batch_index + 1) * cfg.batch_size]]
-                # anomalib's training step: generator first, then the discriminator.
-                padded, fake, latent_i, latent_o = model(batch)
-                pred_real, _ = model.discriminator(padded)
-                pred_fake, _ = model.discriminator(fake)
-                g_loss = generator_loss(latent_i, latent_o, padded, fake, pred_real, pred_fake)
-                opt_g.zero_grad(set_to_none=True)
-                g_loss.backward(retain_graph=True)
-                opt_g.step()
-                pred_fake, _ = model.discriminator(fake.detach())
-                d_loss = discriminator_loss(pred_real, pred_fake)
-                opt_d.zero_grad(set_to_none=True)
-                d_loss.backward()
-                opt_d.step()
-                step += 1
-                progress.advance()
-                if step % cfg.log_every == 0:
-                    progress.metric("train_g_loss", float(g_loss.detach()), step)
-                    progress.metric("train_d_loss", float(d_loss.detach()), step)
-        self.model = model.eval()
+        self.opt_d = self._optimizer("discriminator", torch.optim.Adam(
+            self.model.discriminator.parameters(), lr=cfg.lr, betas=betas))
+        self.opt_g = self._optimizer("generator", torch.optim.Adam(
+            self.model.generator.parameters(), lr=cfg.lr, betas=betas))
+        self.images, self.batches = self._shuffled_batches(train)
 
-    def _inputs(self, images: np.ndarray) -> torch.Tensor:
-        """[0, 1] images -> [-1, 1] (the decoder's tanh range) at the working size."""
-        return to_model_input(images, self.device, self.config.image_size)
+    def _train_step(self, step: int) -> dict[str, torch.Tensor]:
+        """anomalib's training step: generator first, then the discriminator."""
+        model = self.model
+        padded, fake, latent_i, latent_o = model(self.images[self.batches.next()])
+        pred_real, _ = model.discriminator(padded)
+        pred_fake, _ = model.discriminator(fake)
+        g_loss = self.generator_loss(latent_i, latent_o, padded, fake, pred_real, pred_fake)
+        optimizer_step(self.opt_g, g_loss, retain_graph=True)
+        pred_fake, _ = model.discriminator(fake.detach())
+        d_loss = self.discriminator_loss(pred_real, pred_fake)
+        optimizer_step(self.opt_d, d_loss)
+        return {"g_loss": g_loss.detach(), "d_loss": d_loss.detach()}
 
-    def score(self, images: np.ndarray) -> np.ndarray:
-        scores = []
-        with torch.inference_mode():
-            for start in range(0, len(images), self.config.score_batch_size):
-                batch = self._inputs(images[start:start + self.config.score_batch_size])
-                scores.append(self.model(batch).pred_score.float())
-        return torch.cat(scores).cpu().numpy().astype(np.float64)
+    def _predict(self, images: np.ndarray, *, maps: bool, extras: bool) -> Prediction:
+        """[0, 1] images -> [-1, 1] (the decoder's tanh range) at the working size; the score
+        is anomalib's latent distance."""
+        scores = self.model(self._model_input(images)).pred_score
+        return Prediction(scores.float().cpu().numpy())

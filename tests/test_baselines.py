@@ -1,4 +1,5 @@
-"""The GAN baselines: f-AnoGAN, ALAD, ALOCC (own PyTorch) and GANomaly (anomalib)."""
+"""The GAN baselines: f-AnoGAN, ALAD, ALOCC (own PyTorch) and GANomaly (anomalib), on the
+training engine (benchmark/training.py): scores, seeding, checkpoints, selection and resume."""
 
 import dataclasses
 
@@ -8,10 +9,11 @@ import torch
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from benchmark.api import config_from_params, get_method, make_config
+from benchmark.api import Progress, TrainSet, config_from_params, get_method, make_config
 from benchmark.cli import cli
 from benchmark.data import load_card, prepare
 from benchmark.metrics import roc_auc
+from benchmark.training import hold_out_normals
 
 CPU = torch.device("cpu")
 BASELINES = ["fanogan", "alad", "alocc", "ganomaly"]
@@ -45,10 +47,34 @@ def fitted(name, data, seed=0, **overrides):
     return method
 
 
+def selecting(data):
+    """The training set as the runner hands it over: held-out normals and the unlabelled test
+    images for AUCp."""
+    train = data.train_set(with_selection=True)
+    normal, held = hold_out_normals(train.normal)
+    return dataclasses.replace(train, normal=normal, selection_normals=held)
+
+
+def tiny_config(name, **overrides):
+    """Narrow networks and a few steps: the engine's paths at the cost of seconds."""
+    cls = get_method(name)
+    narrow = {"ganomaly": {"n_features": 8}}.get(name, {"base_channels": 8})
+    return make_config(cls, "quick", image_size=32, channels=1,
+                       overrides={**FEW[name], "batch_size": 8, **narrow, **overrides})
+
+
 @pytest.mark.parametrize("name", BASELINES)
 def test_one_finite_score_per_image(name, data):
-    scores = fitted(name, data, **FEW[name]).score(data.images_of("test"))
-    assert scores.shape == (30,) and np.all(np.isfinite(scores))
+    method = fitted(name, data, **FEW[name])
+    images = data.images_of("test")
+    prediction = method.predict(images)
+    assert prediction.scores.shape == (30,) and np.all(np.isfinite(prediction.scores))
+    assert prediction.maps is None and prediction.extras == {}  # these methods have no maps
+    np.testing.assert_array_equal(method.score(images), prediction.scores)
+    # Scored in batches: a batch size that splits the images gives the same scores.
+    method.config = dataclasses.replace(method.config, score_batch_size=7)
+    np.testing.assert_allclose(method.score(images), prediction.scores, rtol=1e-5, atol=1e-7)
+    assert all(not network.training for network in method.networks.values())
 
 
 @pytest.mark.parametrize("name", BASELINES)
@@ -65,6 +91,115 @@ def test_score_direction(name, data):
     method = fitted(name, data, **SHORT[name])
     auc = roc_auc(data.labels_of("test"), method.score(data.images_of("test")))
     assert auc > 0.6, f"{name}: AUC {auc:.3f}"
+
+
+class Killer(Progress):
+    """Interrupts a fit (as Ctrl-C would) at the first step after a checkpoint was written."""
+
+    def __init__(self, workdir):
+        self.checkpoint = workdir / "last.pt"
+
+    def advance(self, n=1):
+        if self.checkpoint.exists():
+            raise KeyboardInterrupt("killed for the test")
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_one_ends(name, data, tmp_path):
+    cls = get_method(name)
+    config = tiny_config(name)
+    train = selecting(data)
+    images = data.images_of("test")
+    straight = cls(config, selection="last").fit(train, seed=4, device=CPU)
+    workdir = tmp_path / "work"
+    with pytest.raises(KeyboardInterrupt):
+        cls(config, workdir=workdir, selection="last").fit(train, seed=4, device=CPU,
+                                                            progress=Killer(workdir))
+    resumed = cls(config, workdir=workdir, selection="last").fit(train, seed=4, device=CPU)
+    first = straight.selection_history[0].step
+    assert resumed.run_info["resumed_from_step"] == first < straight.last_step
+    # Training went on after the interruption: the last checkpoint scores differently.
+    assert not np.allclose(straight.selection_history[0].test_scores,
+                           straight.selection_history[-1].test_scores, rtol=1e-5, atol=0)
+    # Exactly equal on a CPU: every state (networks, optimisers, batch order, noise, torch's
+    # generator) comes back bit for bit. (ALAD's averages not restored differ by ~1e-6.)
+    np.testing.assert_array_equal(resumed.score(images), straight.score(images))
+    assert [c.step for c in resumed.selection_history] == [
+        c.step for c in straight.selection_history]
+    for mine, theirs in zip(resumed.selection_history, straight.selection_history, strict=True):
+        np.testing.assert_array_equal(mine.test_scores, theirs.test_scores)
+
+
+class Stages(Progress):
+    """Records stages and, when f-AnoGAN's encoder phase starts, its generator's state."""
+
+    def __init__(self, method):
+        self.method, self.stages, self.generator_at_phase_2 = method, [], None
+
+    def stage(self, name, total=None):
+        self.stages.append((name, total))
+        if name == "izi_f encoder":
+            self.generator_at_phase_2 = {key: value.clone() for key, value
+                                         in self.method.generator.state_dict().items()}
+
+
+def test_fanogan_selects_among_encoder_checkpoints_with_the_gan_frozen(data):
+    cls = get_method("fanogan")
+    config = tiny_config("fanogan", gan_iterations=4, encoder_iterations=6)
+    method = cls(config, selection="last")
+    progress = Stages(method)
+    method.fit(selecting(data), seed=0, device=CPU, progress=progress)
+    assert progress.stages == [("wgan-gp", 10), ("izi_f encoder", 10)]
+    # No checkpoint before the encoder trains: six over the encoder's six steps.
+    assert [c.step for c in method.selection_history] == [5, 6, 7, 8, 9, 10]
+    # Phase 2 moved neither G's weights nor its BatchNorm statistics (scoring at every
+    # checkpoint puts the networks back in train mode; the encoder step must not let G's
+    # BatchNorm update its running statistics).
+    for key, value in method.generator.state_dict().items():
+        torch.testing.assert_close(value, progress.generator_at_phase_2[key], rtol=0, atol=0,
+                                   msg=key)
+    assert not any(p.requires_grad for net in (method.generator, method.critic)
+                   for p in net.parameters())
+
+
+def test_alad_scores_with_the_moving_averages(data):
+    method = get_method("alad")(tiny_config("alad"), selection="last")
+    method.fit(selecting(data), seed=0, device=CPU)
+    images = data.images_of("test")
+    before = method.score(images)
+    assert {"ema_encoder", "ema_generator", "ema_d_xx"} <= set(method.networks)
+    live = dict(method.encoder.named_parameters())
+    assert any(not torch.equal(value, live[key])
+               for key, value in method.ema_encoder.named_parameters())
+    with torch.no_grad():  # the live networks do not score ...
+        for net in (method.encoder, method.generator, method.d_xx):
+            for p in net.parameters():
+                p.zero_()
+    np.testing.assert_array_equal(method.score(images), before)
+    with torch.no_grad():  # ... the averaged ones do
+        for p in method.ema_encoder.parameters():
+            p.add_(0.1)
+    assert not np.allclose(method.score(images), before)
+
+
+class Counter(Progress):
+    def __init__(self):
+        self.steps = 0
+
+    def advance(self, n=1):
+        self.steps += n
+
+
+def test_ganomaly_trains_epochs_of_whole_batches_without_iterations():
+    images = torch.rand(20, 1, 32, 32).numpy()
+    cls = get_method("ganomaly")
+    config = tiny_config("ganomaly", iterations=0, epochs=3)  # 20 // 8 = 2 batches an epoch
+    counter = Counter()
+    method = cls(config).fit(TrainSet(normal=images, unlabeled=images[:0]), seed=0,
+                             device=CPU, progress=counter)
+    assert counter.steps == method.total_steps(TrainSet(images, images[:0])) == 6
+    with pytest.raises(ValueError, match="at least two"):
+        cls(config).fit(TrainSet(normal=images[:1], unlabeled=images[:0]), seed=0)
 
 
 @pytest.mark.parametrize("name", BASELINES)
