@@ -247,7 +247,9 @@ def test_contaminated_setting_trains_baselines_on_all_training_images(tracking_u
     client = MlflowClient(tracking_uri=tracking_uri)
     run = client.search_runs([client.get_experiment_by_name("bench/tiny").experiment_id])[0]
     assert run.data.params["contaminated"] == "true"
-    assert run.data.params["n_train_normal"] == "60"  # 40 healthy + 20 mixed
+    # 40 healthy - 4 held out for AUCp (a tenth; known normals only) + 20 mixed.
+    assert run.data.params["n_selection_normals"] == "4"
+    assert run.data.params["n_train_normal"] == "56"
     report = CliRunner().invoke(cli, ["report", "--dataset", "tiny", "--contaminated",
                                       "--out", "-", "--tracking-uri", tracking_uri])
     assert report.exit_code == 0 and "alocc" in report.output
