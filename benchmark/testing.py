@@ -20,7 +20,7 @@ The checks (the contract: benchmark/api.py, benchmark/training.py):
    `figure` and `diagnostics` take the prediction.
 5. seed:           the same seed gives the same scores (two fresh fits), another seed others.
 6. lesions:        after fitting on smooth images (a longer fit: `LESION_SCALE`), images with
-   a large bright square score higher than held-out smooth ones: AUC > 0.5.
+   a large bright square score higher than held-out smooth ones: AUC > LESION_MIN_AUC (0.8).
 7. uses:           the method trains only on what it declares: TrainSet fields not in `uses`
    are all NaN (a method reading them would score NaN); `validation` is given only with
    `uses_validation`, the selection images only with `uses_selection` (and then the method
@@ -69,6 +69,9 @@ DEFAULT_SCALE = 1
 #: obvious lesions right (100 iterations for most GANs, 40 + 40 for f-AnoGAN, which ranks them
 #: backwards at 20 + 20).
 LESION_SCALE = 10
+#: The lesion check's bar. A random scorer passes 0.5 half the time; every built-in method
+#: reached at least 0.929 (ALAD) at LESION_SCALE, so 0.8 fails a method that barely ranks.
+LESION_MIN_AUC = 0.8
 #: Relative tolerance of "the same scores" (the resume and seed checks).
 RTOL = 1e-5
 
@@ -570,7 +573,7 @@ def _seed(session: _Session, result: CheckResult) -> None:
 
 def _lesions(session: _Session, result: CheckResult) -> None:
     """Fitted on smooth images, the method scores images with a large bright square higher
-    than held-out smooth images: AUC > 0.5."""
+    than held-out smooth images: AUC > LESION_MIN_AUC."""
     from sklearn.metrics import roc_auc_score
 
     cls, check = session.cls, "lesions"
@@ -583,11 +586,11 @@ def _lesions(session: _Session, result: CheckResult) -> None:
         raise _fail(cls, check, "scores are not finite" + _nan_hint(cls))
     auc = float(roc_auc_score(session.data.test_labels, scores))
     result.details["auc"] = auc
-    if not auc > 0.5:
+    if not auc > LESION_MIN_AUC:
         n = len(session.data.test_normals)
         raise _fail(cls, check, f"AUC {auc:.3f} of {n} images with an obvious bright square "
-                                f"against {n} held-out healthy ones (must exceed 0.5): higher "
-                                f"scores must mean more anomalous")
+                                f"against {n} held-out healthy ones (must exceed "
+                                f"{LESION_MIN_AUC}): higher scores must mean more anomalous")
 
 
 def _uses(session: _Session, result: CheckResult) -> None:
@@ -642,7 +645,7 @@ def _resume(session: _Session, result: CheckResult) -> None:
                                     f"in {workdir} (run_info resumed_from_step = {from_step})")
         _same(cls, check, resumed, reference, "the scores of a fit interrupted after its first "
               "checkpoint and resumed by a fresh instance", "those of an uninterrupted fit "
-              "with the same seed")
+              "with the same seed", exact=True)
         result.details.update(interrupted_after=interrupter.steps, resumed_from_step=from_step,
                               checkpoint=interrupter.seen)
 
@@ -704,13 +707,17 @@ def _check_stack(cls: type[Method], check: str, what: str, stack: Any, n: int,
 
 
 def _same(cls: type[Method], check: str, actual: np.ndarray, expected: np.ndarray,
-          what: str, versus: str) -> None:
+          what: str, versus: str, exact: bool = False) -> None:
+    """Equal within RTOL, or bit for bit where `exact` (a resumed fit must be the same fit: a
+    state left out of the checkpoint, such as an average of the weights, moves scores by only
+    ~1e-6)."""
+    rtol, atol = (0.0, 0.0) if exact else (RTOL, 1e-8)
     try:
         np.testing.assert_allclose(np.asarray(actual, dtype=np.float64),
-                                   np.asarray(expected, dtype=np.float64), rtol=RTOL, atol=1e-8)
+                                   np.asarray(expected, dtype=np.float64), rtol=rtol, atol=atol)
     except AssertionError as exc:
         detail = str(exc).strip().splitlines()
-        raise _fail(cls, check, f"{what} differ from {versus} (rtol {RTOL}): "
+        raise _fail(cls, check, f"{what} differ from {versus} (rtol {rtol}): "
                                 + " ".join(line.strip() for line in detail[1:5])) from None
 
 
@@ -760,7 +767,7 @@ def check_lesions(cls: type[Method], *, image_size: int = 32, channels: int = 1,
                   scale: int | None = None, device: str = "cpu",
                   lesion_scale: int | None = None) -> CheckResult:
     """Fitted on smooth images, the method ranks images with a large bright square above
-    held-out smooth images: AUC > 0.5 (the result's details hold the AUC)."""
+    held-out smooth images: AUC > LESION_MIN_AUC (the result's details hold the AUC)."""
     options = _Options.of(image_size, channels, scale, device, lesion_scale)
     return _run(cls, "lesions", _lesions, options)
 
