@@ -27,7 +27,7 @@ from methods.anomalypro import (
 )
 
 CPU = torch.device("cpu")
-LEARNING_ITERATIONS = 900
+LEARNING_ITERATIONS = 450
 
 
 def small_config(**changes):
@@ -202,9 +202,10 @@ def test_short_training_on_obvious_lesions_scores_diseased_above_healthy(tmp_pat
     (tmp_path / "learn.toml").write_text(LEARNING_CARD)
     data = prepare(load_card(str(tmp_path / "learn.toml")), cache_root=tmp_path,
                    show_progress=False)
-    """Three seeds, judged by their median: one seed is one draw (measured with the held-out
-    normals of the engine: seed 0 0.668, seed 1 0.913, seed 2 0.888)."""
-    config = small_config(iterations=LEARNING_ITERATIONS, decay_iterations=100)
+    """Three seeds, judged by their median: one seed is one draw. Measured with the engine's
+    held-out normals: at 900 iterations seeds 0-2 gave 0.668 / 0.913 / 0.888, at 450 (here,
+    to keep CI short) 0.703 / 0.803 / 0.888."""
+    config = small_config(iterations=LEARNING_ITERATIONS, decay_iterations=50)
     aucs = [roc_auc(data.labels_of("test"),
                     train(data, config, seed=seed).score(data.images_of("test")))
             for seed in (0, 1, 2)]
