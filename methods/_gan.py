@@ -230,9 +230,6 @@ class GANMethod(IterativeMethod):
             dcgan_init(module)
         return self.add_network(name, module, channels_last=channels_last)
 
-    def _optimizer(self, name: str, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-        return self.add_optimizer(name, optimizer)
-
     def _training_inputs(self, images: Images, channels_last: bool = False) -> ModelInputs:
         return ModelInputs(images, self.device, self.config.image_size,
                            channels_last=channels_last)

@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from benchmark.api import Prediction, TrainSet
 from methods._budget import steps_for
-from methods._gan import GANMethod
+from methods._gan import GANMethod, optimizer_step
 
 # ----------------------------------------------------------------------------- networks
 
@@ -237,9 +237,9 @@ class TranslationGAN(GANMethod):
                                          cfg.critic_layers),
             init=False, channels_last=cfg.channels_last)
         betas = (cfg.beta1, cfg.beta2)
-        self.opt_g = self._optimizer("generator",
+        self.opt_g = self.add_optimizer("generator",
                                      torch.optim.Adam(self.generator.parameters(), cfg.lr_g, betas))
-        self.opt_d = self._optimizer("critic",
+        self.opt_d = self.add_optimizer("critic",
                                      torch.optim.Adam(self.critic.parameters(), cfg.lr_d, betas))
         # One seeded stream draws the batches (with replacement), flips and GP weights.
         self.sampler = self.add_generator(
@@ -258,15 +258,11 @@ class TranslationGAN(GANMethod):
         warmup = self._warming_up(iteration)
         with self._autocast():
             loss_d, parts = self._critic_loss(a, b, gp_weights, warmup)
-        self.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        self.opt_d.step()
+        optimizer_step(self.opt_d, loss_d)
         if step % cfg.critic_steps_per_g == 0:
             with self._autocast():
                 loss_g, g_parts = self._generator_loss(a, b, warmup)
-            self.opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            self.opt_g.step()
+            optimizer_step(self.opt_g, loss_g)
             parts.update(g_parts, g_total=loss_g)
         parts["d_total"] = loss_d
         return {key: value.detach() for key, value in parts.items()}

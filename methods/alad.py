@@ -150,9 +150,9 @@ class Alad(GANMethod):
         self.encoder, self.generator = nets["encoder"], nets["generator"]
         self.d_xz, self.d_xx, self.d_zz = nets["d_xz"], nets["d_xx"], nets["d_zz"]
         betas = (cfg.beta1, cfg.beta2)
-        self.opt_ge = self._optimizer("encoder_generator", torch.optim.Adam(
+        self.opt_ge = self.add_optimizer("encoder_generator", torch.optim.Adam(
             [*self.encoder.parameters(), *self.generator.parameters()], cfg.lr, betas))
-        self.opt_d = self._optimizer("discriminators", torch.optim.Adam(
+        self.opt_d = self.add_optimizer("discriminators", torch.optim.Adam(
             [*self.d_xz.parameters(), *self.d_xx.parameters(), *self.d_zz.parameters()],
             cfg.lr, betas))
         # The moving averages inference uses: networks too (checkpointed, selected, resumed).

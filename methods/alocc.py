@@ -80,9 +80,9 @@ class Alocc(GANMethod):
             "reconstructor", Reconstructor(train.channels, cfg.base_channels, cfg.image_size))
         self.discriminator = self._network(
             "discriminator", ImageEncoder(train.channels, cfg.base_channels, cfg.image_size, 1))
-        self.opt_r = self._optimizer("reconstructor",
+        self.opt_r = self.add_optimizer("reconstructor",
                                      torch.optim.RMSprop(self.reconstructor.parameters(), cfg.lr))
-        self.opt_d = self._optimizer("discriminator",
+        self.opt_d = self.add_optimizer("discriminator",
                                      torch.optim.RMSprop(self.discriminator.parameters(), cfg.lr))
         self.images, self.batches = self._shuffled_batches(train)
         self.noise = self._noise()

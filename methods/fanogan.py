@@ -112,11 +112,11 @@ class Fanogan(GANMethod):
         self.critic = self._network("critic", critic)
         self.encoder = self._network("encoder", encoder)
         betas = (cfg.beta1, cfg.beta2)
-        self.opt_g = self._optimizer("generator",
+        self.opt_g = self.add_optimizer("generator",
                                      torch.optim.Adam(self.generator.parameters(), cfg.lr, betas))
-        self.opt_d = self._optimizer("critic",
+        self.opt_d = self.add_optimizer("critic",
                                      torch.optim.Adam(self.critic.parameters(), cfg.lr, betas))
-        self.opt_e = self._optimizer("encoder",
+        self.opt_e = self.add_optimizer("encoder",
                                      torch.optim.Adam(self.encoder.parameters(), cfg.lr, betas))
         self.images, self.batches = self._shuffled_batches(train)
         self.noise = self._noise()

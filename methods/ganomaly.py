@@ -98,9 +98,9 @@ class Ganomaly(GANMethod):
         self.generator_loss = GeneratorLoss(cfg.w_adversarial, cfg.w_contextual, cfg.w_encoder)
         self.discriminator_loss = DiscriminatorLoss()
         betas = (cfg.beta1, cfg.beta2)
-        self.opt_d = self._optimizer("discriminator", torch.optim.Adam(
+        self.opt_d = self.add_optimizer("discriminator", torch.optim.Adam(
             self.model.discriminator.parameters(), lr=cfg.lr, betas=betas))
-        self.opt_g = self._optimizer("generator", torch.optim.Adam(
+        self.opt_g = self.add_optimizer("generator", torch.optim.Adam(
             self.model.generator.parameters(), lr=cfg.lr, betas=betas))
         self.images, self.batches = self._shuffled_batches(train)
 
