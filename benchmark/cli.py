@@ -642,8 +642,11 @@ def data_info(dataset: str, data_root: Path | None, allow_external_links: bool) 
 
 
 @data.command("make-fixture")
-@click.option("--format", "fmt", type=click.Choice(["covidx", "chestxray14", "brain_mri"]),
-              required=True)
+@click.option("--format", "fmt", type=click.Choice(["covidx", "chestxray14", "brain_mri", "bmad",
+                                                   "bmad-brats", "medianomaly"]),
+              required=True,
+              help="bmad: BMAD's image-level layout (its RSNA); bmad-brats: its pixel-level "
+                   "layout with masks (its BraTS2021 slices); medianomaly: images/ + data.json.")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Folder to write the tree into (must not exist or be empty).")
 @click.option("--count", type=click.IntRange(10), default=200, show_default=True,
@@ -672,9 +675,12 @@ def data_make_fixture(fmt: str, out: Path, count: int, size: int, seed: int) -> 
         elif fmt == "chestxray14":
             fixtures.write_chestxray14(out, n_images=count, size=size, seed=seed,
                                        progress=bar.update)
-        else:
+        elif fmt == "brain_mri":
             fixtures.write_brain_mri(out, n_subjects=count, size=size, seed=seed,
                                      progress=bar.update)
+        else:
+            fixtures.write_fixture(fmt, out, count=count, size=size, seed=seed,
+                                   progress=bar.update)
     click.echo(f"wrote a {fmt} tree to {out}")
 
 

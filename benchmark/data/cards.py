@@ -23,7 +23,8 @@ else:  # pragma: no cover
 #: The suite's own cards (next to the `benchmark` package in a source checkout).
 BUILTIN_CARDS = Path(__file__).resolve().parents[2] / "datasets"
 
-KNOWN_FORMATS = ("synthetic", "covidx", "chestxray14", "brain_mri", "folder")
+KNOWN_FORMATS = ("synthetic", "covidx", "chestxray14", "brain_mri", "folder", "bmad",
+                 "medianomaly")
 #: MRI slices are rescaled floats (16 bits keep them); radiograph files are 8-bit. A folder of
 #: 16-bit PNGs or DICOM files sets `bit_depth = 16` in its card.
 DEFAULT_BIT_DEPTH = {"brain_mri": 16}

@@ -7,6 +7,7 @@ drawn head phantoms (MRI), so a method has something to find. None of this is re
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from PIL import Image
 
 from benchmark.data import synthetic
 
-FIXTURE_FORMATS = ("covidx", "chestxray14", "brain_mri")
+FIXTURE_FORMATS = ("covidx", "chestxray14", "brain_mri", "bmad", "bmad-brats", "medianomaly")
 
 #: The published COVIDx composition the paper uses: 15,464 training images of which 1,670
 #: COVID-positive, and a balanced test set of 400 (15,864 files in all).
@@ -152,3 +153,159 @@ def write_brain_mri(root: Path, *, n_subjects: int, layout: str = "volumes", dep
         if progress:
             progress()
     (root / "subjects.csv").write_text("\n".join(rows) + "\n")
+
+
+# --- the peers' formats: BMAD (CVPRW 2024) and MedIAnomaly (MedIA 2025) ---------------------
+
+#: BMAD's RSNA split (train / valid / test images): the fixture keeps these proportions.
+BMAD_RSNA_SPLIT = (8_000, 1_490, 17_194)
+#: matplotlib's "bone" colour map as its (position, value) knots per channel: BMAD wrote every
+#: BraTS2021 slice and mask with plt.imsave(..., cmap="bone"), giving RGBA PNGs.
+BONE_KNOTS = (((0.0, 0.746032, 1.0), (0.0, 0.652778, 1.0)),
+              ((0.0, 0.365079, 0.746032, 1.0), (0.0, 0.319444, 0.777778, 1.0)),
+              ((0.0, 0.365079, 1.0), (0.0, 0.444444, 1.0)))
+
+
+def bone_rgba(values: np.ndarray) -> np.ndarray:
+    """(H, W) values -> (H, W, 4) uint8 as plt.imsave(cmap="bone") writes them: scaled from
+    the array's own min..max (a constant array is black), opaque."""
+    low, high = float(values.min()), float(values.max())
+    scaled = (values - low) / (high - low) if high > low else np.zeros_like(values, dtype=float)
+    channels = [np.interp(scaled, knots, levels) for knots, levels in BONE_KNOTS]
+    rgba = np.stack([*channels, np.ones_like(scaled)], axis=-1)
+    return np.round(rgba * 255).astype(np.uint8)
+
+
+def brain_slice(seed: int, label: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A FLAIR-like axial slice (float) and its segmentation (0 background, 1/2/4 tumour
+    parts as in BraTS): a bright blob in a diseased slice, none in a healthy one."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[-1:1:size * 1j, -1:1:size * 1j]
+    head = (x / 0.75) ** 2 + (y / 0.9) ** 2 < 1
+    image = head * (400.0 + 60.0 * np.cos(6 * x) * np.sin(5 * y)) + rng.normal(0, 15, head.shape)
+    seg = np.zeros((size, size), dtype=np.uint8)
+    if label:
+        cx, cy = rng.uniform(-0.35, 0.35, 2)
+        radius = rng.uniform(0.15, 0.25)
+        distance = np.hypot(x - cx, y - cy)
+        seg[distance < radius] = 2  # oedema
+        seg[distance < radius * 0.6] = 4  # enhancing tumour
+        seg[distance < radius * 0.3] = 1  # necrotic core
+        image = image + 350.0 * (distance < radius)
+    return np.clip(image * head, 0, None), seg
+
+
+def bmad_composition(count: int) -> tuple[int, int, int]:
+    """(train, valid, test) images of a `count`-image BMAD tree in RSNA's proportions, with
+    at least 4 per split so every class folder of valid and test holds two."""
+    total = sum(BMAD_RSNA_SPLIT)
+    n_train = max(4, round(count * BMAD_RSNA_SPLIT[0] / total))
+    n_valid = max(4, round(count * BMAD_RSNA_SPLIT[1] / total))
+    return n_train, n_valid, max(4, count - n_train - n_valid)
+
+
+def write_bmad(root: Path, *, n_train: int, n_valid: int, n_test: int, size: int = 224,
+               with_masks: bool = False, seed: int = 0,
+               progress: Callable[[], None] | None = None) -> None:
+    """BMAD's tree: train/good, valid/good|Ungood, test/good|Ungood, half of valid and test
+    diseased.
+
+    Without masks, an image-level set like BMAD's RSNA: 8-bit grey chest X-rays directly in the
+    class folders, numbered per folder as in BMAD's README (so good/1000.png and
+    Ungood/1000.png both exist). With masks, a pixel-level set like its BraTS2021 slices:
+    `<subject>_<slice>.png` RGBA "bone" renderings in img/, the segmentation rendered the
+    same way in label/ (black where healthy) for valid and test, train/good/img without masks.
+    """
+    subject = 0
+    for split, count in (("train", n_train), ("valid", n_valid), ("test", n_test)):
+        n_diseased = 0 if split == "train" else count // 2
+        for name, label, n in (("good", 0, count - n_diseased), ("Ungood", 1, n_diseased)):
+            folder = root / split / name
+            for i in range(n):
+                index = 1000 + i
+                if with_masks:
+                    # Two slices per subject: subjects never straddle two folders.
+                    if i % 2 == 0:
+                        subject += 1
+                    stem = f"{subject:05d}_{60 + i % 2 * 10}"
+                    _write_bmad_slice(folder, stem, seed * 100_000 + index * 7 + subject, label,
+                                      size, mask=split != "train")
+                else:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    picture = chest_image(seed, subject * 10_000 + index, label, size)
+                    Image.fromarray(picture).save(folder / f"{index}.png")
+                if progress:
+                    progress()
+            subject += 1
+
+
+def _write_bmad_slice(folder: Path, stem: str, seed: int, label: int, size: int, *,
+                      mask: bool) -> None:
+    image, seg = brain_slice(seed, label, size)
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(bone_rgba(image)).save(folder / "img" / f"{stem}.png")
+    if mask:
+        (folder / "label").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(bone_rgba(seg.astype(float))).save(folder / "label" / f"{stem}.png")
+
+
+#: MedIAnomaly's RSNA data.json (as in the authors' DDAD-ASR): known normals, the unlabelled
+#: pool's healthy and diseased images, test healthy and diseased.
+MEDIANOMALY_RSNA_LISTS = (3_851, 4_000, 5_012, 1_000, 1_000)
+
+
+def medianomaly_composition(count: int) -> tuple[int, int, int]:
+    """(known normals, unlabelled pool, test) of a `count`-image tree in RSNA's proportions,
+    at least 4 each."""
+    total = sum(MEDIANOMALY_RSNA_LISTS)
+    n_normal = max(4, round(count * MEDIANOMALY_RSNA_LISTS[0] / total))
+    n_pool = max(4, round(count * sum(MEDIANOMALY_RSNA_LISTS[1:3]) / total))
+    return n_normal, n_pool, max(4, count - n_normal - n_pool)
+
+
+def write_medianomaly(root: Path, *, n_normal: int, n_unlabeled: int, n_test: int,
+                      size: int = 64, unlabeled_diseased_share: float = 0.56, seed: int = 0,
+                      progress: Callable[[], None] | None = None) -> None:
+    """MedIAnomaly's tree: images/ of 8-bit grey PNGs named like RSNA's patient ids, and
+    data.json splitting them into train.0, train.unlabeled.0/1 and test.0/1 (test balanced,
+    the pool 56% diseased as in their RSNA)."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    n_pool_diseased = round(n_unlabeled * unlabeled_diseased_share)
+    plan = (("train", "0", 0, n_normal),
+            ("unlabeled", "0", 0, n_unlabeled - n_pool_diseased),
+            ("unlabeled", "1", 1, n_pool_diseased),
+            ("test", "0", 0, n_test - n_test // 2), ("test", "1", 1, n_test // 2))
+    lists: dict[tuple[str, str], list[str]] = {}
+    index = 0
+    for group, key, label, count in plan:
+        names = lists.setdefault((group, key), [])
+        for _ in range(count):
+            name = f"{rng.bytes(4).hex()}-{rng.bytes(2).hex()}-{index:06d}.png"
+            Image.fromarray(chest_image(seed, index, label, size)).save(root / "images" / name)
+            names.append(name)
+            index += 1
+            if progress:
+                progress()
+    data = {"train": {"0": lists[("train", "0")],
+                      "unlabeled": {"0": lists[("unlabeled", "0")],
+                                    "1": lists[("unlabeled", "1")]}},
+            "test": {"0": lists[("test", "0")], "1": lists[("test", "1")]}}
+    (root / "data.json").write_text(json.dumps(data, indent=1) + "\n")
+
+
+def write_fixture(fmt: str, root: Path, *, count: int, size: int, seed: int = 0,
+                  progress: Callable[[], None] | None = None) -> None:
+    """A `count`-image tree of a peer's format (`bench data make-fixture`): `bmad` (image-level,
+    like BMAD's RSNA), `bmad-brats` (pixel-level with masks, like its BraTS2021) or
+    `medianomaly` (like its RSNA)."""
+    if fmt in ("bmad", "bmad-brats"):
+        n_train, n_valid, n_test = bmad_composition(count)
+        write_bmad(root, n_train=n_train, n_valid=n_valid, n_test=n_test, size=size,
+                   with_masks=fmt == "bmad-brats", seed=seed, progress=progress)
+    elif fmt == "medianomaly":
+        n_normal, n_pool, n_test = medianomaly_composition(count)
+        write_medianomaly(root, n_normal=n_normal, n_unlabeled=n_pool, n_test=n_test,
+                          size=size, seed=seed, progress=progress)
+    else:
+        raise ValueError(f"no peer fixture format {fmt!r}")

@@ -32,6 +32,8 @@ QUOTA_KEYS = ("mixed_positive", "mixed_healthy", "val_positive", "val_healthy",
 #: Splits each pool feeds, in the order they are filled.
 POOL_SPLITS = {"test": ("test",), "train": ("val", "train_mixed", "train_normal"),
                "val": ("val",), "any": ("test", "val", "train_mixed", "train_normal")}
+#: Pools set A can be drawn from; a tree with none of them has no set A.
+MIXED_POOLS = ("train_mixed", "train", "any")
 #: Shares carved for a split no pool of its own feeds, when the card gives no counts.
 ANY_POOL_SHARES = {"test": 0.2, "val": 0.1}
 
@@ -54,7 +56,7 @@ def assign_splits(source: pd.DataFrame, settings: dict, *,
     notes: list[str] = []
     if published is not None:
         table["split"] = table.image_id.map(published).fillna("")
-        notes.append(f"published split lists used ({len(published)} images)")
+        notes.append(f"published split used ({len(published)} images)")
     quotas, scale = _scaled_quotas(table, settings, notes, fixed=set(table.split) - {""})
     rng = np.random.default_rng(int(settings.get("split_seed", 0)))
     own_pools = set(table.pool)
@@ -70,7 +72,11 @@ def assign_splits(source: pd.DataFrame, settings: dict, *,
     if unused:
         notes.append("not used by the protocol: " +
                      ", ".join(f"{n} {k}" for k, n in unused.items()))
-    _check_result(used)
+    has_mixed_pool = bool(table.pool.isin(MIXED_POOLS).any())
+    if not has_mixed_pool:
+        notes.append("the tree has no unlabelled pool: set A (train_mixed) is empty, so "
+                     "methods that train on unlabelled images cannot run")
+    _check_result(used, mixed_needed=has_mixed_pool)
     return Assignment(table=used.reset_index(drop=True), scale=scale, notes=notes,
                       unused=unused)
 
@@ -204,12 +210,16 @@ def _unused_counts(rows: pd.DataFrame) -> dict[str, int]:
             for (pool, label), n in counts.items()}
 
 
-def _check_result(used: pd.DataFrame) -> None:
+def _check_result(used: pd.DataFrame, *, mixed_needed: bool = True) -> None:
+    """Every split has both classes (set B healthy ones). Set A may be all of one kind on a
+    tiny tree (it stays unlabelled), and empty where the tree has no pool to draw it from
+    (BMAD publishes none): an empty set A is an error only where the protocol should have
+    filled it."""
     for split in SPLITS:
         labels = set(used.label[used.split == split])
         wanted = {0} if split == "train_normal" else {0, 1}
-        if split == "train_mixed" and labels:
-            continue  # set A may be all of one kind on a tiny tree; it stays unlabelled
+        if split == "train_mixed" and (labels or not mixed_needed):
+            continue
         if not wanted <= labels:
             raise BenchError(f"the protocol left split '{split}' without "
                              f"{'healthy' if 0 not in labels else 'diseased'} images. The tree "

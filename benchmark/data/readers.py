@@ -8,11 +8,12 @@ from types import ModuleType
 
 import pandas as pd
 
-from benchmark.data import brain_mri, chestxray14, covidx, folder
+from benchmark.data import bmad, brain_mri, chestxray14, covidx, folder, medianomaly
 from benchmark.data.cards import DatasetCard
 
 READERS: dict[str, ModuleType] = {"covidx": covidx, "chestxray14": chestxray14,
-                                  "brain_mri": brain_mri, "folder": folder}
+                                  "brain_mri": brain_mri, "folder": folder, "bmad": bmad,
+                                  "medianomaly": medianomaly}
 
 
 def reader_for(fmt: str) -> ModuleType:
