@@ -319,6 +319,12 @@ def run(methods: str, dataset: str, seeds: str, profile: str, device: str,
 @cli.command()
 @click.option("--dataset", default="synthetic", show_default=True,
               help="Card name (bench list) or path to a .toml card.")
+@click.option("--datasets", default=None, metavar="NAME,NAME[,...]",
+              help="One table across datasets instead (the paper's Table 1): a row per method, "
+                   "per dataset AUC with its 95% CI and F1 (bold only where the best leads "
+                   "significantly), each method's mean rank and its range. Written to "
+                   "results/reports/<a>+<b>.md|.tex|.html; no figures, not logged. Not with "
+                   "--dataset.")
 @click.option("--format", "fmt", type=click.Choice(["md", "latex", "html"]), default="md",
               show_default=True,
               help="md: Markdown linking the figures; latex: a booktabs table; html: one "
@@ -338,7 +344,7 @@ def run(methods: str, dataset: str, seeds: str, profile: str, device: str,
 @tracking_option
 def report(dataset: str, fmt: str, out: Path | None, profile: str | None, contaminated: bool,
            exclude_tuned: bool, no_figures: bool, no_log: bool,
-           tracking_uri: str | None) -> None:
+           tracking_uri: str | None, datasets: str | None = None) -> None:
     """Build Table 1 (a row per method: AUC mean ± std over seeds with its 95% CI and a paired
     test against the best) and the figures: ROC curves, score distributions, anomaly maps,
     cost and the paired comparison. Figures go to results/reports/<dataset>/ (beside --out)
@@ -346,6 +352,9 @@ def report(dataset: str, fmt: str, out: Path | None, profile: str | None, contam
     checkpoints (selection.csv), a "Model selection" table follows Table 1."""
     from benchmark.reporting import build_report, log_report_run, write_report
 
+    if datasets is not None:
+        _cross_report(datasets, fmt, out, profile, contaminated, exclude_tuned, tracking_uri)
+        return
     built = build_report(tracking_uri, dataset, fmt, out, profile=profile,
                          contaminated=contaminated, exclude_tuned=exclude_tuned,
                          figures=not no_figures)
@@ -360,11 +369,34 @@ def report(dataset: str, fmt: str, out: Path | None, profile: str | None, contam
             click.echo(f"Logged to MLflow run {run_id} ({built.data.uri}).", err=True)
 
 
+def _cross_report(datasets: str, fmt: str, out: Path | None, profile: str | None,
+                  contaminated: bool, exclude_tuned: bool, tracking_uri: str | None) -> None:
+    """`bench report --datasets a,b`: the one table across datasets (benchmark.cross_report)."""
+    from click.core import ParameterSource
+
+    from benchmark.cross_report import build_cross_report, parse_datasets, write_cross_report
+
+    if click.get_current_context().get_parameter_source("dataset") != ParameterSource.DEFAULT:
+        raise UsageError("give either --dataset (one dataset's Table 1) or --datasets (one "
+                         "table across datasets), not both.")
+    built = build_cross_report(tracking_uri, parse_datasets(datasets), fmt, out,
+                               profile=profile, contaminated=contaminated,
+                               exclude_tuned=exclude_tuned)
+    if built.printed:
+        click.echo(built.text)
+    if built.to_file:
+        click.echo(f"Written to {write_cross_report(built)}", err=True)
+
+
 @cli.command()
 @click.option("--dataset", default="synthetic", show_default=True,
               help="Card name (bench list) or path to a .toml card.")
 @click.option("--against", type=click.Path(path_type=Path), default=None,
-              help="Reference JSON. Default: results/reference/<dataset>.json.")
+              help="Reference JSON. Default: results/reference/<dataset>.json. A published "
+                   "reference (\"kind\": \"published\", results/reference/published/) "
+                   "compares each method's mean over seeds with the published mean instead: "
+                   "within when |ours - published| <= 2 * sqrt(sd_published^2 + sd_ours^2), "
+                   "sd_ours 0 with one seed; it lists the protocol differences that remain.")
 @click.option("--tolerance", type=float, default=None,
               help="Allowed AUC change per seed, either way (default: the reference's, 0.02).")
 @click.option("--update", is_flag=True, help="Record the latest runs as the new reference.")
@@ -374,9 +406,15 @@ def check(dataset: str, against: Path | None, tolerance: float | None, update: b
           profile: str | None, tracking_uri: str | None) -> None:
     """Fail (exit 1) when any seed's AUC moved beyond the tolerance of the reference (down or
     up), a method or seed is missing, or a method loaded other weights. --update records the
-    newest runs as the reference."""
+    newest runs as the reference. Against a published reference (--against
+    results/reference/published/NAME.json): fail (exit 1) when a method's mean is outside the
+    published tolerance (see --against)."""
+    from benchmark.published import is_published_reference
     from benchmark.reporting import check_against_reference, record_reference
 
+    if against is not None and is_published_reference(against):
+        _check_published(dataset, against, tolerance, update, profile, tracking_uri)
+        return
     if tolerance is not None and tolerance < 0:
         raise UsageError(f"--tolerance must be >= 0, got {tolerance}.")
     if update:
@@ -393,6 +431,30 @@ def check(dataset: str, against: Path | None, tolerance: float | None, update: b
             click.secho(f"FAIL {problem}", fg="red", err=True)
         sys.exit(1)
     click.echo(f"\n{result.summary()}")
+
+
+def _check_published(dataset: str, against: Path, tolerance: float | None, update: bool,
+                     profile: str | None, tracking_uri: str | None) -> None:
+    """`bench check --against` a published reference: the table, the protocol differences,
+    exit 1 when a method is outside the published tolerance."""
+    from benchmark.reporting import check_against_published
+
+    if update:
+        raise UsageError(f"{against} holds published figures: --update would overwrite them "
+                         f"with this machine's runs. Record a regression reference with "
+                         f"--update and another --against path.")
+    if tolerance is not None:
+        raise UsageError("--tolerance does not apply to a published reference: its tolerance "
+                         "comes from the published standard deviations (see --help).")
+    result = check_against_published(tracking_uri, dataset, against, profile)
+    click.echo(result.render())
+    if not result.ok:
+        for problem in result.problems:
+            click.secho(f"FAIL {problem}", fg="red", err=True)
+        click.secho(f"{len(result.problems)} figure(s) outside the published tolerance.",
+                    fg="red", err=True)
+        sys.exit(1)
+    click.echo(result.summary())
 
 
 @cli.command()

@@ -9,6 +9,10 @@ functions and print what they return.
 
     result = check_against_reference(None, "synthetic")
     print(result.outcome.table, result.ok)
+
+    published = check_against_published(None, "bmad-rsna",
+                                        Path("results/reference/published/bmad-rsna.json"))
+    print(published.render(), published.ok)
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.errors import UsageError
+from benchmark.published import PublishedComparison
 from benchmark.regression import CheckOutcome
 from benchmark.report import ReportData
 
@@ -218,3 +223,25 @@ def check_against_reference(tracking_uri: str | None, dataset: str,
     data = select_runs(uri, dataset, profile or reference["profile"], statistics=False)
     return CheckResult(reference=reference, against=against,
                        outcome=compare(reference, data, tolerance))
+
+
+def check_against_published(tracking_uri: str | None, dataset: str, against: Path,
+                            profile: str | None = None) -> PublishedComparison:
+    """Compare the newest runs of `dataset` with a published reference (benchmark.published):
+    per method the mean over seeds beside the published mean, within K combined standard
+    deviations, plus what was not run and the protocol differences that remain. `profile`
+    None: the newest run's. Raises BenchError when the file is missing or malformed (naming
+    the key), UsageError when it is another dataset's."""
+    from benchmark.published import compare_published, read_published
+    from benchmark.report import select_runs
+    from benchmark.tracking import resolve_tracking_uri
+
+    dataset = card_name(dataset)
+    reference = read_published(against)
+    if reference["dataset"] != dataset:
+        raise UsageError(f"{against} holds published figures of '{reference['dataset']}', "
+                         f"not '{dataset}'. Pass --dataset {reference['dataset']}, or the "
+                         f"published file of '{dataset}'.")
+    uri = resolve_tracking_uri(tracking_uri)
+    data = select_runs(uri, dataset, profile, statistics=False)
+    return compare_published(reference, data, against)
