@@ -22,6 +22,7 @@ import torch
 
 from benchmark.api import get_method, make_config
 from benchmark.data import PreparedDataset
+from benchmark.errors import BenchError
 from benchmark.tracking import (
     KeyedRun,
     heartbeat_age,
@@ -182,8 +183,9 @@ def make_specs(plan: RunPlan, configs: dict[str, Any], data: PreparedDataset,
                environment: dict[str, str], version: str) -> list[RunSpec]:
     """One spec per (method, seed), in the plan's order, each with its identity and key."""
     specs = []
-    total = len(plan.methods) * len(plan.seeds)
-    pairs = ((m, s) for m in plan.methods for s in plan.seeds)
+    methods = methods_with_their_data(plan, data)
+    total = len(methods) * len(plan.seeds)
+    pairs = ((m, s) for m in methods for s in plan.seeds)
     for number, (name, seed) in enumerate(pairs, start=1):
         provenance = {**get_method(name).provenance(configs[name]), **environment,
                       "code_version": version}
@@ -192,6 +194,33 @@ def make_specs(plan: RunPlan, configs: dict[str, Any], data: PreparedDataset,
                              f"[{number}/{total}] {name} seed={seed}", configs[name],
                              identity=identity, provenance=provenance))
     return specs
+
+
+def methods_with_their_data(plan: RunPlan, data: PreparedDataset) -> list[str]:
+    """The plan's methods whose training sets the dataset has. A dataset without set A (BMAD
+    publishes no unlabelled pool) cannot train a method that learns from unlabelled images:
+    each such method is skipped with one line saying why, never trained on something else;
+    --contaminated, which adds set A to every method's training set, is refused."""
+    if len(data.rows("train_mixed")):
+        return list(plan.methods)
+    if plan.contaminated:
+        raise BenchError(f"--contaminated trains every method on set A (unlabelled images) as "
+                         f"well, and {data.card.name} has none (its tree has no unlabelled "
+                         f"pool). Run without --contaminated.")
+    kept = []
+    for name in plan.methods:
+        if "unlabeled" in get_method(name).uses:
+            logger.warning("%s: skipped: it trains on unlabelled images (set A, train_mixed) "
+                           "and %s has none (no unlabelled pool in its tree)", name,
+                           data.card.name)
+        else:
+            kept.append(name)
+    if not kept:
+        raise BenchError(f"none of --methods {','.join(plan.methods)} can run on "
+                         f"{data.card.name}: each trains on unlabelled images (set A), which "
+                         f"this dataset does not have. Pick methods that train on healthy "
+                         f"images only (bench list).")
+    return kept
 
 
 def threads_per_worker(parallel: int) -> int:

@@ -93,6 +93,11 @@ def training_set(method: type[Method], data: PreparedDataset,
     """
     full = data.train_set(with_selection=method.uses_selection,
                           with_validation=method.uses_validation)
+    if len(full.unlabeled) == 0 and ("unlabeled" in method.uses or contaminated):
+        # planning skips such runs; never let one train on less than it declared
+        raise BenchError(f"{method.name} would train on set A (unlabelled images), and "
+                         f"{data.card.name} has none. Pick a method that trains on healthy "
+                         f"images only.")
     normal, held = full.normal, None
     if method.uses_selection:
         normal, held = hold_out_normals(full.normal)

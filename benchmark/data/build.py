@@ -9,6 +9,7 @@ reserved fixed length and rewritten at the end with the true shape.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import struct
@@ -21,6 +22,7 @@ from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 from tqdm.auto import tqdm
 
 from benchmark.data import pixels
@@ -62,10 +64,12 @@ def default_workers() -> int:
 
 def build_images(items: pd.DataFrame, root: Path, target: Path, decoding: Decoding, *,
                  workers: int | None = None, show_progress: bool = True,
-                 label: str = "preparing") -> BuildResult:
+                 label: str = "preparing", masks_target: Path | None = None) -> BuildResult:
     """Decode every item (rows of the split table) into `target` (.npy, N x C x S x S of
-    uint8 / uint16 by the decoding's bit depth)."""
-    tasks = [(str(root / path), kind) for path, kind in zip(items.path, items.kind, strict=True)]
+    uint8 / uint16 by the decoding's bit depth). With `masks_target`, the items' `mask` files
+    ("" for none: an empty mask) become the aligned (N x S x S) uint8 0/1 masks there."""
+    with_masks = masks_target is not None
+    tasks = [_task(root, item, with_masks) for item in items.itertuples(index=False)]
     upper_bound = sum(_rows_bound(root / p, k) for p, k in zip(items.path, items.kind,
                                                                    strict=True))
     shape = (decoding.channels, decoding.size, decoding.size)
@@ -74,14 +78,16 @@ def build_images(items: pd.DataFrame, root: Path, target: Path, decoding: Decodi
     sizes: Counter[str] = Counter()
     bar = tqdm(total=len(tasks), desc=label, unit="file", disable=None if show_progress else True,
                leave=False)
-    with target.open("wb") as handle:
+    with target.open("wb") as handle, _mask_file(masks_target) as mask_handle:
         handle.write(_npy_header((upper_bound, *shape), dtype))
+        masks = _MaskWriter(mask_handle, upper_bound, decoding.size)
         row = 0
-        for item, (slices, native) in zip(items.itertuples(index=False),
-                                          _decoded(tasks, decoding, workers), strict=True):
+        for item, (slices, native, mask) in zip(items.itertuples(index=False),
+                                                _decoded(tasks, decoding, workers), strict=True):
             sizes[f"{native[0]}x{native[1]}"] += 1
             for index, array in slices:
                 handle.write(np.ascontiguousarray(array).tobytes())
+                masks.write(mask)
                 image_id = item.image_id if index is None else f"{item.image_id}__{index:03d}"
                 records.append({"image_id": image_id, "split": item.split, "label": item.label,
                                 "subject_id": item.subject_id, "row": row})
@@ -90,16 +96,57 @@ def build_images(items: pd.DataFrame, root: Path, target: Path, decoding: Decodi
         handle.seek(0)
         handle.write(_npy_header((row, *shape), dtype))
         _truncate(handle, HEADER_BYTES + row * int(np.prod(shape)) * dtype.itemsize)
+        masks.finish(row)
     bar.close()
     return BuildResult(manifest=pd.DataFrame(records), image_sizes=dict(sorted(sizes.items())))
 
 
-def _decoded(tasks: list[tuple[str, str]], decoding: Decoding,
-             workers: int | None) -> Iterator[tuple[list, tuple[int, int]]]:
+def _task(root: Path, item: tuple, with_masks: bool) -> tuple:
+    """What a worker decodes: (file, kind), plus (mask file or "", label) for a set with
+    masks (the label: a healthy image's mask must be empty)."""
+    if not with_masks:
+        return (str(root / item.path), item.kind)
+    mask = getattr(item, "mask", "") or ""
+    return (str(root / item.path), item.kind, str(root / mask) if mask else "",
+            int(item.label))
+
+
+@contextlib.contextmanager
+def _mask_file(path: Path | None) -> Iterator[BinaryIO | None]:
+    if path is None:
+        yield None
+        return
+    with path.open("wb") as handle:
+        yield handle
+
+
+class _MaskWriter:
+    """Appends mask rows beside the image rows (a volume's slices get empty masks), with the
+    same reserved .npy header rewritten at the end; does nothing for a set without masks."""
+
+    def __init__(self, handle: BinaryIO | None, upper_bound: int, size: int) -> None:
+        self.handle, self.size = handle, size
+        self.empty = np.zeros((size, size), dtype=np.uint8)
+        if handle is not None:
+            handle.write(_npy_header((upper_bound, size, size), np.dtype(np.uint8)))
+
+    def write(self, mask: np.ndarray | None) -> None:
+        if self.handle is not None:
+            self.handle.write((self.empty if mask is None else mask).tobytes())
+
+    def finish(self, rows: int) -> None:
+        if self.handle is not None:
+            self.handle.seek(0)
+            self.handle.write(_npy_header((rows, self.size, self.size), np.dtype(np.uint8)))
+            _truncate(self.handle, HEADER_BYTES + rows * self.size * self.size)
+
+
+def _decoded(tasks: list[tuple], decoding: Decoding,
+             workers: int | None) -> Iterator[tuple[list, tuple[int, int], np.ndarray | None]]:
     workers = workers or default_workers()
     if workers == 1 or len(tasks) < MIN_ITEMS_FOR_POOL:
         for task in tasks:
-            yield decode_stored(task, decoding)
+            yield decode_row(task, decoding)
         return
     # spawn, not fork: the parent may hold torch/OpenMP threads, which a fork can deadlock.
     context = multiprocessing.get_context("spawn")
@@ -125,9 +172,73 @@ def _set_decoding(decoding: Decoding) -> None:
     _WORKER_DECODING = decoding
 
 
-def _decode_in_worker(chunk: list[tuple[str, str]]) -> list[tuple[list, tuple[int, int]]]:
+def _decode_in_worker(chunk: list[tuple]) -> list[tuple[list, tuple[int, int],
+                                                          np.ndarray | None]]:
     assert _WORKER_DECODING is not None
-    return [decode_stored(task, _WORKER_DECODING) for task in chunk]
+    return [decode_row(task, _WORKER_DECODING) for task in chunk]
+
+
+def decode_row(task: tuple, decoding: Decoding
+               ) -> tuple[list[tuple[int | None, np.ndarray]], tuple[int, int], np.ndarray | None]:
+    """`decode_stored`, and for a task with a mask part its (size, size) uint8 0/1 mask
+    (None: the set has no masks)."""
+    slices, native = decode_stored((task[0], task[1]), decoding)
+    if len(task) == 2:
+        return slices, native, None
+    mask_path, label = task[2], task[3]
+    if not mask_path:
+        return slices, native, np.zeros((decoding.size, decoding.size), dtype=np.uint8)
+    return slices, native, read_mask(Path(mask_path), Path(task[0]), native, label, decoding)
+
+
+def read_mask(path: Path, image: Path, native: tuple[int, int], label: int,
+              decoding: Decoding) -> np.ndarray:
+    """A lesion mask file -> (size, size) uint8 0/1, cropped as its image is and resized with
+    nearest neighbour. Lesion is every pixel that is not black (alpha ignored): 0/1 and 0/255
+    masks and BMAD's colour-mapped RGBA renderings alike."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            lesion = _lesion_pixels(im)
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad mask file
+        raise pixels.ImageReadError(f"cannot read the mask '{path}' of '{image}': "
+                                    f"{type(exc).__name__}: {exc}. Fix: re-export the mask "
+                                    f"as a PNG, or remove the image.") from exc
+    if lesion.shape != tuple(native):
+        raise pixels.ImageReadError(
+            f"the mask '{path}' is {lesion.shape[0]} x {lesion.shape[1]} pixels but its image "
+            f"'{image}' is {native[0]} x {native[1]}: they must match pixel for pixel. Fix: "
+            f"use the mask made for this image.")
+    if label == 0 and lesion.any():
+        raise pixels.ImageReadError(
+            f"the mask '{path}' marks {int(lesion.sum())} lesion pixels, but its image "
+            f"'{image}' is labelled healthy. Fix the label (move the image to the diseased "
+            f"class) or the mask.")
+    return _fit_mask(lesion, decoding.size, decoding.drop_top_fraction)
+
+
+def _lesion_pixels(im: Image.Image) -> np.ndarray:
+    """(H, W) bool: pixels that are not black in any colour channel."""
+    if im.mode in ("P", "PA", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
+        im = im.convert("RGB")
+    elif im.mode == "LA":
+        im = im.convert("L")
+    array = np.asarray(im)
+    lesion = array != 0
+    return lesion.any(axis=-1) if lesion.ndim == 3 else lesion
+
+
+def _fit_mask(lesion: np.ndarray, size: int, drop_top_fraction: float) -> np.ndarray:
+    """The crop `pixels.fit_to_square` gives an image (top rows dropped, centre square), then
+    a nearest-neighbour resize: a mask stays 0/1 and in register with its image."""
+    lesion = lesion[int(lesion.shape[0] * drop_top_fraction):, :]
+    height, width = lesion.shape
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    square = Image.fromarray(lesion[top:top + side, left:left + side].astype(np.uint8) * 255)
+    if side != size:
+        square = square.resize((size, size), Image.Resampling.NEAREST)
+    return (np.asarray(square) > 0).astype(np.uint8)
 
 
 def decode_stored(task: tuple[str, str], decoding: Decoding

@@ -312,9 +312,16 @@ def _prepare_real(card: DatasetCard, root: Path, cache_root: Path, *, workers: i
     with _temporary_folder(folder) as tmp:
         if hashes is not None:
             hashes.to_csv(tmp / SOURCE_HASHES, index=False, lineterminator="\n")
+        with_masks = "mask" in items.columns
         result = build.build_images(items, root, tmp / "images.npy", _decoding(card),
                                     workers=workers, show_progress=show_progress,
-                                    label=f"preparing {card.name}")
+                                    label=f"preparing {card.name}",
+                                    masks_target=tmp / "masks.npy" if with_masks else None)
+        if with_masks:
+            meta["mask_files"] = int((items["mask"] != "").sum())
+            meta["notes"].append(f"lesion masks: {meta['mask_files']} mask files (an image "
+                                 f"without one has an empty mask), so pixel-level metrics "
+                                 f"are computed")
         manifest = result.manifest
         check_subject_disjoint(manifest)
         write_manifest(manifest, tmp / "manifest.csv")
@@ -339,6 +346,8 @@ def _content_hashes(items: pd.DataFrame, root: Path, *, workers: int | None,
     from concurrent.futures import ThreadPoolExecutor
 
     paths = sorted(items.path)
+    if "mask" in items.columns:  # a mask edited in place changes what the cache holds too
+        paths = sorted([*paths, *(m for m in items["mask"] if m)])
     bar = tqdm(total=len(paths), desc="hashing source files", unit="file",
                disable=None if show_progress else True, leave=False)
 
@@ -389,11 +398,14 @@ def _decoding(card: DatasetCard) -> build.Decoding:
 
 def _tree_fingerprint(items: pd.DataFrame) -> str:
     """Ids, labels, splits, file sizes, modification times and links out of the root (read by
-    the reader's checks): an edited tree gets a new cache; one moved with its times kept (mv,
-    cp -p, rsync -t) not. A same-size file written with its old time restored is caught by
-    verify only."""
-    table = items.loc[:, ["image_id", "path", "label", "subject_id", "split", "size",
-                          "mtime_ns", "outside_link"]]
+    the reader's checks), and the masks' files, sizes and times: an edited tree gets a new
+    cache; one moved with its times kept (mv, cp -p, rsync -t) not. A same-size file written
+    with its old time restored is caught by verify only."""
+    columns = ["image_id", "path", "label", "subject_id", "split", "size", "mtime_ns",
+               "outside_link"]
+    # Masks (pixel-level sets): their files are part of the tree the cache was built from.
+    columns += [c for c in ("mask", "mask_size", "mask_mtime_ns") if c in items.columns]
+    table = items.loc[:, columns]
     text = table.to_csv(index=False, lineterminator="\n")
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
