@@ -181,8 +181,12 @@ def brain_slice(seed: int, label: int, size: int) -> tuple[np.ndarray, np.ndarra
     parts as in BraTS): a bright blob in a diseased slice, none in a healthy one."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[-1:1:size * 1j, -1:1:size * 1j]
-    head = (x / 0.75) ** 2 + (y / 0.9) ** 2 < 1
-    image = head * (400.0 + 60.0 * np.cos(6 * x) * np.sin(5 * y)) + rng.normal(0, 15, head.shape)
+    radius_head = (x / 0.75) ** 2 + (y / 0.9) ** 2
+    head = radius_head < 1
+    image = 400.0 + 60.0 * np.cos(6 * x) * np.sin(5 * y) + rng.normal(0, 15, head.shape)
+    # A bright rim (scalp fat) sets every slice's maximum, so plt.imsave's per-image scaling
+    # does not make a slice with a tumour darker overall than a healthy one.
+    image[radius_head > 0.85] = 900.0
     seg = np.zeros((size, size), dtype=np.uint8)
     if label:
         cx, cy = rng.uniform(-0.35, 0.35, 2)
@@ -191,8 +195,8 @@ def brain_slice(seed: int, label: int, size: int) -> tuple[np.ndarray, np.ndarra
         seg[distance < radius] = 2  # oedema
         seg[distance < radius * 0.6] = 4  # enhancing tumour
         seg[distance < radius * 0.3] = 1  # necrotic core
-        image = image + 350.0 * (distance < radius)
-    return np.clip(image * head, 0, None), seg
+        image[distance < radius] += 300.0
+    return np.clip(image * head, 0, 900.0), seg
 
 
 def bmad_composition(count: int) -> tuple[int, int, int]:
