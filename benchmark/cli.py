@@ -341,10 +341,15 @@ def run(methods: str, dataset: str, seeds: str, profile: str, device: str,
                    "they are tabulated and their method marked ‡.")
 @click.option("--no-figures", is_flag=True, help="The table only (faster; no figures).")
 @click.option("--no-log", is_flag=True, help="Do not log the report to MLflow.")
+@click.option("--metrics", "metric_names", default=None, metavar="NAME,NAME[,...]",
+              help="Table 1's columns, comma-separated, or `all`. Default: auc,ap,f1,"
+                   "sens_at_spec95,spec_at_sens95 and, where the dataset has lesion masks, "
+                   "pixel_auroc,pixel_dice,pixel_ap,aupro,pixel_dice_best_oracle.")
 @tracking_option
 def report(dataset: str, fmt: str, out: Path | None, profile: str | None, contaminated: bool,
            exclude_tuned: bool, no_figures: bool, no_log: bool,
-           tracking_uri: str | None, datasets: str | None = None) -> None:
+           tracking_uri: str | None, datasets: str | None = None,
+           metric_names: str | None = None) -> None:
     """Build Table 1 (a row per method: AUC mean ± std over seeds with its 95% CI and a paired
     test against the best) and the figures: ROC curves, score distributions, anomaly maps,
     cost and the paired comparison. Figures go to results/reports/<dataset>/ (beside --out)
@@ -355,9 +360,16 @@ def report(dataset: str, fmt: str, out: Path | None, profile: str | None, contam
     if datasets is not None:
         _cross_report(datasets, fmt, out, profile, contaminated, exclude_tuned, tracking_uri)
         return
+    from benchmark.report import parse_metrics
+    from benchmark.reporting import render_report
+
+    chosen = parse_metrics(metric_names)  # a bad name fails before any work
     built = build_report(tracking_uri, dataset, fmt, out, profile=profile,
                          contaminated=contaminated, exclude_tuned=exclude_tuned,
                          figures=not no_figures)
+    if chosen != built.data.metrics:  # the chosen columns: render Table 1 again with them
+        built.data.metrics = chosen
+        built.text = render_report(built.data, fmt, built.figures, built.out)
     if built.printed:
         click.echo(built.text)
     if built.to_file:

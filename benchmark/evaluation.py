@@ -5,6 +5,13 @@ dataset has lesion masks (localisation needs them all) and the maps and extras o
 images the report shows. Labels are read only after that, by `evaluate`: image (or subject)
 metrics at a threshold from the validation split, localisation, the method's diagnostics, and
 what the selection rule chose against the other checkpoints.
+
+Thresholds never see test labels. The image threshold maximises Youden's J on the validation
+split; where that split has no diseased image (some published splits validate on healthy
+images only) it is the HEALTHY_PERCENTILE-th percentile of the healthy validation scores, and
+`threshold_rule` says which rule was used (THRESHOLD_RULES). Likewise the pixel threshold:
+Youden's J on the validation pixels, or the PIXEL_HEALTHY_PERCENTILE-th percentile of the
+healthy validation pixels where validation has no lesion pixel (`pixel_threshold_rule`).
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ import pandas as pd
 from benchmark import metrics, stats
 from benchmark.api import Images, Method, Prediction
 from benchmark.data import PreparedDataset
+from benchmark.errors import BenchError
+from benchmark.metrics import HEALTHY_PERCENTILE, PIXEL_HEALTHY_PERCENTILE, THRESHOLD_RULES
 
 #: Images predicted at once: bounds the maps held for a split without lesion masks.
 PREDICT_CHUNK = 256
@@ -91,33 +100,83 @@ def evaluation_units(data: PreparedDataset, split: str,
 
 def evaluate(method: Method, data: PreparedDataset, val: SplitPrediction,
              test: SplitPrediction) -> dict[str, float]:
-    """Test metrics at the validation threshold (Youden's J), localisation, diagnostics.
-    Labels are read here, after both splits were predicted."""
+    """Test metrics (AUC, AP, sensitivity / specificity operating points, and the threshold
+    metrics at the validation threshold: `image_threshold`), localisation, diagnostics.
+    Labels are read here, after both splits were predicted. `val_auc` only where validation
+    has both classes."""
     val_labels, val_units = evaluation_units(data, "val", val.scores)
     test_labels, test_units = evaluation_units(data, "test", test.scores)
-    threshold = metrics.youden_threshold(val_labels, val_units)
+    threshold, rule = image_threshold(val_labels, val_units)
     values = metrics.evaluate(test_labels, test_units, threshold)
     values.update(localisation(data, val, test))
     test_prediction = Prediction(test.scores, test.maps, test.extras)
     values.update({f"test_{key}": value for key, value in method.diagnostics(
         test_prediction, data.labels_of("test"), data.masks_of("test")).items()})
     values["threshold"] = threshold
-    values["val_auc"] = metrics.roc_auc(val_labels, val_units)
+    values.update(_rule_metrics("threshold", rule, HEALTHY_PERCENTILE))
+    if rule == "youden_val":
+        values["val_auc"] = metrics.roc_auc(val_labels, val_units)
     return values
+
+
+def image_threshold(val_labels: np.ndarray, val_units: np.ndarray) -> tuple[float, str]:
+    """(threshold, rule): Youden's J on the validation units where they hold both classes;
+    else the HEALTHY_PERCENTILE-th percentile of the healthy ones (a split validating on
+    healthy images only). No healthy validation image leaves nothing to set it on."""
+    healthy = val_units[val_labels == 0]
+    if healthy.size and healthy.size < val_labels.size:
+        return metrics.youden_threshold(val_labels, val_units), "youden_val"
+    if healthy.size:
+        return metrics.healthy_percentile_threshold(healthy, HEALTHY_PERCENTILE), \
+            "healthy_val_percentile"
+    raise BenchError(f"the validation split has {val_labels.size} images and none is healthy: "
+                     f"no threshold can be set without test labels. Give the dataset's "
+                     f"validation split healthy images (its card's protocol).")
+
+
+def _rule_metrics(prefix: str, rule: str, percentile: float) -> dict[str, float]:
+    """`<prefix>_rule` (THRESHOLD_RULES' code) and, for a percentile rule, its percentile."""
+    values = {f"{prefix}_rule": THRESHOLD_RULES[rule]}
+    if rule == "healthy_val_percentile":
+        values[f"{prefix}_percentile"] = percentile
+    return values
+
+
+def rule_params(values: dict[str, float]) -> dict[str, str]:
+    """The threshold rules of an `evaluate` result by name, for run params (e.g.
+    {"threshold_rule": "healthy_val_percentile"})."""
+    names = {code: name for name, code in THRESHOLD_RULES.items()}
+    return {key: names[values[key]] for key in ("threshold_rule", "pixel_threshold_rule")
+            if key in values}
 
 
 def localisation(data: PreparedDataset, val: SplitPrediction,
                  test: SplitPrediction) -> dict[str, float]:
-    """Pixel AUROC and Dice on the test split where the dataset has lesion masks and the
-    method gives maps; the Dice threshold comes from the validation split's pixels."""
+    """Pixel metrics on the test split where the dataset has lesion masks and the method
+    gives maps: pixel AUROC, Dice at a pixel threshold from the validation split
+    (`pixel_threshold`), pixel AP, AUPRO, and the best Dice over thresholds with its threshold
+    (`pixel_dice_best_oracle`: chosen with the test masks, an oracle, never a result). NaN
+    where the test masks hold no lesion pixel."""
     val_masks = data.masks_of("val")
     if val_masks is None or val.maps is None or test.maps is None:
         return {}
     test_masks = data.masks_of("test")
-    threshold = stats.youden_pixel_threshold(val_masks, val.maps)
+    threshold, rule = pixel_threshold(val_masks, val.maps)
     return {"pixel_auroc": stats.pixel_auroc(test_masks, test.maps),
             "pixel_dice": stats.dice_at_threshold(test_masks, test.maps, threshold),
-            "pixel_threshold": threshold}
+            "pixel_threshold": threshold,
+            **_rule_metrics("pixel_threshold", rule, PIXEL_HEALTHY_PERCENTILE),
+            **stats.pixel_curve_metrics(test_masks, test.maps)}
+
+
+def pixel_threshold(val_masks: np.ndarray, val_maps: np.ndarray) -> tuple[float, str]:
+    """(threshold, rule): Youden's J on the validation pixels where they hold lesion and
+    healthy pixels; else the PIXEL_HEALTHY_PERCENTILE-th percentile of the healthy ones."""
+    lesion = int(np.count_nonzero(val_masks))
+    if 0 < lesion < val_masks.size:
+        return stats.youden_pixel_threshold(val_masks, val_maps), "youden_val"
+    return stats.healthy_pixel_threshold(val_masks, val_maps, PIXEL_HEALTHY_PERCENTILE), \
+        "healthy_val_percentile"
 
 
 def selection_table(method: Method, data: PreparedDataset) -> pd.DataFrame | None:

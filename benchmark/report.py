@@ -15,9 +15,15 @@ import numpy as np
 import pandas as pd
 
 from benchmark import stats
-from benchmark.errors import BenchError
+from benchmark.errors import BenchError, UsageError
 from benchmark.html_report import HtmlSection
-from benchmark.metrics import METRIC_NAMES
+from benchmark.metrics import (
+    HEALTHY_PERCENTILE,
+    METRIC_NAMES,
+    SENS_AT_SPEC,
+    SPEC_AT_SENS,
+    THRESHOLD_RULES,
+)
 from benchmark.selection_report import (
     ORACLE_FOOTNOTE,
     SECTION_TITLE,
@@ -33,6 +39,67 @@ COLUMN_TITLES = {
     "auc": "AUC", "precision": "Precision", "recall": "Recall",
     "specificity": "Specificity", "f1": "F1", "accuracy": "Accuracy",
 }
+#: Marks a column chosen with the test labels or masks (an oracle); explained in the caption.
+ORACLE_MARK = "§"
+
+
+@dataclass(frozen=True)
+class MetricColumn:
+    """A column `bench report --metrics` can choose: the logged metric `name`, its title,
+    whether it comes from the anomaly maps (shown only where a run logged it: datasets with
+    masks) and whether it is an oracle (chosen with the test masks: marked, never bold)."""
+
+    name: str
+    title: str
+    pixel: bool = False
+    oracle: bool = False
+
+
+#: Every column of Table 1, in display order (`--metrics all`).
+METRIC_COLUMNS = {column.name: column for column in (
+    MetricColumn("auc", "AUC"),
+    MetricColumn("ap", "AP"),
+    MetricColumn("precision", "Precision"),
+    MetricColumn("recall", "Recall"),
+    MetricColumn("specificity", "Specificity"),
+    MetricColumn("f1", "F1"),
+    MetricColumn("accuracy", "Accuracy"),
+    MetricColumn("sens_at_spec95", "Sens@95%Spec"),
+    MetricColumn("sens_at_spec90", "Sens@90%Spec"),
+    MetricColumn("spec_at_sens95", "Spec@95%Sens"),
+    MetricColumn("pixel_auroc", "Pixel AUROC", pixel=True),
+    MetricColumn("pixel_dice", "Dice", pixel=True),
+    MetricColumn("pixel_ap", "Pixel AP", pixel=True),
+    MetricColumn("aupro", "AUPRO", pixel=True),
+    MetricColumn("pixel_dice_best_oracle", f"Best Dice {ORACLE_MARK}", pixel=True, oracle=True),
+)}
+#: Table 1's columns without `--metrics`: the AUC (with its CI and p), AP, F1 at the
+#: validation threshold, the two clinical operating points, and the pixel metrics where the
+#: dataset has lesion masks.
+DEFAULT_METRICS = ("auc", "ap", "f1", "sens_at_spec95", "spec_at_sens95", "pixel_auroc",
+                   "pixel_dice", "pixel_ap", "aupro", "pixel_dice_best_oracle")
+#: Metrics at the run's validation threshold (the others are threshold-free).
+THRESHOLD_METRICS = ("precision", "recall", "specificity", "f1", "accuracy")
+
+
+def parse_metrics(spec: str | None) -> tuple[str, ...]:
+    """`bench report --metrics`: None (DEFAULT_METRICS), `all`, or comma-separated names of
+    METRIC_COLUMNS, in the given order (repeats dropped). An unknown name is a UsageError
+    listing the known ones."""
+    if spec is None:
+        return DEFAULT_METRICS
+    names = [part.strip() for part in spec.split(",") if part.strip()]
+    known = ", ".join(METRIC_COLUMNS)
+    if not names:
+        raise UsageError(f"--metrics is empty. Give `all` or names among: {known}.")
+    if names == ["all"]:
+        return tuple(METRIC_COLUMNS)
+    unknown = [name for name in names if name not in METRIC_COLUMNS]
+    if unknown:
+        raise UsageError(f"unknown metric{'s' if len(unknown) > 1 else ''} "
+                         f"{', '.join(repr(n) for n in unknown)} for --metrics. Known metrics: "
+                         f"{known} (or `all`).")
+    return tuple(dict.fromkeys(names))
 
 
 @dataclass
@@ -58,6 +125,11 @@ class ReportData:
     #: The "Model selection" table (benchmark.selection_report) of the methods whose runs
     #: logged selection.csv; None when none did (or statistics were not asked for).
     selection: SelectionSummary | None = None
+    #: Table 1's columns (METRIC_COLUMNS names, in order): `bench report --metrics`.
+    metrics: tuple[str, ...] = DEFAULT_METRICS
+    #: Two-level 95% CIs of the other image metrics' seed means (stats.seed_mean_intervals:
+    #: method, metric, value, ci_low, ci_high); None when scores are missing.
+    intervals: pd.DataFrame | None = None
 
 
 def select_runs(uri: str, dataset: str, profile: str | None = None,
@@ -232,10 +304,24 @@ def add_statistics(data: ReportData) -> None:
     data.test_labels, data.test_subjects, data.test_scores = labels, subjects, scores
     data.statistics, data.pairwise = stats.seed_mean_comparison(
         labels, scores, subjects, alpha=ALPHA, n_boot=N_BOOT, seed=0)
+    # The same seed and resample count: the other metrics' intervals use the AUC's resamples.
+    data.intervals = stats.seed_mean_intervals(labels, scores, subjects,
+                                               run_thresholds(data.runs, scores),
+                                               n_boot=N_BOOT, seed=0)
     single = data.statistics.loc[data.statistics.n_seeds < 2, "method"].tolist()
     if single:
         data.notes.append(f"{', '.join(single)}: one seed only, so the interval and tests "
                           f"cover the test set's variation, not training's.")
+
+
+def run_thresholds(runs: pd.DataFrame,
+                   scores: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    """Each run's logged image threshold, per method in the order `load_test_scores` stacks
+    its score rows (the runs' order); None where no run logged one."""
+    if "metric.threshold" not in runs:
+        return None
+    return {method: runs.loc[runs.method == method, "metric.threshold"].to_numpy(float)
+            for method in scores}
 
 
 def add_selection(data: ReportData) -> None:
@@ -284,14 +370,21 @@ def _test_table(uri: str, run_id: str) -> pd.DataFrame | None:
 
 
 def summary_table(data: ReportData) -> pd.DataFrame:
-    """Mean and std (ddof 1) over seeds: columns (metric, 'mean'|'std'), a row per method."""
-    columns = [f"metric.{m}" for m in METRIC_NAMES]
-    missing = [c for c in columns if c not in data.runs.columns]
-    if missing:
-        raise BenchError(f"runs lack metrics {missing}: they were logged by an older version. "
-                         f"Rerun them.")
-    columns += [f"metric.{m}" for m in PIXEL_TITLES if f"metric.{m}" in data.runs.columns]
-    grouped = data.runs.groupby("method")[columns]
+    """Mean and std (ddof 1) over seeds: columns (metric, 'mean'|'std'|'n'), a row per method.
+
+    Every metric of METRIC_NAMES and METRIC_COLUMNS is there; one no run logged (an older
+    version's runs) is NaN, shown as "—". Runs without an AUC cannot be tabulated.
+    """
+    if "metric.auc" not in data.runs.columns:
+        raise BenchError("runs lack the metric auc: they were logged by an older version. "
+                         "Rerun them.")
+    names = list(dict.fromkeys([*METRIC_NAMES, *METRIC_COLUMNS]))
+    runs = data.runs.reindex(columns=[*data.runs.columns,
+                                      *(f"metric.{m}" for m in names
+                                        if f"metric.{m}" not in data.runs.columns)])
+    columns = [f"metric.{m}" for m in names]
+    runs[columns] = runs[columns].astype(float)
+    grouped = runs.groupby("method")[columns]
     table = pd.concat({"mean": grouped.mean(), "std": grouped.std(ddof=1),
                        "n": grouped.count()}, axis=1)
     table.columns = pd.MultiIndex.from_tuples(
@@ -305,39 +398,54 @@ TIE_MARK = "†"
 P_TITLE = "p vs best (Holm)"
 
 
+def shown_metrics(data: ReportData, table: pd.DataFrame) -> list[str]:
+    """The chosen columns that appear: every image metric (a missing value is "—"), the pixel
+    ones only where some run logged a value (datasets with lesion masks)."""
+    return [m for m in data.metrics
+            if not METRIC_COLUMNS[m].pixel or table[(m, "mean")].notna().any()]
+
+
 def _cells(data: ReportData, table: pd.DataFrame,
            plus_minus: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Display strings and a same-shaped boolean frame marking what is bold.
+    """Display strings and a same-shaped boolean frame marking what is bold, for the columns
+    `data.metrics` chose.
 
     AUC: the best is bold only when its lead over every other method holds in the paired test
     at the 5% level; otherwise the best and the methods tied with it carry a dagger. Other
-    columns: the best mean in bold.
+    image metrics: mean ± std and, where the test scores allow, the 95% CI in brackets. An
+    oracle column is never bold. Other columns: the best mean in bold. A metric the runs did
+    not log is "—", never 0.
     """
     text = pd.DataFrame(index=table.index)
     bold = pd.DataFrame(index=table.index)
-    for metric in METRIC_NAMES:
+    for metric in shown_metrics(data, table):
+        column = METRIC_COLUMNS[metric]
         mean, std = table[(metric, "mean")], table[(metric, "std")]
-        title = COLUMN_TITLES[metric]
-        text[title] = [f"{m:.3f}" if np.isnan(s) else f"{m:.3f}{plus_minus}{s:.3f}"
-                       for m, s in zip(mean, std, strict=True)]
-        bold[title] = np.isclose(mean, mean.max(), rtol=0, atol=5e-4)
+        intervals = _interval_text(data, metric, table.index)
+        text[column.title] = ["—" if np.isnan(m) else
+                              (f"{m:.3f}" if np.isnan(s) else f"{m:.3f}{plus_minus}{s:.3f}") + ci
+                              for m, s, ci in zip(mean, std, intervals, strict=True)]
+        bold[column.title] = (np.isclose(mean, mean.max(), rtol=0, atol=5e-4)
+                              & (not column.oracle))
         if metric == "auc":
             if data.statistics is not None:
                 _auc_statistics(data.statistics, text, bold)
             else:
-                bold[title] = False  # no test, so no claim that the highest mean leads
-    for metric, title in PIXEL_TITLES.items():
-        if (metric, "mean") in table.columns and table[(metric, "mean")].notna().any():
-            mean, std = table[(metric, "mean")], table[(metric, "std")]
-            text[title] = ["—" if np.isnan(m) else f"{m:.3f}" if np.isnan(s)
-                           else f"{m:.3f}{plus_minus}{s:.3f}"
-                           for m, s in zip(mean, std, strict=True)]
-            bold[title] = np.isclose(mean, mean.max(), rtol=0, atol=5e-4)
+                bold[column.title] = False  # no test, so no claim that the highest mean leads
     tuned = set(data.runs.loc[is_tuned(data.runs), "method"])
     text.index = [f"{m} {TUNED_MARK}" if m in tuned else m for m in text.index]
     bold.index = text.index
     text.index.name = "Method"
     return text, bold
+
+
+def _interval_text(data: ReportData, metric: str, methods: pd.Index) -> list[str]:
+    """" [low, high]" per method where `data.intervals` has a finite CI of `metric`, else ""."""
+    if data.intervals is None or metric == "auc":
+        return [""] * len(methods)
+    rows = data.intervals[data.intervals.metric == metric].set_index("method").reindex(methods)
+    return ["" if not (np.isfinite(lo) and np.isfinite(hi)) else f" [{lo:.3f}, {hi:.3f}]"
+            for lo, hi in zip(rows.ci_low, rows.ci_high, strict=True)]
 
 
 def _auc_statistics(statistics: pd.DataFrame, text: pd.DataFrame, bold: pd.DataFrame) -> None:
@@ -357,6 +465,8 @@ def _auc_statistics(statistics: pd.DataFrame, text: pd.DataFrame, bold: pd.DataF
 
 
 def caption(data: ReportData, plus_minus: str = " ± ") -> str:
+    table = summary_table(data)
+    shown = shown_metrics(data, table)
     seeds = ", ".join(str(s) for s in data.seeds)
     if len(data.seeds) > 1:
         spread = f"mean{plus_minus}std over {len(data.seeds)} seeds ({seeds})"
@@ -364,22 +474,97 @@ def caption(data: ReportData, plus_minus: str = " ± ") -> str:
         spread = f"1 seed ({seeds}), no spread"
     setting = (" in the contaminated setting (every method trained on healthy + unlabelled "
                "images)" if data.contaminated else "")
-    if data.statistics is not None:
+    significance = ""
+    if "auc" in shown and data.statistics is not None:
         tied = data.statistics.tied_with_best.sum()
         significance = (f"{STATS_TEXT}. The best AUC is bold only where its lead holds at the "
                         f"{ALPHA:.0%} level; "
                         + ("here it does" if tied == 1 else
                            f"here it does not: {TIE_MARK} marks the {tied} methods not "
                            f"significantly different from the best") + "; ")
-    else:
+    elif "auc" in shown:
         significance = ("AUC: nothing bold, as the test scores needed for a significance "
                         "test are missing; ")
     return (f"Anomaly detection on {data.dataset}{setting} ({data.profile} profile): "
-            f"test-set ROC AUC, "
-            f"and precision, recall, specificity, F1 and accuracy at the threshold maximising "
-            f"Youden's J on the validation split; {spread}. {significance}"
-            f"other columns: best mean in bold. {budget_text(data)}{backbone_text(data)}"
+            f"{_columns_text(data, shown)}; {spread}. {significance}"
+            f"other columns: best mean in bold. {_column_notes(data, table, shown, plus_minus)}"
+            f"{budget_text(data)}{backbone_text(data)}"
             f"Split SHA-256 {data.split_hash}; data version {data.data_version}.")
+
+
+def _columns_text(data: ReportData, shown: list[str]) -> str:
+    """What the shown columns are, for the caption."""
+    parts = []
+    if "auc" in shown:
+        parts.append("test-set ROC AUC")
+    if "ap" in shown:
+        parts.append("average precision (AP)")
+    points = [f"sensitivity at {target:.0%} specificity" for name, target in SENS_AT_SPEC.items()
+              if name in shown]
+    points += [f"specificity at {target:.0%} sensitivity" for name, target
+               in SPEC_AT_SENS.items() if name in shown]
+    if points:
+        parts.append(", ".join(points) + " (the best real operating point of the test ROC "
+                     "that meets the constraint, never interpolated)")
+    at_threshold = [METRIC_COLUMNS[m].title.lower().replace("f1", "F1") for m in shown
+                    if m in THRESHOLD_METRICS]
+    if at_threshold:
+        parts.append(f"{', '.join(at_threshold)} at {threshold_rule_text(data.runs)}")
+    pixel = [METRIC_COLUMNS[m].title.removeprefix("Pixel ") for m in shown
+             if METRIC_COLUMNS[m].pixel]
+    if pixel:
+        parts.append(f"at pixel level {', '.join(pixel)}")
+    if not parts:
+        return "no column chosen"
+    return parts[0] if len(parts) == 1 else "; ".join(parts[:-1]) + "; and " + parts[-1]
+
+
+def threshold_rule_text(runs: pd.DataFrame) -> str:
+    """Which threshold the runs' threshold metrics used (their `threshold_rule` metric: 0 or
+    absent Youden's J on validation, 1 a percentile of the healthy validation scores)."""
+    youden = "the threshold maximising Youden's J on the validation split"
+    if "metric.threshold_rule" not in runs:
+        return youden
+    percentile = (runs["metric.threshold_rule"].astype(float)
+                  == THRESHOLD_RULES["healthy_val_percentile"])
+    healthy = (f"the {HEALTHY_PERCENTILE:.0f}th percentile of the healthy validation scores "
+               f"(at most {100 - HEALTHY_PERCENTILE:.0f}% of them flagged)")
+    if percentile.all():
+        return f"{healthy}, as the validation split has no diseased image"
+    if percentile.any():
+        methods = ", ".join(sorted(runs.loc[percentile, "method"].unique()))
+        return f"{youden} ({methods}: {healthy})"
+    return youden
+
+
+def _column_notes(data: ReportData, table: pd.DataFrame, shown: list[str],
+                  plus_minus: str) -> str:
+    """Caption sentences on the intervals, the pixel metrics, the oracle, "—" and the chosen
+    columns no run logged."""
+    notes = []
+    image = [m for m in shown if not METRIC_COLUMNS[m].pixel and m != "auc"]
+    if image and data.intervals is not None:
+        notes.append("In brackets: the 95% CI of the seed mean, from the same two levels and "
+                     "the same resamples of test patients as the AUC's (at each run's own "
+                     "threshold for the threshold metrics).")
+    if any(METRIC_COLUMNS[m].pixel for m in shown):
+        notes.append(f"Pixel metrics: mean{plus_minus}std over seeds only, no test-set "
+                     f"interval (the anomaly maps are not kept after a run); Dice at a pixel "
+                     f"threshold from the validation split; AUPRO: the mean per-region overlap "
+                     f"(8-connected lesions) integrated up to a pixel FPR of 30%, divided by "
+                     f"0.3.")
+    if any(METRIC_COLUMNS[m].oracle for m in shown):
+        notes.append(f"{ORACLE_MARK} Oracle: the best Dice over all thresholds, chosen with "
+                     f"the test masks; it shows what a threshold could reach and is never a "
+                     f"result (never bold).")
+    if any(table[(m, "mean")].isna().any() for m in shown):
+        notes.append("—: not logged by the runs (logged before the metric existed: rerun "
+                     "them) or undefined (no lesion pixel).")
+    hidden = [m for m in data.metrics if m not in shown]
+    if hidden and tuple(data.metrics) != DEFAULT_METRICS:
+        notes.append(f"Not shown: {', '.join(hidden)} (no run logged it: no lesion masks or "
+                     f"maps, or runs older than the metric).")
+    return "".join(f"{note} " for note in notes)
 
 
 def to_markdown(data: ReportData, figures: dict[str, Path] | None = None,
@@ -429,8 +614,8 @@ def to_latex(data: ReportData) -> str:
     text, best = _cells(data, summary_table(data), r" $\pm$ ")
     text = text.apply(lambda col: col.str.replace(TIE_MARK, r"$^{\dagger}$", regex=False)
                       .str.replace("<", "$<$", regex=False))
-    best.columns = [_escape_latex(c) for c in best.columns]
-    text.columns = [_escape_latex(c) for c in text.columns]
+    best.columns = [_latex_title(c) for c in best.columns]
+    text.columns = [_latex_title(c) for c in text.columns]
     # "Method" as an ordinary first column: a named index would add a second header row.
     text = text.reset_index()
     text["Method"] = [_escape_latex(str(name)).replace(TUNED_MARK, r"$^{\ddagger}$")
@@ -444,7 +629,8 @@ def to_latex(data: ReportData) -> str:
         hrules=True,  # booktabs \toprule \midrule \bottomrule
         convert_css=True,
         caption=_escape_latex(caption(data, " +- ") + notes).replace("+-", r"$\pm$")
-        .replace(TIE_MARK, r"$^{\dagger}$").replace(TUNED_MARK, r"$^{\ddagger}$"),
+        .replace(TIE_MARK, r"$^{\dagger}$").replace(TUNED_MARK, r"$^{\ddagger}$")
+        .replace(ORACLE_MARK, r"$^{\S}$"),
         label=f"tab:{_escape_latex(data.dataset)}",
         position_float="centering",
         column_format="l" + "c" * (len(text.columns) - 1),
@@ -478,6 +664,11 @@ _LATEX_SPECIALS = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}",
 }
+
+
+def _latex_title(title: str) -> str:
+    """A column title for LaTeX: escaped, the oracle mark as a superscript section sign."""
+    return _escape_latex(title).replace(ORACLE_MARK, r"$^{\S}$")
 
 
 def _escape_latex(text: str) -> str:

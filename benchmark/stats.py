@@ -1,6 +1,8 @@
 """Statistics the reports print: the two-level interval of a seed-mean AUC and paired tests
-between methods scored on the same test images (`seed_mean_comparison`, Holm-adjusted), and
-pixel-level (segmentation) metrics.
+between methods scored on the same test images (`seed_mean_comparison`, Holm-adjusted), the
+same interval for the other image metrics (`seed_mean_intervals`), and pixel-level
+(segmentation) metrics: pixel AUROC, Dice, pixel AP, AUPRO and the best Dice over thresholds
+(an oracle: chosen with the test masks).
 
 Observed AUCs come from the midrank algorithm of Sun & Xu (2014), "Fast implementation of
 DeLong's algorithm for comparing the areas under correlated receiver operating characteristic
@@ -14,10 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 from scipy.optimize import brentq
 from scipy.stats import norm, rankdata
 from scipy.stats import t as student_t
 
+from benchmark import metrics
 from benchmark.metrics import _check_scores, youden_threshold
 
 # Image weights of this many (resamples x images) per block in `weighted_aucs`, to bound memory.
@@ -129,6 +133,211 @@ def youden_pixel_threshold(masks: np.ndarray, maps: np.ndarray, *, max_pixels: i
     return youden_threshold(flat_masks, flat_maps)
 
 
+def healthy_pixel_threshold(masks: np.ndarray, maps: np.ndarray, percentile: float = 99.0, *,
+                            max_pixels: int = 2_000_000, seed: int = 0) -> float:
+    """A pixel threshold from the pixels outside the lesion masks alone, for validation splits
+    without lesion pixels: `metrics.healthy_percentile_threshold` of their values (at 99, at
+    most 1% of healthy pixels flagged; a lesion is a small share of an image, so flagging 5%
+    would swamp it).
+
+    Above `max_pixels` pixels a uniform seeded subsample is used, as in
+    `youden_pixel_threshold`: a percentile is a population quantity.
+    """
+    masks, maps = np.asarray(masks), np.asarray(maps)
+    if masks.shape != maps.shape:
+        raise ValueError(f"masks {masks.shape} and maps {maps.shape} differ in shape")
+    flat_masks, flat_maps = masks.reshape(-1), maps.reshape(-1)
+    if flat_maps.size > max_pixels:
+        keep = np.sort(np.random.default_rng(seed).choice(flat_maps.size, max_pixels,
+                                                          replace=False))
+        flat_masks, flat_maps = flat_masks[keep], flat_maps[keep]
+    flat_masks, flat_maps = _check_pixels(flat_masks, flat_maps)
+    healthy = flat_maps[~flat_masks]
+    if healthy.size == 0:
+        raise ValueError("every validation pixel is a lesion pixel: no healthy pixels to set "
+                         "a percentile threshold on")
+    return metrics.healthy_percentile_threshold(healthy.astype(np.float64), percentile)
+
+
+# -- pixel AP, AUPRO and the best Dice from one streamed pass ------------------------------------
+
+#: Lesion regions are 8-connected in the image plane (MVTec AD's evaluation and anomalib's
+#: OpenCV labelling); images of a chunk are never joined.
+_REGION_STRUCTURE = np.zeros((3, 3, 3), bool)
+_REGION_STRUCTURE[1] = True
+#: AUPRO integrates the per-region overlap up to this pixel false-positive rate (MVTec AD).
+AUPRO_FPR_LIMIT = 0.3
+
+
+@dataclass(frozen=True)
+class LesionCurve:
+    """The pixel operating points of `maps >= t`, one per distinct lesion-pixel value t,
+    highest first: every threshold at which the lesion side changes. Between two of them only
+    healthy pixels are added, which lowers AP's precision and Dice and only moves AUPRO's
+    curve right, so these points carry AP, the best Dice and (with the counts strictly above
+    each t) the whole per-region overlap curve."""
+
+    thresholds: np.ndarray  # (m,) distinct lesion-pixel values, descending, float64
+    lesion: np.ndarray  # lesion pixels equal to each threshold
+    tp: np.ndarray  # lesion pixels >= threshold
+    fp: np.ndarray  # healthy pixels >= threshold
+    fp_above: np.ndarray  # healthy pixels > threshold
+    overlap: np.ndarray  # sum over lesion regions of their share of pixels >= threshold
+    n_lesion: int
+    n_healthy: int
+    n_regions: int
+
+
+def _image_chunks(masks: np.ndarray, maps: np.ndarray) -> list[slice]:
+    """Slices of whole images holding at most about _PIXEL_CHUNK pixels each (at least one)."""
+    per = max(1, _PIXEL_CHUNK // max(1, int(np.prod(masks.shape[1:]))))
+    return [slice(start, start + per) for start in range(0, masks.shape[0], per)]
+
+
+def _checked_chunk(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One chunk's masks as bool and maps as they are, validated (no full-size copies)."""
+    if masks.dtype != bool:
+        if np.any((masks != 0) & (masks != 1)):
+            raise ValueError("masks must be binary (0/1)")
+        masks = masks != 0
+    if not np.isfinite(maps).all():
+        raise ValueError("anomaly maps contain NaN or infinity")
+    return masks, maps
+
+
+def lesion_curve(masks: np.ndarray, maps: np.ndarray) -> LesionCurve | None:
+    """The LesionCurve of (N, H, W) masks and maps; None when there is no lesion pixel.
+
+    Memory stays near the lesion pixels' size: they are gathered (float64) with their region's
+    weight, sorted and made unique; the healthy pixels are then streamed, a chunk of images at
+    a time, through two binary searches into the distinct lesion values (as `pixel_auroc`
+    does). Maps keep their dtype: float16 values compare exactly in float64.
+    """
+    masks, maps = np.asarray(masks), np.asarray(maps)
+    if masks.shape != maps.shape:
+        raise ValueError(f"masks {masks.shape} and maps {maps.shape} differ in shape")
+    if masks.ndim == 2:
+        masks, maps = masks[None], maps[None]
+    if masks.ndim != 3:
+        raise ValueError(f"masks and maps must be (N, H, W), got {masks.shape}")
+    chunks = _image_chunks(masks, maps)
+    values, weights, n_regions, n_pixels = [], [], 0, 0
+    for part in chunks:
+        chunk_masks, chunk_maps = _checked_chunk(masks[part], maps[part])
+        n_pixels += chunk_masks.size
+        regions, found = ndimage.label(chunk_masks, _REGION_STRUCTURE)
+        if found:
+            sizes = np.bincount(regions.ravel())
+            values.append(chunk_maps[chunk_masks].astype(np.float64))
+            weights.append(1.0 / sizes[regions[chunk_masks]])
+            n_regions += found
+    if not values:
+        return None
+    lesion_values, lesion_weights = np.concatenate(values), np.concatenate(weights)
+    order = np.argsort(lesion_values, kind="stable")
+    lesion_values, lesion_weights = lesion_values[order], lesion_weights[order]
+    starts = np.flatnonzero(np.r_[True, lesion_values[1:] != lesion_values[:-1]])
+    distinct = lesion_values[starts]  # ascending
+    counts = np.diff(np.r_[starts, lesion_values.size])
+    # Healthy pixels by position among the distinct lesion values: with `left`, k = how many
+    # values lie below the pixel (it is above values 0..k-1); with `right`, at or below.
+    below = np.zeros(distinct.size + 1, np.int64)
+    at_or_below = np.zeros(distinct.size + 1, np.int64)
+    for part in chunks:
+        healthy = maps[part][masks[part] == 0].astype(np.float64)
+        healthy.sort()  # sorted keys make the searches cache-friendly
+        below += np.bincount(np.searchsorted(distinct, healthy, "left"),
+                             minlength=distinct.size + 1)
+        at_or_below += np.bincount(np.searchsorted(distinct, healthy, "right"),
+                                   minlength=distinct.size + 1)
+
+    def at_least(per_value: np.ndarray) -> np.ndarray:
+        return np.cumsum(per_value[::-1])  # descending thresholds: everything from t upwards
+
+    return LesionCurve(
+        thresholds=distinct[::-1], lesion=counts[::-1], tp=at_least(counts),
+        fp=at_least(at_or_below[1:]), fp_above=at_least(below[1:]),
+        overlap=at_least(np.add.reduceat(lesion_weights, starts)),
+        n_lesion=int(lesion_values.size), n_healthy=n_pixels - int(lesion_values.size),
+        n_regions=n_regions)
+
+
+def pixel_ap(masks: np.ndarray, maps: np.ndarray) -> float:
+    """Pixel-level average precision pooled over all pixels (scikit-learn's step-wise
+    `average_precision_score` on the flattened pixels; ties share one point); NaN without
+    lesion pixels."""
+    curve = lesion_curve(masks, maps)
+    return float("nan") if curve is None else _curve_ap(curve)
+
+
+def _curve_ap(curve: LesionCurve) -> float:
+    return float(np.sum(curve.lesion * curve.tp / (curve.tp + curve.fp)) / curve.n_lesion)
+
+
+def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = AUPRO_FPR_LIMIT) -> float:
+    """Area under the per-region overlap (PRO) curve up to a pixel FPR of `fpr_limit`,
+    divided by `fpr_limit` (MVTec AD's AU-PRO, as anomalib's AUPRO computes it).
+
+    Regions: 8-connected components of each image's mask (scipy.ndimage.label). At threshold
+    t, a region's overlap is the share of its pixels with `map >= t`; PRO is the mean over all
+    regions of all images; FPR is the share of all healthy pixels (every image, lesion-free
+    ones included) with `map >= t`. The curve joins the operating points of the distinct map
+    values (a tie moves both coordinates at once: a straight segment), starts at (0, 0), and
+    is integrated by trapezoids, linearly interpolated at `fpr_limit`. NaN without lesion
+    pixels or without healthy pixels.
+    """
+    if not 0.0 < fpr_limit <= 1.0:
+        raise ValueError(f"the FPR limit must be in (0, 1], got {fpr_limit}")
+    curve = lesion_curve(masks, maps)
+    return float("nan") if curve is None else _curve_aupro(curve, fpr_limit)
+
+
+def _curve_aupro(curve: LesionCurve, fpr_limit: float) -> float:
+    if curve.n_healthy == 0:
+        return float("nan")
+    pro = curve.overlap / curve.n_regions
+    # Per lesion value: the point just above it (its ties not yet flagged), then the point
+    # with them; healthy-only values between lesion values add flat stretches.
+    fpr = np.column_stack([curve.fp_above, curve.fp]).ravel() / curve.n_healthy
+    height = np.column_stack([np.r_[0.0, pro[:-1]], pro]).ravel()
+    fpr, height = np.r_[0.0, fpr, 1.0], np.r_[0.0, height, pro[-1]]
+    last = int(np.searchsorted(fpr, fpr_limit, "right")) - 1  # last point within the limit
+    area = float(np.sum(np.diff(fpr[:last + 1]) * (height[1:last + 1] + height[:last]) / 2))
+    if fpr[last] < fpr_limit and last + 1 < fpr.size:
+        share = (fpr_limit - fpr[last]) / (fpr[last + 1] - fpr[last])
+        at_limit = height[last] + share * (height[last + 1] - height[last])
+        area += (fpr_limit - fpr[last]) * (height[last] + at_limit) / 2
+    return area / fpr_limit
+
+
+def best_dice_oracle(masks: np.ndarray, maps: np.ndarray) -> tuple[float, float]:
+    """(Dice, threshold): the best pooled Dice of `maps >= t` over every threshold, and that
+    t (the highest on ties). An ORACLE: chosen with the test masks, it shows what a threshold
+    could reach, never a result. The best t is a lesion-pixel value (between two of them only
+    healthy pixels are added). (NaN, NaN) without lesion pixels."""
+    curve = lesion_curve(masks, maps)
+    return (float("nan"), float("nan")) if curve is None else _curve_best_dice(curve)
+
+
+def _curve_best_dice(curve: LesionCurve) -> tuple[float, float]:
+    dice = 2.0 * curve.tp / (curve.tp + curve.fp + curve.n_lesion)
+    best = int(np.argmax(dice))  # first = highest threshold on ties
+    return float(dice[best]), float(curve.thresholds[best])
+
+
+def pixel_curve_metrics(masks: np.ndarray, maps: np.ndarray,
+                        fpr_limit: float = AUPRO_FPR_LIMIT) -> dict[str, float]:
+    """pixel_ap, aupro, pixel_dice_best_oracle and pixel_threshold_best_oracle from one
+    `lesion_curve` pass; NaN without lesion pixels."""
+    curve = lesion_curve(masks, maps)
+    if curve is None:
+        return dict.fromkeys(("pixel_ap", "aupro", "pixel_dice_best_oracle",
+                              "pixel_threshold_best_oracle"), float("nan"))
+    dice, threshold = _curve_best_dice(curve)
+    return {"pixel_ap": _curve_ap(curve), "aupro": _curve_aupro(curve, fpr_limit),
+            "pixel_dice_best_oracle": dice, "pixel_threshold_best_oracle": threshold}
+
+
 def holm(p_values: np.ndarray) -> np.ndarray:
     """Holm's (1979) step-down adjusted p-values: reject where adjusted p < alpha keeps the
     family-wise error rate at alpha over all the p-values given. NaNs stay NaN and do not count."""
@@ -189,6 +398,65 @@ def weighted_aucs(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -
             wins = (pos_w * (below + 0.5 * neg_w)).sum(axis=1)
             out[b0:b0 + block, r] = wins / (pos_w.sum(axis=1) * neg_w.sum(axis=1))
     return out
+
+
+#: Image metrics `seed_mean_intervals` gives an interval, beside the AUC's: the threshold-free
+#: ones, and those at each run's logged threshold.
+CLINICAL_INTERVALS = ("ap", "sens_at_spec95", "sens_at_spec90", "spec_at_sens95")
+THRESHOLD_INTERVALS = ("precision", "recall", "specificity", "f1", "accuracy")
+
+
+def weighted_image_metrics(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray,
+                           thresholds: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """(B, R) values of each of CLINICAL_INTERVALS (and, given a threshold per row, each of
+    THRESHOLD_INTERVALS at it) for R score rows (R, N) under B integer image weights (B, N):
+    the metric of the resample in which image i appears weights[b, i] times, exactly as
+    `benchmark.metrics` defines it on that resample (tied scores one operating point).
+
+    Memory is bounded as in `weighted_aucs`: blocks of resamples, per row.
+    """
+    labels = np.asarray(labels) == 1
+    scores = np.atleast_2d(scores)
+    names = CLINICAL_INTERVALS + (THRESHOLD_INTERVALS if thresholds is not None else ())
+    out = {name: np.empty((weights.shape[0], scores.shape[0])) for name in names}
+    block = max(1, _BOOT_BLOCK // weights.shape[1])
+    for r, row in enumerate(scores):
+        order = np.argsort(-row, kind="stable")
+        ordered = row[order]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        pos = labels[order]
+        # How many distinct scores are >= the row's threshold: `score >= t` flags them.
+        flagged = None if thresholds is None else int(np.sum(ordered[starts] >= thresholds[r]))
+        for b0 in range(0, weights.shape[0], block):
+            w = weights[b0:b0 + block][:, order].astype(np.float64)
+            tp = np.cumsum(np.add.reduceat(w * pos, starts, axis=1), axis=1)
+            fp = np.cumsum(np.add.reduceat(w * ~pos, starts, axis=1), axis=1)
+            rows = slice(b0, b0 + block)
+            out["ap"][rows, r] = metrics.ap_from_counts(tp, fp)
+            for name, target in metrics.SENS_AT_SPEC.items():
+                out[name][rows, r] = metrics.sens_at_spec_from_counts(tp, fp, target)
+            for name, target in metrics.SPEC_AT_SENS.items():
+                out[name][rows, r] = metrics.spec_at_sens_from_counts(tp, fp, target)
+            if flagged is not None:
+                for name, value in _at_threshold(tp, fp, flagged).items():
+                    out[name][rows, r] = value
+    return out
+
+
+def _at_threshold(tp: np.ndarray, fp: np.ndarray, flagged: int) -> dict[str, np.ndarray]:
+    """Threshold metrics (as `metrics.threshold_metrics`, zero division 0) of the operating
+    point that flags the first `flagged` distinct scores, from (B, G) cumulative counts."""
+    positives, negatives = tp[:, -1], fp[:, -1]
+    hit = tp[:, flagged - 1] if flagged else np.zeros_like(positives)
+    false = fp[:, flagged - 1] if flagged else np.zeros_like(negatives)
+
+    def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+        return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+    return {"precision": ratio(hit, hit + false), "recall": ratio(hit, positives),
+            "specificity": ratio(negatives - false, negatives),
+            "f1": ratio(2 * hit, hit + false + positives),
+            "accuracy": ratio(hit + negatives - false, positives + negatives)}
 
 
 @dataclass(frozen=True)
@@ -271,11 +539,7 @@ def seed_mean_comparison(labels: np.ndarray, scores: Mapping[str, np.ndarray],
     elif len(subjects) != labels.size:
         raise ValueError(f"{len(subjects)} subject ids for {labels.size} test images")
     weights = cluster_weights(labels, np.asarray(subjects), n_boot, np.random.default_rng(seed))
-    # The bootstrap variance of a mean of n patients is (n - 1)/n of the unbiased one and rests
-    # on about n - 1 degrees of freedom; n is the smaller stratum, the one that limits the AUC.
-    _, diseased = _subject_strata(labels, np.asarray(subjects))
-    n_small = int(min(diseased.sum(), (~diseased).sum()))
-    test_df, inflation = max(n_small - 1, 1), n_small / max(n_small - 1, 1)
+    test_df, inflation = _test_level(labels, np.asarray(subjects))
     observed = _midrank_aucs(labels, stacked)
     boots = weighted_aucs(labels, stacked, weights)
     k = len(names)
@@ -312,3 +576,75 @@ def seed_mean_comparison(labels: np.ndarray, scores: Mapping[str, np.ndarray],
     for (i, j), value in zip(pairs, adjusted, strict=True):
         pairwise[i, j] = pairwise[j, i] = value
     return summary, pd.DataFrame(pairwise, index=names, columns=names)
+
+
+def _test_level(labels: np.ndarray, subjects: np.ndarray) -> tuple[int, float]:
+    """(degrees of freedom, variance inflation) of the test level: the bootstrap variance of a
+    mean of n patients is (n - 1)/n of the unbiased one and rests on about n - 1 degrees of
+    freedom; n is the smaller stratum, the one that limits the metric."""
+    _, diseased = _subject_strata(labels, subjects)
+    n_small = int(min(diseased.sum(), (~diseased).sum()))
+    return max(n_small - 1, 1), n_small / max(n_small - 1, 1)
+
+
+def seed_mean_intervals(labels: np.ndarray, scores: Mapping[str, np.ndarray],
+                        subjects: np.ndarray | None = None,
+                        thresholds: Mapping[str, np.ndarray] | None = None, *,
+                        level: float = 0.95, n_boot: int = 2000,
+                        seed: int = 0) -> pd.DataFrame:
+    """The two-level interval of `seed_mean_comparison`, for the other image metrics:
+    CLINICAL_INTERVALS, and THRESHOLD_INTERVALS where `thresholds` gives each run's logged
+    threshold (method -> (S,), in the order of its score rows; a NaN leaves that method's
+    threshold metrics out).
+
+    The same resamples as the AUC's (`cluster_weights` with the same `seed` and `n_boot`:
+    patients drawn together, stratified by label, shared by every method and seed), the same
+    test-level t and inflation, the same training level (between-seed variance, t with S - 1
+    degrees of freedom), added in quadrature; clipped to [0, 1]. No p-values: the report tests
+    the AUC only.
+
+    Returns a row per (method, metric): method, metric, value (mean over seeds of the
+    observed metric), ci_low, ci_high, n_seeds.
+    """
+    names = list(scores)
+    if not names:
+        raise ValueError("no methods to compare")
+    matrices = [np.atleast_2d(np.asarray(scores[name], dtype=float)) for name in names]
+    groups = np.repeat(np.arange(len(names)), [m.shape[0] for m in matrices])
+    labels, stacked = _stack(labels, *np.concatenate(matrices))
+    subjects = np.arange(labels.size) if subjects is None else np.asarray(subjects)
+    if subjects.size != labels.size:
+        raise ValueError(f"{subjects.size} subject ids for {labels.size} test images")
+    row_thresholds = None
+    if thresholds is not None:
+        row_thresholds = np.concatenate([np.broadcast_to(np.asarray(thresholds[name], float),
+                                                         (m.shape[0],))
+                                         for name, m in zip(names, matrices, strict=True)])
+    weights = cluster_weights(labels, subjects, n_boot, np.random.default_rng(seed))
+    test_df, inflation = _test_level(labels, subjects)
+    observed = weighted_image_metrics(labels, stacked, np.ones((1, labels.size), np.int32),
+                                      _finite_or_inf(row_thresholds))
+    boots = weighted_image_metrics(labels, stacked, weights, _finite_or_inf(row_thresholds))
+    rows = []
+    for metric, values in observed.items():
+        if row_thresholds is not None and metric in THRESHOLD_INTERVALS:
+            values = np.where(np.isfinite(row_thresholds), values, np.nan)
+        for i, name in enumerate(names):
+            mine = groups == i
+            seeds = int(mine.sum())
+            mean = float(values[0, mine].mean())
+            seed_var = float(np.var(values[0, mine], ddof=1)) / seeds if seeds > 1 else 0.0
+            boot_mean = boots[metric][:, mine].mean(axis=1)
+            low = high = np.nan
+            if np.isfinite(mean):
+                half = _Levels(inflation * float(np.var(boot_mean, ddof=1)), test_df, seed_var,
+                               max(seeds - 1, 1)).half_width(level)
+                low, high = max(0.0, mean - half), min(1.0, mean + half)
+            rows.append({"method": name, "metric": metric, "value": mean, "ci_low": low,
+                         "ci_high": high, "n_seeds": seeds})
+    return pd.DataFrame(rows)
+
+
+def _finite_or_inf(thresholds: np.ndarray | None) -> np.ndarray | None:
+    """Missing thresholds (NaN) as +inf, so the arithmetic runs; their values are dropped."""
+    return None if thresholds is None else np.where(np.isfinite(thresholds), thresholds, np.inf)

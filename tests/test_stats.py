@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from scipy.stats import t as student_t
 from sklearn.metrics import roc_auc_score
 
 from benchmark import stats
@@ -205,3 +206,171 @@ def test_coverage_simulation_two_level_covers_and_the_old_interval_does_not():
     by_kind = result.set_index("interval").coverage
     assert by_kind["two-level (now)"] >= 0.93
     assert by_kind["images only (before)"] < 0.85
+
+
+# -- pixel AP, AUPRO, the best Dice (an oracle), the healthy pixel threshold (issue 15) ---------
+
+
+def _lesions(seed: int, n: int = 4, size: int = 12, ties: bool = True):
+    """Masks with 0-2 rectangular lesions per image (some touching) and maps that see them."""
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((n, size, size), np.uint8)
+    for image in masks:
+        for _ in range(rng.integers(0, 3)):
+            y, x = rng.integers(0, size - 3, 2)
+            image[y:y + rng.integers(1, 4), x:x + rng.integers(1, 4)] = 1
+    masks[0, 1:3, 1:3] = 1  # at least one lesion
+    maps = rng.random(masks.shape) + 0.5 * masks
+    return masks, (np.round(maps, 1) if ties else maps).astype(np.float32)
+
+
+def test_pixel_ap_by_hand():
+    # Ranked: lesion (1/1), healthy, lesion (2/3), healthy: AP = (1 + 2/3) / 2.
+    masks = np.array([[[1, 0, 1, 0]]])
+    maps = np.array([[[0.9, 0.8, 0.7, 0.1]]], np.float32)
+    assert stats.pixel_ap(masks, maps) == pytest.approx(5 / 6)
+    assert np.isnan(stats.pixel_ap(np.zeros_like(masks), maps))
+
+
+@pytest.mark.parametrize("chunk", [7, 1 << 20])
+def test_pixel_ap_matches_sklearn(monkeypatch, chunk):
+    from sklearn.metrics import average_precision_score
+
+    monkeypatch.setattr(stats, "_PIXEL_CHUNK", chunk)  # one image per chunk: streamed
+    for seed in range(3):
+        masks, maps = _lesions(seed)
+        expected = average_precision_score(masks.ravel(), maps.ravel().astype(float))
+        assert stats.pixel_ap(masks, maps) == pytest.approx(expected, abs=1e-12)
+
+
+def test_aupro_by_hand():
+    """Two regions (one pixel at 0.9; two pixels at 0.8 and 0.3) and ten healthy pixels.
+
+    Going down: 0.9 covers region A (PRO 1/2); healthy 0.85 (FPR 0.1); 0.8 covers half of B
+    (PRO 3/4); healthy 0.7, 0.6 (FPR 0.2, 0.3). Area up to 0.3: 0.1 x 0.5 + 0.2 x 0.75 = 0.2,
+    over 0.3: 2/3. Up to 0.25: (0.05 + 0.15 x 0.75) / 0.25 = 0.65.
+    """
+    masks = np.array([[[1, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]]])
+    maps = np.array([[[0.9, 0.85, 0.8, 0.3, 0.7, 0.6, 0.5, 0.4, 0.2, 0.1, 0.05, 0.02,
+                       0.01]]])
+    assert stats.aupro(masks, maps) == pytest.approx(2 / 3)
+    assert stats.aupro(masks, maps, fpr_limit=0.25) == pytest.approx(0.65)
+    assert stats.aupro(masks, masks.astype(float)) == pytest.approx(1.0)
+    assert np.isnan(stats.aupro(np.zeros_like(masks), maps))
+
+
+def test_aupro_regions_are_8_connected():
+    masks = np.zeros((2, 5, 5), np.uint8)
+    masks[0, 1, 1] = masks[0, 2, 2] = 1  # touch at a corner: one region
+    masks[1, 1, 1] = 1  # same place in the next image: its own region, never joined
+    curve = stats.lesion_curve(masks, np.random.default_rng(0).random(masks.shape))
+    assert curve.n_regions == 2 and curve.n_lesion == 3 and curve.n_healthy == 47
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_aupro_matches_anomalib(monkeypatch, ties):
+    from types import SimpleNamespace
+
+    import torch
+    from anomalib.metrics import AUPRO
+
+    monkeypatch.setattr(stats, "_PIXEL_CHUNK", 300)  # two images per chunk: streamed
+    for seed in range(4):
+        masks, maps = _lesions(seed, ties=ties)
+        metric = AUPRO(fields=("anomaly_map", "gt_mask"), fpr_limit=0.3)
+        metric.update(SimpleNamespace(anomaly_map=torch.from_numpy(maps),
+                                      gt_mask=torch.from_numpy(masks)))
+        assert stats.aupro(masks, maps) == pytest.approx(float(metric.compute()), abs=1e-5)
+
+
+def test_best_dice_oracle_by_hand_and_by_brute_force():
+    mask = np.array([[0, 0, 0, 0],
+                     [0, 1, 1, 0],
+                     [0, 1, 1, 0],
+                     [0, 0, 0, 0]])
+    amap = np.array([[0.0, 0.0, 0.0, 0.0],
+                     [0.0, 0.9, 0.8, 0.6],
+                     [0.0, 0.2, 0.7, 0.0],
+                     [0.0, 0.0, 0.0, 0.5]])
+    # >= 0.7: 3 lesion pixels, no healthy: 6 / 7; >= 0.2 adds the last lesion pixel and two
+    # healthy ones: 8 / 10.
+    assert stats.best_dice_oracle(mask[None], amap[None]) == (pytest.approx(6 / 7), 0.7)
+    for seed in range(3):
+        masks, maps = _lesions(seed)
+        dice, threshold = stats.best_dice_oracle(masks, maps)
+        assert dice == pytest.approx(max(stats.dice_at_threshold(masks, maps, t)
+                                         for t in np.unique(maps)))
+        assert stats.dice_at_threshold(masks, maps, threshold) == pytest.approx(dice)
+    assert np.isnan(stats.best_dice_oracle(np.zeros_like(mask)[None], amap[None])[0])
+
+
+def test_pixel_curve_metrics_are_the_single_metrics():
+    masks, maps = _lesions(5)
+    together = stats.pixel_curve_metrics(masks, maps)
+    assert together["pixel_ap"] == stats.pixel_ap(masks, maps)
+    assert together["aupro"] == stats.aupro(masks, maps)
+    assert (together["pixel_dice_best_oracle"], together["pixel_threshold_best_oracle"]) == \
+        stats.best_dice_oracle(masks, maps)
+    empty = stats.pixel_curve_metrics(np.zeros_like(masks), maps)
+    assert all(np.isnan(value) for value in empty.values())
+    with pytest.raises(ValueError, match="binary"):
+        stats.pixel_curve_metrics(masks * 2, maps)
+    with pytest.raises(ValueError, match="NaN"):
+        stats.pixel_curve_metrics(masks, np.where(masks, np.nan, maps))
+
+
+def test_healthy_pixel_threshold_ignores_lesion_pixels():
+    maps = np.r_[np.arange(100.0), [500.0, 600.0]].reshape(1, 2, 51)
+    masks = np.zeros(maps.shape, np.uint8)
+    masks[0, 1, 49:] = 1  # the two highest pixels are lesion pixels
+    # 100 healthy pixels 0..99: the 99th percentile flags one, 99.
+    assert stats.healthy_pixel_threshold(masks, maps, 99.0) == 99.0
+    sampled = stats.healthy_pixel_threshold(masks, maps, 90.0, max_pixels=50, seed=1)
+    assert 70.0 <= sampled <= 99.0
+
+
+# -- intervals of the other image metrics ----------------------------------------------------------
+
+
+def test_weighted_image_metrics_equal_the_metrics_of_the_expanded_resample():
+    from benchmark import metrics
+
+    rng = np.random.default_rng(4)
+    labels = np.r_[np.zeros(40, int), np.ones(25, int)]
+    scores = np.round(rng.normal(size=(3, 65)) + labels, 1)  # rounding makes ties
+    weights = rng.integers(0, 4, (5, 65))
+    thresholds = np.array([0.3, 0.5, -0.2])
+    got = stats.weighted_image_metrics(labels, scores, weights, thresholds)
+    for b, w in enumerate(weights):
+        expanded = np.repeat(np.arange(65), w)
+        for r, row in enumerate(scores):
+            expected = metrics.clinical_metrics(labels[expanded], row[expanded])
+            expected.update(vars(metrics.threshold_metrics(labels[expanded], row[expanded],
+                                                           thresholds[r])))
+            for name, value in expected.items():
+                assert got[name][b, r] == pytest.approx(value, abs=1e-12), name
+
+
+def test_seed_mean_intervals_use_the_aucs_resamples():
+    from benchmark import metrics
+
+    rng = np.random.default_rng(9)
+    labels = np.r_[np.zeros(60, int), np.ones(40, int)]
+    subjects = np.arange(100) // 2  # two images per patient
+    scores = {"a": labels + rng.normal(size=(1, 100)),
+              "b": np.stack([0.5 * labels + rng.normal(size=100) for _ in range(3)])}
+    thresholds = {"a": np.array([0.5]), "b": np.array([0.2, np.nan, 0.3])}
+    table = stats.seed_mean_intervals(labels, scores, subjects, thresholds, n_boot=300, seed=4)
+    rows = table.set_index(["method", "metric"])
+    one = rows.loc[("a", "ap")]
+    assert one.value == pytest.approx(metrics.average_precision(labels, scores["a"][0]))
+    # One seed: the test level alone, t with n - 1 degrees of freedom (n = 20 diseased
+    # patients), from the resamples of `cluster_weights` with the AUC's seed.
+    weights = stats.cluster_weights(labels, subjects, 300, np.random.default_rng(4))
+    boots = stats.weighted_image_metrics(labels, scores["a"], weights)["ap"][:, 0]
+    half = student_t.ppf(0.975, 19) * np.sqrt(20 / 19 * np.var(boots, ddof=1))
+    assert (one.ci_low, one.ci_high) == (pytest.approx(one.value - half),
+                                          pytest.approx(min(1.0, one.value + half)))
+    assert rows.loc[("b", "sens_at_spec95")].ci_low < rows.loc[("b", "sens_at_spec95")].value
+    assert np.isnan(rows.loc[("b", "f1")].value)  # a run without its threshold
+    assert np.isfinite(rows.loc[("a", "f1")].ci_high) and (rows.n_seeds <= 3).all()
