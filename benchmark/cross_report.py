@@ -159,6 +159,8 @@ def _dataset_cells(data: ReportData) -> tuple[pd.DataFrame, pd.DataFrame]:
         _auc_statistics(data.statistics, text, bold)
         text = text.rename(columns={"AUC 95% CI": "95% CI"})
         bold["95% CI"] = False
+        if len(text) == 1:
+            bold["AUC"] = False  # a lone method leads nobody: nothing to be significant over
     else:
         text["95% CI"] = MISSING  # no scores, so no interval and no claim of a lead
     tuned = set(data.runs.loc[is_tuned(data.runs), "method"])
@@ -180,7 +182,8 @@ def caption(datasets: list[ReportData]) -> str:
             f"maximising Youden's J on the validation split. {STATS_TEXT}. A dataset's best "
             f"AUC is bold only where its lead holds at the {ALPHA:.0%} level; otherwise "
             f"{TIE_MARK} marks the methods not significantly different from the best there. "
-            f"F1 is never bold (no paired test). Rank: a method's AUC rank per dataset "
+            f"F1 is never bold (no paired test), nor is a method alone on a dataset. Rank: a "
+            f"method's AUC rank per dataset "
             f"(1 = best, ties share the average rank) over the datasets where it ran; Mean is "
             f"their mean, Range the best and worst of them, Datasets how many were ranked "
             f"(methods that ran on fewer datasets are ranked on fewer, among the methods "

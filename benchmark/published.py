@@ -186,8 +186,10 @@ class PublishedComparison:
 
     def summary(self) -> str:
         """The line that closes a passed check."""
-        return (f"All {len(self.table)} figures of {self.table.method.nunique()} methods within "
-                f"the published tolerance of {self.against}.")
+        figures, methods = len(self.table), self.table.method.nunique()
+        return (f"All {figures} figure{'s' * (figures != 1)} of {methods} "
+                f"method{'s' * (methods != 1)} within the published tolerance of "
+                f"{self.against}; the protocol differences above remain.")
 
 
 def tolerance(sd_published: float, sd_ours: float) -> float:
