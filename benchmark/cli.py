@@ -358,6 +358,9 @@ def report(dataset: str, fmt: str, out: Path | None, profile: str | None, contam
     from benchmark.reporting import build_report, log_report_run, write_report
 
     if datasets is not None:
+        if metric_names is not None:
+            raise UsageError("--metrics chooses one dataset's Table 1 columns; the table "
+                             "across --datasets shows AUC, its 95% CI and F1 per dataset.")
         _cross_report(datasets, fmt, out, profile, contaminated, exclude_tuned, tracking_uri)
         return
     from benchmark.report import parse_metrics

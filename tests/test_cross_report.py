@@ -219,6 +219,9 @@ def test_errors(scored_store, isolated):
     assert both.exit_code == 2 and "not both" in both.output
     twice = bench("report", "--datasets", "tiny,tiny", "--tracking-uri", scored_store)
     assert twice.exit_code == 2 and "more than once" in twice.output
+    metrics = bench("report", "--datasets", "tiny,tiny-subtle", "--metrics", "auc,ap",
+                    "--tracking-uri", scored_store)
+    assert metrics.exit_code == 2 and "--metrics chooses one dataset's" in metrics.output
     only_print = build_cross_report(scored_store, ["tiny"], "md", Path("-"))
     assert only_print.printed and not only_print.to_file
     with pytest.raises(UsageError, match="printing only"):
