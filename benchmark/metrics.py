@@ -152,14 +152,17 @@ def operating_counts(labels: np.ndarray,
     return tp[None], fp[None], ordered[starts]
 
 
-def ap_from_counts(tp: np.ndarray, fp: np.ndarray) -> np.ndarray:
-    """Average precision of (B, G) cumulative counts (as `operating_counts`, possibly
-    weighted): sum over the operating points of (recall gained) x (precision there), i.e.
-    scikit-learn's `average_precision_score` (step-wise, no interpolation). (B,)"""
-    gained = np.diff(tp, axis=1, prepend=0.0)
-    flagged = tp + fp
-    precision = np.divide(tp, flagged, out=np.zeros_like(tp), where=flagged > 0)
-    return (gained * precision).sum(axis=1) / tp[:, -1]
+def ap_from_counts(tp: np.ndarray, fp: np.ndarray,
+                   gained: np.ndarray | None = None) -> np.ndarray:
+    """Average precision of (B, G) cumulative counts (as `operating_counts`, or weighted by
+    whole-number resampling weights): sum over the operating points of (recall gained) x
+    (precision there), i.e. scikit-learn's `average_precision_score` (step-wise, no
+    interpolation). `gained`: the diseased count of each point, if already at hand. (B,)"""
+    if gained is None:
+        gained = np.diff(tp, axis=1, prepend=0.0)
+    # Counts are whole numbers: a point flagging nothing (tp = fp = 0) gains nothing either.
+    precision = tp / np.maximum(tp + fp, 1.0)
+    return np.einsum("ij,ij->i", gained, precision) / tp[:, -1]
 
 
 def sens_at_spec_from_counts(tp: np.ndarray, fp: np.ndarray, specificity: float) -> np.ndarray:

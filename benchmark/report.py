@@ -1,5 +1,10 @@
 """Table 1 from the tracking store: a row per method, mean +- std over seeds, best in bold.
 
+The columns are chosen by `bench report --metrics` (METRIC_COLUMNS, DEFAULT_METRICS): the AUC
+with its two-level CI and paired p-value, the other image metrics with the same interval in
+brackets (from the AUC's resamples), the pixel metrics (mean +- std over seeds only) where the
+dataset has masks, an oracle column marked. A metric older runs did not log shows "—".
+
 Markdown and LaTeX both come from one pandas table; the LaTeX goes through pandas' Styler
 (booktabs rules), never through string concatenation.
 """
@@ -35,10 +40,6 @@ from benchmark.selection_report import (
 )
 from benchmark.tracking import finished_runs
 
-COLUMN_TITLES = {
-    "auc": "AUC", "precision": "Precision", "recall": "Recall",
-    "specificity": "Specificity", "f1": "F1", "accuracy": "Accuracy",
-}
 #: Marks a column chosen with the test labels or masks (an oracle); explained in the caption.
 ORACLE_MARK = "§"
 
@@ -392,7 +393,6 @@ def summary_table(data: ReportData) -> pd.DataFrame:
     return table
 
 
-PIXEL_TITLES = {"pixel_auroc": "Pixel AUROC", "pixel_dice": "Dice"}
 TIE_MARK = "†"
 #: The column of p-values against the best, as the ties are decided: Holm-adjusted.
 P_TITLE = "p vs best (Holm)"

@@ -307,7 +307,7 @@ def _curve_aupro(curve: LesionCurve, fpr_limit: float) -> float:
         share = (fpr_limit - fpr[last]) / (fpr[last + 1] - fpr[last])
         at_limit = height[last] + share * (height[last + 1] - height[last])
         area += (fpr_limit - fpr[last]) * (height[last] + at_limit) / 2
-    return area / fpr_limit
+    return float(area / fpr_limit)
 
 
 def best_dice_oracle(masks: np.ndarray, maps: np.ndarray) -> tuple[float, float]:
@@ -429,10 +429,14 @@ def weighted_image_metrics(labels: np.ndarray, scores: np.ndarray, weights: np.n
         flagged = None if thresholds is None else int(np.sum(ordered[starts] >= thresholds[r]))
         for b0 in range(0, weights.shape[0], block):
             w = weights[b0:b0 + block][:, order].astype(np.float64)
-            tp = np.cumsum(np.add.reduceat(w * pos, starts, axis=1), axis=1)
-            fp = np.cumsum(np.add.reduceat(w * ~pos, starts, axis=1), axis=1)
+            gained = w * pos
+            if starts.size < row.size:  # ties: one operating point per distinct score
+                gained, w = (np.add.reduceat(gained, starts, axis=1),
+                             np.add.reduceat(w, starts, axis=1))
+            tp = np.cumsum(gained, axis=1)
+            fp = np.cumsum(w, axis=1) - tp
             rows = slice(b0, b0 + block)
-            out["ap"][rows, r] = metrics.ap_from_counts(tp, fp)
+            out["ap"][rows, r] = metrics.ap_from_counts(tp, fp, gained)
             for name, target in metrics.SENS_AT_SPEC.items():
                 out[name][rows, r] = metrics.sens_at_spec_from_counts(tp, fp, target)
             for name, target in metrics.SPEC_AT_SENS.items():
