@@ -16,7 +16,8 @@ and everything shared with the VAE and DAE: methods/_autoencoder.py.
 
 The `quick` profile differs in the budget, 500 batches of 64 (the suite's 32,000 training
 images, methods/_budget.py), and in the working size: the dataset's size capped at 32 px, as
-for the GAN baselines (MedIAnomaly: 64 px; methods/_autoencoder.py quick_size).
+for the GAN baselines (MedIAnomaly: 64 px; methods/_autoencoder.py quick_size); it also
+uses the NHWC memory layout (`channels_last`, faster on a CPU).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class Autoencoder(ReconstructionMethod):
                        channels: int) -> AutoencoderConfig:
         if profile == "quick":
             return AutoencoderConfig(image_size=quick_size(image_size),
-                                     iterations=quick_iterations(64))
+                                     iterations=quick_iterations(64), channels_last=True)
         return AutoencoderConfig()
 
     def _build(self, channels: int) -> nn.Module:

@@ -22,7 +22,8 @@ images share its batch. Training samples eps from the run's seeded noise stream.
 
 The `quick` profile differs in the budget, 500 batches of 64 (the suite's 32,000 training
 images, methods/_budget.py), and in the working size: the dataset's size capped at 32 px, as
-for the GAN baselines (MedIAnomaly: 64 px; methods/_autoencoder.py quick_size).
+for the GAN baselines (MedIAnomaly: 64 px; methods/_autoencoder.py quick_size); it also
+uses the NHWC memory layout (`channels_last`, faster on a CPU).
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ class Vae(ReconstructionMethod):
     @classmethod
     def profile_config(cls, profile: str, *, image_size: int, channels: int) -> VaeConfig:
         if profile == "quick":
-            return VaeConfig(image_size=quick_size(image_size), iterations=quick_iterations(64))
+            return VaeConfig(image_size=quick_size(image_size), iterations=quick_iterations(64),
+                             channels_last=True)
         return VaeConfig()
 
     def _build(self, channels: int) -> nn.Module:
