@@ -103,8 +103,11 @@ class Stfpm(DistillationMethod):
                    "score = their discrepancy (anomalib)")
     uses = ("normal",)
     Config = StfpmConfig
-    min_image_size = 8  # measured: from 8 px on, every stride-16 stage keeps a 1x1 map
-    min_image_size_reason = "the backbone's stride-16 stage needs at least a few pixels"
+    # The networks run at any size (measured down to 2 px), but below 16 px the stride-16
+    # layer compares a single position padded from less than one receptive-field step.
+    min_image_size = 16
+    min_image_size_reason = ("its stride-16 feature layer (resnet18 layer3, Lite0 blocks.4) "
+                             "needs 16 px for one position")
 
     @classmethod
     def profile_config(cls, profile: str, *, image_size: int, channels: int) -> StfpmConfig:
