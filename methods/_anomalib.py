@@ -109,22 +109,40 @@ def n_batches(n: int, batch_size: int) -> int:
     return (n + batch_size - 1) // batch_size
 
 
-class DistillationMethod(BackboneMethod, IterativeMethod):
+class DistillationMethod(IterativeMethod):
     """What anomalib's teacher-student models (STFPM, Reverse Distillation) share, trained by
     the suite's engine (benchmark/training.py: steps, AUCp checkpoint selection, resume).
 
     A subclass builds anomalib's torch model without any hub download (`_build_model`), names
-    the frozen pretrained teacher (`_teacher`, loaded here from methods/_weights.py like
-    PaDiM's backbone), the optimiser over what trains (`_optimizer`) and the loss (`_loss`).
-    One step: a seeded batch of healthy images (methods._gan.ShuffledBatches: seeded epochs,
-    the ragged last batch dropped), anomalib's pre-processing (`backbone_input`), the model in
-    training mode returns (teacher, student) features, the loss, one optimiser step.
-    Scoring is anomalib's eval forward (BackboneMethod._predict): the score is the anomaly
-    map's maximum.
+    the frozen pretrained teacher (`_teacher`, loaded here from methods/_weights.py as
+    BackboneMethod loads PaDiM's backbone, so its exact weights are part of the run key), the
+    optimiser over what trains (`_optimizer`) and the loss (`_loss`). One step: a seeded batch
+    of healthy images (methods._gan.ShuffledBatches: seeded epochs, the ragged last batch
+    dropped), anomalib's pre-processing (`backbone_input`), the model in training mode returns
+    (teacher, student) features, the loss, one optimiser step. Scoring is anomalib's eval
+    forward: the score is the anomaly map's maximum (as BackboneMethod._predict).
 
+    Not a BackboneMethod: those see each training image once; these train for a budget.
     The config needs: backbone, layers, image_size, weights, batch_size, epochs, iterations
     (0: `epochs` epochs) and log_every.
     """
+
+    @property
+    def model(self) -> nn.Module:
+        """The fitted anomalib torch model (the registered network `model`)."""
+        return self.networks["model"]
+
+    @classmethod
+    def provenance(cls, config: Any) -> dict[str, str]:
+        """The exact teacher weights (kind, file, SHA-256, or `random`) the config loads."""
+        return {"weights": resolve_weights(config.backbone, config.weights).identity}
+
+    def _load_teacher(self, extractor: nn.Module) -> WeightsSource:
+        """Initialise the teacher from the config's weights; record what was used."""
+        source = resolve_weights(self.config.backbone, self.config.weights)
+        load_weights(extractor, source)
+        self.run_info.update(source.params())
+        return source
 
     @classmethod
     def images_seen(cls, config: Any) -> int | None:
@@ -148,7 +166,7 @@ class DistillationMethod(BackboneMethod, IterativeMethod):
         if len(train.normal) < 2:
             raise ValueError(f"{self.name} needs at least two healthy training images")
         model = self._build_model(train)
-        self._load_backbone(self._teacher(model).feature_extractor)
+        self._load_teacher(self._teacher(model).feature_extractor)
         self.add_network("model", model)
         self.optimizer = self.add_optimizer("student", self._optimizer(model))
         self.train_images = train.normal
@@ -163,6 +181,13 @@ class DistillationMethod(BackboneMethod, IterativeMethod):
         loss.backward()
         self.optimizer.step()
         return {"loss": loss.detach()}
+
+    def _predict(self, images: np.ndarray, *, maps: bool, extras: bool) -> Prediction:
+        """anomalib's eval forward: pred_score (the map's maximum) and anomaly_map at once."""
+        out = self.model(backbone_input(images, self.config.image_size, self.device))
+        scores = out.pred_score.float().reshape(-1).cpu().numpy()
+        return Prediction(scores, resize_maps(out.anomaly_map, images.shape[-2:]) if maps
+                          else None)
 
     @abstractmethod
     def _build_model(self, train: TrainSet) -> nn.Module:
