@@ -1,4 +1,6 @@
-"""What the anomalib-based methods share: input conversion and backbone weights.
+"""What the anomalib-based methods share: input conversion and backbone weights; the frozen-
+feature methods (BackboneMethod: PaDiM, PatchCore) and the teacher-student ones trained by the
+suite's engine (DistillationMethod: STFPM, Reverse Distillation).
 
 We call anomalib's torch models directly instead of its Lightning `Engine`, so that every method
 scores exactly the suite's test images (anomalib's `Folder` datamodule would move half of the
