@@ -364,15 +364,11 @@ def report(dataset: str, fmt: str, out: Path | None, profile: str | None, contam
         _cross_report(datasets, fmt, out, profile, contaminated, exclude_tuned, tracking_uri)
         return
     from benchmark.report import parse_metrics
-    from benchmark.reporting import render_report
 
     chosen = parse_metrics(metric_names)  # a bad name fails before any work
     built = build_report(tracking_uri, dataset, fmt, out, profile=profile,
                          contaminated=contaminated, exclude_tuned=exclude_tuned,
-                         figures=not no_figures)
-    if chosen != built.data.metrics:  # the chosen columns: render Table 1 again with them
-        built.data.metrics = chosen
-        built.text = render_report(built.data, fmt, built.figures, built.out)
+                         figures=not no_figures, metrics=chosen)
     if built.printed:
         click.echo(built.text)
     if built.to_file:

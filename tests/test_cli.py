@@ -182,8 +182,8 @@ def test_tracking_uri_comes_from_the_environment(tracking_uri, monkeypatch, isol
 
 @pytest.mark.parametrize("args, code, needle", [
     (["run", "--methods", "pdim"], 2,
-     "Valid methods: alad, alocc, anomalypro, brainomaly, fanogan, ganomaly, padim, "
-     "patchcore"),
+     "Valid methods: alad, alocc, anomalypro, autoencoder, "
+     "brainomaly, dae, fanogan, ganomaly, padim, patchcore, reverse_distillation, stfpm, vae"),
     (["run", "--dataset", "nope"], 2, "Valid datasets:"),
     (["run", "--seeds", "0,x"], 2, "--seeds"),
     (["run", "--profile", "fast"], 2, "'fast' is not one of"),
