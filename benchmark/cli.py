@@ -227,13 +227,15 @@ def _parse_settings(items: tuple[str, ...], weights: tuple[str, ...],
                    "(overrides the card's allow_links_outside_root; recorded in the cache's "
                    "meta). Default: such a link stops preparation, naming it.")
 @click.option("--weights", multiple=True, metavar="[METHOD=]PATH|random",
-              help="Local backbone weights for padim/patchcore (state dict file); `random` "
+              help="Local backbone weights for the pretrained-backbone methods (padim, "
+                   "patchcore, and the teacher of stfpm and reverse_distillation; a state dict "
+                   "file); `random` "
                    "skips pretrained weights. Default: ImageNet via the local timm cache, "
                    "falling back to random init with a warning.")
 @click.option("--set", "settings", multiple=True, metavar="METHOD.FIELD=VALUE",
               help="Override one config field, e.g. --set patchcore.coreset_sampling_ratio=0.05.")
 @click.option("--select", type=click.Choice(["aucp", "last"]), default=None,
-              help="Which checkpoint every iterative method (the GANs) keeps: the highest "
+              help="Which checkpoint every iterative method (all but padim/patchcore) keeps: the highest "
                    "label-free AUCp (held-out normal training images vs the unlabelled test "
                    "images; no labels), or the last. Part of the run key. Default: aucp.")
 @click.option("--contaminated", is_flag=True,

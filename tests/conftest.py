@@ -49,6 +49,14 @@ def tracking_uri(tmp_path: Path) -> str:
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("MPLBACKEND", "Agg")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # `make test` runs two workers on a 2-core machine: one torch thread each (and in the
+        # `bench` subprocesses they start), or the two would fight over the cores and run
+        # several times slower than one process alone.
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 #: Obvious lesions, half of the mixed set diseased: a short real training run must learn them.
