@@ -235,9 +235,10 @@ def _parse_settings(items: tuple[str, ...], weights: tuple[str, ...],
 @click.option("--set", "settings", multiple=True, metavar="METHOD.FIELD=VALUE",
               help="Override one config field, e.g. --set patchcore.coreset_sampling_ratio=0.05.")
 @click.option("--select", type=click.Choice(["aucp", "last"]), default=None,
-              help="Which checkpoint every iterative method (all but padim/patchcore) keeps: the highest "
-                   "label-free AUCp (held-out normal training images vs the unlabelled test "
-                   "images; no labels), or the last. Part of the run key. Default: aucp.")
+              help="Which checkpoint every iterative method (all but padim/patchcore) keeps: "
+                   "the highest label-free AUCp (held-out normal training images vs the "
+                   "unlabelled test images; no labels), or the last. Part of the run key. "
+                   "Default: aucp.")
 @click.option("--contaminated", is_flag=True,
               help="Train every method on normal + unlabeled images (contaminated setting).")
 @click.option("--no-progress", is_flag=True, help="No progress bars (for logs).")

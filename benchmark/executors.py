@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -67,6 +68,10 @@ def run_in_worker(context: WorkerContext, plan: RunPlan, spec: RunSpec, cache: P
     if Path(context.cwd).is_dir():
         os.chdir(context.cwd)
     os.environ.update(context.env)
+    # A spawned worker does not inherit the CLI's warning filters: without them every worker
+    # prints timm's and anomalib's import-time FutureWarnings into the user's log.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     torch.set_num_threads(context.threads)
     data = open_prepared(load_card(plan.dataset), cache)
     return execute_spec(plan, spec, data, device=device, experiment_id=experiment_id)

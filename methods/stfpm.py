@@ -113,7 +113,8 @@ class Stfpm(DistillationMethod):
     @classmethod
     def profile_config(cls, profile: str, *, image_size: int, channels: int) -> StfpmConfig:
         if profile == "quick":
-            return StfpmConfig(backbone=LITE0, layers=LITE0_STFPM_LAYERS, image_size=min(image_size, QUICK_WORKING_SIZE),
+            return StfpmConfig(backbone=LITE0, layers=LITE0_STFPM_LAYERS,
+                               image_size=min(image_size, QUICK_WORKING_SIZE),
                                iterations=steps_for(32))
         return StfpmConfig()
 
