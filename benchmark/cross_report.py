@@ -94,12 +94,9 @@ def build_cross_report(tracking_uri: str | None, datasets: list[str], fmt: str =
 
 def write_cross_report(report: CrossReport) -> Path:
     """Write the report's text to its file (folders created); returns the path."""
-    if not report.to_file:
-        raise UsageError("this report is for printing only (out '-'): there is no file to "
-                         "write.")
-    report.out.parent.mkdir(parents=True, exist_ok=True)
-    report.out.write_text(report.text)
-    return report.out
+    from benchmark.reporting import write_report
+
+    return write_report(report)
 
 
 def rank_table(aucs: pd.DataFrame) -> pd.DataFrame:

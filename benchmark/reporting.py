@@ -141,8 +141,9 @@ def build_report(tracking_uri: str | None, dataset: str, fmt: str = "md",
                   figure_dir=figure_dir, figures=built)
 
 
-def write_report(report: Report) -> Path:
-    """Write the report's text to its file (folders created); returns the path."""
+def write_report(report: Report | Any) -> Path:
+    """Write the report's text to its file (folders created); returns the path. Any report
+    with `text`, `out` and `to_file` (a cross-dataset one too)."""
     if not report.to_file:
         raise UsageError("this report is for printing only (out '-'): there is no file to "
                          "write.")

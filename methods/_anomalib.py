@@ -29,14 +29,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class BackboneMethod(Method):
-    """What anomalib's feature-based torch models (PaDiM, PatchCore) share: `_fit` builds the
-    model, loads its backbone with `_load_backbone` and registers it as the network `model`;
-    `_predict` runs it once per batch, the image score its `pred_score`, the map its
-    `anomaly_map` (at the input's size, only when asked for)."""
-
-    min_image_size = 17  # the blur's padding (16) must be smaller than the image
-    min_image_size_reason = "anomalib blurs its anomaly map with a 33-pixel Gaussian kernel"
+class PretrainedBackbone:
+    """What every method on an anomalib torch model with a pretrained CNN shares: the model
+    (the registered network `model`) and the backbone weights (config `backbone`, `weights`),
+    resolved before training, loaded, and recorded in the run."""
 
     @property
     def model(self) -> nn.Module:
@@ -54,6 +50,16 @@ class BackboneMethod(Method):
         load_weights(extractor, source)
         self.run_info.update(source.params())
         return source
+
+
+class BackboneMethod(PretrainedBackbone, Method):
+    """What anomalib's feature-based torch models (PaDiM, PatchCore) share: `_fit` builds the
+    model, loads its backbone with `_load_backbone` and registers it as the network `model`;
+    `_predict` runs it once per batch, the image score its `pred_score`, the map its
+    `anomaly_map` (at the input's size, only when asked for)."""
+
+    min_image_size = 17  # the blur's padding (16) must be smaller than the image
+    min_image_size_reason = "anomalib blurs its anomaly map with a 33-pixel Gaussian kernel"
 
     def _training_images(self, images: Images) -> Images:
         """The healthy training images, or a random `max_train_images` of them drawn from the
@@ -111,7 +117,7 @@ def n_batches(n: int, batch_size: int) -> int:
     return (n + batch_size - 1) // batch_size
 
 
-class DistillationMethod(IterativeMethod):
+class DistillationMethod(PretrainedBackbone, IterativeMethod):
     """What anomalib's teacher-student models (STFPM, Reverse Distillation) share, trained by
     the suite's engine (benchmark/training.py: steps, AUCp checkpoint selection, resume).
 
@@ -129,22 +135,9 @@ class DistillationMethod(IterativeMethod):
     (0: `epochs` epochs) and log_every.
     """
 
-    @property
-    def model(self) -> nn.Module:
-        """The fitted anomalib torch model (the registered network `model`)."""
-        return self.networks["model"]
-
-    @classmethod
-    def provenance(cls, config: Any) -> dict[str, str]:
-        """The exact teacher weights (kind, file, SHA-256, or `random`) the config loads."""
-        return {"weights": resolve_weights(config.backbone, config.weights).identity}
-
     def _load_teacher(self, extractor: nn.Module) -> WeightsSource:
-        """Initialise the teacher from the config's weights; record what was used."""
-        source = resolve_weights(self.config.backbone, self.config.weights)
-        load_weights(extractor, source)
-        self.run_info.update(source.params())
-        return source
+        """Initialise the frozen teacher from the config's weights (as a backbone is)."""
+        return self._load_backbone(extractor)
 
     @classmethod
     def images_seen(cls, config: Any) -> int | None:
