@@ -15,7 +15,7 @@ import os
 import struct
 from collections import Counter, deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import BinaryIO
@@ -53,6 +53,8 @@ class Decoding:
 class BuildResult:
     manifest: pd.DataFrame  # image_id, split, label, subject_id, row
     image_sizes: dict[str, int]  # native "HxW" -> count
+    #: What the user should know about the source (e.g. a file that is not the official one).
+    notes: list[str] = field(default_factory=list)
 
 
 def default_workers() -> int:

@@ -24,7 +24,7 @@ else:  # pragma: no cover
 BUILTIN_CARDS = Path(__file__).resolve().parents[2] / "datasets"
 
 KNOWN_FORMATS = ("synthetic", "covidx", "chestxray14", "brain_mri", "folder", "bmad",
-                 "medianomaly")
+                 "medianomaly", "medmnist")
 #: MRI slices are rescaled floats (16 bits keep them); radiograph files are 8-bit. A folder of
 #: 16-bit PNGs or DICOM files sets `bit_depth = 16` in its card.
 DEFAULT_BIT_DEPTH = {"brain_mri": 16}
@@ -42,6 +42,9 @@ class DatasetCard:
     download: str = ""
     layout: str = ""
     default_data_root: str = ""
+    #: Data shipped with the suite, relative to the card's folder (PneumoniaMNIST): used when
+    #: neither --data-root nor $BENCH_<NAME>_ROOT is given. No download needed.
+    bundled_data_root: str = ""
     #: Evaluation unit: "image", or "subject" (slice scores averaged per subject).
     unit: str = "image"
     #: Bits per pixel the cache keeps (8 or 16): the source's precision. Default: 16 for MRI
@@ -147,6 +150,7 @@ def parse_card(path: Path) -> DatasetCard:
         download=raw.get("download", ""),
         layout=raw.get("layout", ""),
         default_data_root=raw.get("default_data_root", ""),
+        bundled_data_root=raw.get("bundled_data_root", ""),
         unit=unit,
         bit_depth=bit_depth,
         allow_links_outside_root=allow_links,

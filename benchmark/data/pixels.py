@@ -109,7 +109,7 @@ def read_image(path: Path, *, channels: int, intensity: str = "dtype") -> np.nda
             pixels = _read_dicom(path)
         else:
             pixels = _read_pillow(path, intensity)
-    return _to_channels(pixels, channels)
+    return to_channels(pixels, channels)
 
 
 def _read_pillow(path: Path, intensity: str) -> np.ndarray:
@@ -209,7 +209,7 @@ def _minmax(array: np.ndarray) -> np.ndarray:
     return ((array - low) / (high - low)).astype(np.float32)
 
 
-def _to_channels(pixels: np.ndarray, channels: int) -> np.ndarray:
+def to_channels(pixels: np.ndarray, channels: int) -> np.ndarray:
     """(H, W) gray or (H, W, 3) RGB -> (channels, H, W) float32."""
     if pixels.ndim == 3:
         if channels == 1:

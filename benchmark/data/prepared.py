@@ -185,7 +185,8 @@ def synthetic_config(card: DatasetCard) -> synthetic.SyntheticConfig:
 def resolve_data_root(card: DatasetCard, data_root: Path | None) -> Path:
     """The folder holding a real dataset; a clear error saying where to get it if missing."""
     env_name = f"BENCH_{card.name.upper().replace('-', '_')}_ROOT"
-    candidate = data_root or os.environ.get(env_name) or card.default_data_root
+    bundled = card.path.parent / card.bundled_data_root if card.bundled_data_root else None
+    candidate = data_root or os.environ.get(env_name) or bundled or card.default_data_root
     if not candidate:
         raise BenchError(
             f"dataset '{card.name}' needs its data: pass --data-root PATH or set {env_name}."
@@ -313,10 +314,9 @@ def _prepare_real(card: DatasetCard, root: Path, cache_root: Path, *, workers: i
         if hashes is not None:
             hashes.to_csv(tmp / SOURCE_HASHES, index=False, lineterminator="\n")
         with_masks = "mask" in items.columns
-        result = build.build_images(items, root, tmp / "images.npy", _decoding(card),
-                                    workers=workers, show_progress=show_progress,
-                                    label=f"preparing {card.name}",
-                                    masks_target=tmp / "masks.npy" if with_masks else None)
+        result = _write_images(reader, card, items, root, tmp, workers=workers,
+                               show_progress=show_progress, with_masks=with_masks)
+        meta["notes"].extend(result.notes)
         if with_masks:
             meta["mask_files"] = int((items["mask"] != "").sum())
             meta["notes"].append(f"lesion masks: {meta['mask_files']} mask files (an image "
@@ -336,6 +336,21 @@ def _prepare_real(card: DatasetCard, root: Path, cache_root: Path, *, workers: i
     return prepared
 
 
+def _write_images(reader: object, card: DatasetCard, items: pd.DataFrame, root: Path,
+                  tmp: Path, *, workers: int | None, show_progress: bool,
+                  with_masks: bool) -> build.BuildResult:
+    """The cache's arrays: from image files by the streaming builder, or by the reader itself
+    where the source is arrays already (a MedMNIST .npz has `write_images`)."""
+    label = f"preparing {card.name}"
+    own_writer = getattr(reader, "write_images", None)
+    if own_writer is not None:
+        return own_writer(card, root, items, tmp / "images.npy", _decoding(card),
+                          show_progress=show_progress, label=label)
+    return build.build_images(items, root, tmp / "images.npy", _decoding(card), workers=workers,
+                              show_progress=show_progress, label=label,
+                              masks_target=tmp / "masks.npy" if with_masks else None)
+
+
 #: In a cache built with verify: path and SHA-256 of every source file it was decoded from.
 SOURCE_HASHES = "source-hashes.csv"
 
@@ -345,7 +360,7 @@ def _content_hashes(items: pd.DataFrame, root: Path, *, workers: int | None,
     """SHA-256 of every source file (threads: hashlib releases the GIL while it reads)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    paths = sorted(items.path)
+    paths = sorted(set(items.path))  # an array file (MedMNIST) holds every image: hash it once
     if "mask" in items.columns:  # a mask edited in place changes what the cache holds too
         paths = sorted([*paths, *(m for m in items["mask"] if m)])
     bar = tqdm(total=len(paths), desc="hashing source files", unit="file",
@@ -405,6 +420,8 @@ def _tree_fingerprint(items: pd.DataFrame) -> str:
                "outside_link"]
     # Masks (pixel-level sets): their files are part of the tree the cache was built from.
     columns += [c for c in ("mask", "mask_size", "mask_mtime_ns") if c in items.columns]
+    # Array files (MedMNIST) small enough to hash: their contents stand in for the time.
+    columns += [c for c in ("content_sha256",) if c in items.columns]
     table = items.loc[:, columns]
     text = table.to_csv(index=False, lineterminator="\n")
     return hashlib.sha256(text.encode("utf-8")).hexdigest()

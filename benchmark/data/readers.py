@@ -8,12 +8,20 @@ from types import ModuleType
 
 import pandas as pd
 
-from benchmark.data import bmad, brain_mri, chestxray14, covidx, folder, medianomaly
+from benchmark.data import (
+    bmad,
+    brain_mri,
+    chestxray14,
+    covidx,
+    folder,
+    medianomaly,
+    medmnist,
+)
 from benchmark.data.cards import DatasetCard
 
 READERS: dict[str, ModuleType] = {"covidx": covidx, "chestxray14": chestxray14,
                                   "brain_mri": brain_mri, "folder": folder, "bmad": bmad,
-                                  "medianomaly": medianomaly}
+                                  "medianomaly": medianomaly, "medmnist": medmnist}
 
 
 def reader_for(fmt: str) -> ModuleType:
