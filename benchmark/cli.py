@@ -649,6 +649,7 @@ def data() -> None:
     \b
       bench data prepare --dataset covidx --data-root /data/covidx
       bench data info --dataset covidx
+      bench data download --dataset chestmnist
       bench data make-fixture --format covidx --out /tmp/covidx --count 1000 --size 512
     """
 
@@ -685,6 +686,21 @@ def data_prepare(dataset: str, data_root: Path | None, workers: int | None,
                f"{prepared.split_hash}\ndata version: {prepared.data_version}\n"
                f"cache: {prepared.folder}")
     _print_notes(prepared)
+
+
+@data.command("download")
+@click.option("--dataset", required=True, help="Card name (bench list) or path to a .toml card.")
+@click.option("--data-root", type=click.Path(path_type=Path), default=None,
+              help="Folder to download into. Default: $BENCH_<NAME>_ROOT, else the card's "
+                   "default_data_root (~/.medmnist for the MedMNIST cards).")
+def data_download(dataset: str, data_root: Path | None) -> None:
+    """Download a dataset that can be fetched automatically (the MedMNIST sets, through the
+    medmnist package); for any other, print where to get it and how to lay it out."""
+    from benchmark.data import load_card
+    from benchmark.data.prepared import download_dataset
+
+    path, fetched = download_dataset(load_card(dataset), data_root)
+    click.echo(f"{'downloaded' if fetched else 'already present:'} {path}")
 
 
 @data.command("info")

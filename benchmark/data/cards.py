@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -92,9 +92,35 @@ def load_card(name: str) -> DatasetCard:
     else:
         cards = available_cards()
         if name not in cards:
+            sized = _medmnist_size_variant(name, cards)
+            if sized is not None:
+                return sized
             raise unknown_name("dataset", name, list(cards))
         path = cards[name]
     return parse_card(path)
+
+
+#: MedMNIST+'s larger files, named NAME_64.npz, ...: `--dataset NAME_64` reads one.
+MEDMNIST_LARGER_SIZES = ("64", "128", "224")
+
+
+def _medmnist_size_variant(name: str, cards: dict[str, Path]) -> DatasetCard | None:
+    """`chestmnist_128`: the `chestmnist` card reading MedMNIST's 128 px file at 128 px, from
+    the user's folder (the suite ships the 28 px PneumoniaMNIST only). None if no such card."""
+    base, _, size = name.rpartition("_")
+    if size not in MEDMNIST_LARGER_SIZES or base not in cards:
+        return None
+    card = parse_card(cards[base])
+    if card.format != "medmnist":
+        return None
+    settings = {**card.settings, "size": int(size)}
+    settings.pop("file", None)
+    default_root = card.default_data_root or "~/.medmnist"
+    # The text is the cache key: the size is part of what the images are.
+    return replace(card, name=name, image_size=int(size), settings=settings,
+                   bundled_data_root="", default_data_root=default_root,
+                   description=f"{card.description} ({size} px file)",
+                   text=f"{card.text}\n# read as {name}: the {size} px file at {size} px\n")
 
 
 def parse_card(path: Path) -> DatasetCard:

@@ -361,3 +361,34 @@ def _official_file_notes(path: Path, info: dict, size: int, *,
                      f"{info.get(key)} (a re-saved or reassembled copy; its keys, shapes, "
                      f"types and labels passed the checks)")
     return notes
+
+
+def download(card: DatasetCard, root: Path) -> tuple[Path, bool]:
+    """Fetch the card's file into `root` through the medmnist package (MD5-checked by it).
+    (path, whether it was fetched now); a file already there is kept. Where the download host
+    cannot be reached: one message saying where to get the file and where to put it."""
+    flag, size, name = settings_of(card)
+    info = official_info(flag, origin=f"dataset card {card.path}")
+    target = root / name
+    if target.is_file():
+        return target, False
+    official = file_name(flag, size)
+    suffix = "" if size == 28 else f"_{size}"
+    url, md5 = info[f"url{suffix}"], info[f"MD5{suffix}"]
+    if name != official:
+        raise BenchError(f"{target} is missing, and the card names it '{name}', not MedMNIST's "
+                         f"'{official}': download {url} (MD5 {md5}) and save it under that "
+                         f"name, or remove `file` from the card.")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        from medmnist import dataset
+
+        getattr(dataset, info["python_class"])(split="test", download=True, root=str(root),
+                                               size=size)
+    except (RuntimeError, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BenchError(f"could not download {official} ({reason}). The download host may be "
+                         f"unreachable from this machine: download {url} (MD5 {md5}) "
+                         f"elsewhere and copy it to {target}, or pass --data-root to a folder "
+                         f"holding it.") from exc
+    return target, True

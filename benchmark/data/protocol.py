@@ -4,7 +4,9 @@ Splits: `train_mixed` (set A, unlabelled to the methods), `train_normal` (set B,
 `val` (labelled, picks the threshold), `test`. A card's protocol section gives the counts of
 the published protocol (`mixed_positive`, `mixed_healthy`, `val_positive`, `val_healthy`,
 `test_positive`, `test_healthy`, optionally `normal_healthy`); a missing count means "all that
-remain" (for `mixed_healthy`: the share `mixed_healthy_share` of the remaining healthy images).
+remain" (for `mixed_healthy`: the share `mixed_healthy_share` of the remaining healthy images;
+for `mixed_positive`, where the card gives `mixed_diseased_share` instead: as many diseased
+images as make that share of set A, e.g. 0.3 for the seed paper's COVIDx set A).
 
 Subjects are shuffled with the card's `split_seed` and assigned whole, so no patient is in two
 splits. When a pool of the tree (train or test) is smaller than the published protocol needs,
@@ -111,7 +113,16 @@ def _scaled_quotas(table: pd.DataFrame, settings: dict, notes: list[str],
                          f"published proportions")
     if "mixed_healthy" not in settings and "train_mixed" not in fixed:
         quotas["train_mixed"][1] = -float(settings.get("mixed_healthy_share", 0.5))
+    if "mixed_positive" not in settings and "mixed_diseased_share" in settings:
+        quotas["train_mixed"][0] = -_diseased_share(settings["mixed_diseased_share"])
     return quotas, scale
+
+
+def _diseased_share(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise BenchError(f"mixed_diseased_share must be a fraction between 0 and 1 (the share "
+                         f"of set A that is diseased), got {value!r}. Fix the card.")
+    return float(value)
 
 
 def _count(settings: dict, key: str, split: str, free: pd.DataFrame, label: int) -> float:
@@ -164,6 +175,8 @@ def _fill(table: pd.DataFrame, pool: str, split: str, quota: list[float],
     need_pos, need_neg = quota
     if need_neg < 0:  # a share of the healthy images left in the pool
         need_neg = round(-need_neg * per_subject.healthy.sum())
+    if need_pos < 0:  # diseased images making this share of the split
+        need_pos = min(round(need_neg * -need_pos / (1 + need_pos)), per_subject.positive.sum())
     chosen = []
     for subject in rng.permutation(per_subject.index.to_numpy()):
         positive, healthy = per_subject.at[subject, "positive"], per_subject.at[subject, "healthy"]
