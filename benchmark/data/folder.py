@@ -4,6 +4,12 @@ Folder per class: `<root>/normal/...` and `<root>/abnormal/...` (names set by th
 `healthy_folders` / `diseased_folders`); every file there must be an image. The protocol carves
 every split from the pool.
 
+Split folders (card `split_folders = ["train", "val", "test"]`): the class folders sit inside
+each split folder, `<root>/<split>/<class>/...` (Kermany's chest X-rays on Kaggle:
+`train/NORMAL`, `val/PNEUMONIA`, ...); each image's pool is its split folder's name (one of
+train, val, test), from which the protocol draws that split. Subjects are named within their
+split folder (`train/person1`), since such releases number patients per folder.
+
 CSV manifest (card `manifest = "labels.csv"`): columns path, label and optionally split
 (train / val / test / train_mixed / train_normal) and subject_id. A blank split cell means "let
 the protocol choose"; a blank path or label is an error.
@@ -36,6 +42,8 @@ from benchmark.errors import BenchError
 
 DEFAULT_LABEL_MAP = {"normal": 0, "healthy": 0, "0": 0, "abnormal": 1, "diseased": 1, "1": 1}
 SPLITS = ("train", "val", "test", "train_mixed", "train_normal")
+#: What `split_folders` may name: the pools of a published split (benchmark/data/protocol.py).
+SPLIT_FOLDERS = ("train", "val", "test")
 
 
 def read(card: DatasetCard, root: Path) -> tuple[pd.DataFrame, dict]:
@@ -77,21 +85,58 @@ def _subject(rule: re.Pattern | None, relative: str, *, origin: str) -> str:
 def _folder_rows(card: DatasetCard, root: Path) -> list[dict]:
     classes = [(name, 0) for name in card.settings.get("healthy_folders", ["normal"])]
     classes += [(name, 1) for name in card.settings.get("diseased_folders", ["abnormal"])]
-    require_files(root, [name for name, _ in classes], dataset=f"'{card.name}'",
-                  layout=card.layout or "\n".join(f"  {n}/  images" for n, _ in classes),
-                  allow_links=card.allow_links_outside_root)
+    splits = _split_folders(card)
+    layout = card.layout or "\n".join(f"  {n}/  images" for n, _ in classes)
+    if splits:  # the split folders first: a wrong root names them, not every class folder
+        require_files(root, splits, dataset=f"'{card.name}'", layout=layout,
+                      allow_links=card.allow_links_outside_root)
+    places = [(f"{split}/{name}" if split else name, label, split or "any")
+              for split in (splits or [""]) for name, label in classes]
+    require_files(root, [place for place, _, _ in places], dataset=f"'{card.name}'",
+                  layout=layout, allow_links=card.allow_links_outside_root)
     rule = _subject_rule(card)
     rows = []
-    for name, label in classes:
-        files = image_files(root / name, origin=f"class folder {root / name}")
-        if not files:
-            raise BenchError(f"class folder {root / name} holds no images: the class is "
-                             f"empty. Put its images there or fix the card.")
-        for path in files:
-            relative = path.relative_to(root).as_posix()
-            subject = _subject(rule, relative, origin=f"class folder {root / name}")
-            rows.append({"image_id": relative, "path": relative, "label": label,
-                         "subject_id": subject, "pool": "any", "kind": "image"})
+    for place, label, pool in places:
+        rows += _class_rows(root, place, label, pool, rule)
+    return rows
+
+
+def _split_folders(card: DatasetCard) -> list[str]:
+    """The card's `split_folders` (each one of the pools train, val, test); [] without it."""
+    splits = card.settings.get("split_folders", [])
+    allowed = ", ".join(SPLIT_FOLDERS)
+    if not isinstance(splits, list) or not all(isinstance(s, str) for s in splits):
+        raise BenchError(f"dataset card {card.path}: split_folders must be a list of folder "
+                         f"names ({allowed}), got {splits!r}. Fix the card.")
+    unknown = [s for s in splits if s not in SPLIT_FOLDERS]
+    if unknown or len(set(splits)) < len(splits):
+        problem = (f"unknown split folder(s) {', '.join(unknown)}" if unknown
+                   else f"a split folder is named twice ({', '.join(splits)})")
+        raise BenchError(f"dataset card {card.path}: {problem}. split_folders names the "
+                         f"folders of the published split, each one of {allowed} (the pool "
+                         f"its images are drawn from). Rename the folder or fix the card.")
+    return splits
+
+
+def _class_rows(root: Path, place: str, label: int, pool: str,
+                rule: re.Pattern | None) -> list[dict]:
+    """One row per image of the class folder `root/place`; an empty one is an error."""
+    folder = root / place
+    files = image_files(folder, origin=f"class folder {folder}")
+    if not files:
+        raise BenchError(f"class folder {folder} holds no images: the class is "
+                         f"empty. Put its images there or fix the card.")
+    rows = []
+    for path in files:
+        relative = path.relative_to(root).as_posix()
+        subject = _subject(rule, relative, origin=f"class folder {folder}")
+        if pool != "any":
+            # A published split numbers its patients per folder (Kermany's train/ and test/
+            # both hold a `person1`): the subject is the patient within its split folder, so
+            # the published split stands as published.
+            subject = f"{pool}/{subject}"
+        rows.append({"image_id": relative, "path": relative, "label": label,
+                     "subject_id": subject, "pool": pool, "kind": "image"})
     return rows
 
 
