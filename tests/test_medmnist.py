@@ -119,7 +119,8 @@ def test_multi_label_sets_are_healthy_when_no_finding_is_set_and_rgb_becomes_gre
     ("float_pixels", "holds float32 pixels; MedMNIST stores uint8"),
     ("label_range", "row 3 holds the label [2], outside 0..1"),
     ("wrong_size", "holds 64 x 64 px images, but the card reads it as the 28 px file (that is "
-                   "the 64 px file, published as 'pneumoniamnist_64.npz'; set size = 64"),
+                   "the 64 px file, published as 'pneumoniamnist_64.npz': save it under that "
+                   "name and use --dataset pneumoniamnist_64"),
     ("truncated", "is not a readable .npz file"),
     ("label_rows", "'test_labels' has shape (23, 1), expected (24, 1)"),
 ])

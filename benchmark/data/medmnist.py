@@ -218,10 +218,11 @@ def _check_images(archive: zipfile.ZipFile, path: Path, split: str, *, size: int
                          f"{'grey' if channels == 1 else 'RGB'}, stored as {expected}.")
     if shape[1:3] != (size, size):
         actual = f"{shape[1]} x {shape[2]}"
+        flag = card.settings["flag"]
         hint = (f" (that is the {shape[1]} px file, published as "
-                f"'{file_name(card.settings['flag'], shape[1])}'; set size = {shape[1]} in the "
-                f"card's [medmnist] section, or put the {size} px file there)"
-                if shape[1] == shape[2] and shape[1] in SIZES else "")
+                f"'{file_name(flag, shape[1])}': save it under that name and use "
+                f"--dataset {flag}{'' if shape[1] == 28 else f'_{shape[1]}'}, or put the "
+                f"{size} px file here)" if shape[1] == shape[2] and shape[1] in SIZES else "")
         raise BenchError(f"{path}: '{key}' holds {actual} px images, but the card reads it as "
                          f"the {size} px file{hint}.")
     return shape
