@@ -174,6 +174,11 @@ class Method(ABC):
     supports_resume: ClassVar[bool] = False
     #: Extras `diagnostics` reads; the runner keeps these for the whole test split.
     diagnostic_extras: ClassVar[tuple[str, ...]] = ()
+    #: The extra holding the image the method makes of each input (its reconstruction or
+    #: translation: (N, H, W) in [0, 1] at the input's size), or None for a method that makes
+    #: none (feature methods). The competence checks (benchmark/competence.py) ask whether it
+    #: follows the input and gives healthy inputs back.
+    output_extra: ClassVar[str | None] = None
     #: The smallest image side (pixels) the method's networks take, and why; a dataset below it
     #: is refused before any training, with that reason.
     min_image_size: ClassVar[int] = 1

@@ -110,11 +110,18 @@ def rank_table(aucs: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([ranks, summary], axis=1)
 
 
-def mean_aucs(datasets: list[ReportData]) -> pd.DataFrame:
+def mean_aucs(datasets: list[ReportData], *, learned_only: bool = False) -> pd.DataFrame:
     """Methods x datasets: the seed-mean test AUC (as Table 1 prints it), NaN where a method
-    has no runs."""
-    columns = {data.dataset: data.runs.groupby("method")["metric.auc"].mean()
-               for data in datasets}
+    has no runs (and, with `learned_only`, where a run of it failed the competence checks:
+    such a method is not ranked there)."""
+    from benchmark.report import unranked_methods
+
+    columns = {}
+    for data in datasets:
+        means = data.runs.groupby("method")["metric.auc"].mean()
+        if learned_only:
+            means = means.drop(index=list(unranked_methods(data.runs)), errors="ignore")
+        columns[data.dataset] = means
     return pd.DataFrame(columns)
 
 
@@ -130,10 +137,10 @@ def cross_cells(datasets: list[ReportData]) -> tuple[pd.DataFrame, pd.DataFrame]
         for column in SUB_COLUMNS:
             text[(data.dataset, column)] = cells[column].reindex(methods, fill_value=MISSING)
             bold[(data.dataset, column)] = marks[column].reindex(methods, fill_value=False)
-    ranks = rank_table(aucs.reindex(methods))
-    text[(RANK_GROUP, "Mean")] = [f"{m:.2f}" for m in ranks["mean"]]
-    text[(RANK_GROUP, "Range")] = [f"{lo:g}–{hi:g}" for lo, hi in zip(ranks.low, ranks.high,
-                                                                       strict=True)]
+    ranks = rank_table(mean_aucs(datasets, learned_only=True).reindex(methods))
+    text[(RANK_GROUP, "Mean")] = [MISSING if np.isnan(m) else f"{m:.2f}" for m in ranks["mean"]]
+    text[(RANK_GROUP, "Range")] = [MISSING if np.isnan(lo) else f"{lo:g}–{hi:g}"
+                                   for lo, hi in zip(ranks.low, ranks.high, strict=True)]
     text[(RANK_GROUP, "Datasets")] = [f"{n} of {len(datasets)}" for n in ranks["n"]]
     for column in RANK_COLUMNS:
         bold[(RANK_GROUP, column)] = False
@@ -146,7 +153,13 @@ def _dataset_cells(data: ReportData) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One dataset's AUC, CI and F1 cells and what is bold, decided as Table 1 decides it
     (benchmark.report._auc_statistics: bold only where the best leads significantly, else a
     dagger on every method tied with it)."""
-    from benchmark.report import TUNED_MARK, _auc_statistics, is_tuned
+    from benchmark.report import (
+        NOT_LEARNED_MARK,
+        TUNED_MARK,
+        _auc_statistics,
+        is_tuned,
+        unranked_methods,
+    )
 
     grouped = data.runs.groupby("method")
     text = pd.DataFrame({"AUC": grouped["metric.auc"].mean().map("{:.3f}".format),
@@ -163,6 +176,10 @@ def _dataset_cells(data: ReportData) -> tuple[pd.DataFrame, pd.DataFrame]:
     tuned = set(data.runs.loc[is_tuned(data.runs), "method"])
     text["AUC"] = [f"{cell} {TUNED_MARK}" if method in tuned else cell
                    for method, cell in text["AUC"].items()]
+    unranked = unranked_methods(data.runs)
+    text["AUC"] = [f"{cell} {NOT_LEARNED_MARK}" if method in unranked else cell
+                   for method, cell in text["AUC"].items()]
+    bold.loc[bold.index.isin(list(unranked))] = False
     return text, bold
 
 
@@ -240,11 +257,12 @@ def to_html(datasets: list[ReportData]) -> str:
 
 def to_latex(datasets: list[ReportData]) -> str:
     """A booktabs table, a \\multicolumn group per dataset with a \\cmidrule under it."""
-    from benchmark.report import TIE_MARK, TUNED_MARK, _escape_latex
+    from benchmark.report import NOT_LEARNED_MARK, TIE_MARK, TUNED_MARK, _escape_latex
 
     def latex_cell(cell: str) -> str:
         return (_escape_latex(cell).replace(TIE_MARK, r"$^{\dagger}$")
-                .replace(TUNED_MARK, r"$^{\ddagger}$").replace("–", "--")
+                .replace(TUNED_MARK, r"$^{\ddagger}$")
+                .replace(NOT_LEARNED_MARK, r"$^{\times}$").replace("–", "--")
                 .replace(MISSING, "---"))
 
     text, bold = cross_cells(datasets)

@@ -23,6 +23,7 @@ import pandas as pd
 
 from benchmark import metrics, stats
 from benchmark.api import Images, Method, Prediction
+from benchmark.competence import OutputFollowing, competence
 from benchmark.data import PreparedDataset
 from benchmark.errors import BenchError
 from benchmark.metrics import HEALTHY_PERCENTILE, PIXEL_HEALTHY_PERCENTILE, THRESHOLD_RULES
@@ -48,17 +49,23 @@ def sample_rows(labels: np.ndarray, per_class: int = 4) -> np.ndarray:
 
 
 def predict_split(method: Method, images: Images, *, keep_maps: bool,
-                  samples: np.ndarray | None = None) -> SplitPrediction:
+                  samples: np.ndarray | None = None,
+                  follow: OutputFollowing | None = None) -> SplitPrediction:
     """One pass of `method` over `images`, chunk by chunk: scores for all, maps for all if
     `keep_maps`, the extras `method.diagnostic_extras` names for all, and maps and extras of
-    the rows `samples` (for the report's figures)."""
+    the rows `samples` (for the report's figures). With `follow`, each chunk's inputs and the
+    method's output images (`method.output_extra`) are streamed into it for the competence
+    checks, never kept whole."""
     want_samples = samples is not None and len(samples) > 0
-    extras = want_samples or bool(method.diagnostic_extras)
+    output = method.output_extra if follow is not None else None
+    extras = want_samples or bool(method.diagnostic_extras) or output is not None
     parts, kept = [], []
     for start in range(0, len(images), PREDICT_CHUNK):
         chunk = images[start:start + PREDICT_CHUNK]
         prediction = method.predict(chunk, maps=keep_maps or want_samples, extras=extras)
         checked_scores(method, prediction.scores, len(chunk))
+        if output is not None:
+            follow.add(np.asarray(chunk).mean(axis=1), prediction.extras[output])
         parts.append(Prediction(prediction.scores,
                                 prediction.maps if keep_maps else None,
                                 {k: prediction.extras[k] for k in method.diagnostic_extras
@@ -117,6 +124,15 @@ def evaluate(method: Method, data: PreparedDataset, val: SplitPrediction,
     if rule == "youden_val":
         values["val_auc"] = metrics.roc_auc(val_labels, val_units)
     return values
+
+
+def competence_values(method: Method, data: PreparedDataset, val: SplitPrediction,
+                      follow: OutputFollowing | None) -> dict[str, float | str | bool]:
+    """The competence checks (benchmark/competence.py) on the validation split's images: its
+    labels are read here, after both splits were scored."""
+    return competence(val.scores, data.labels_of("val"),
+                      inputs=data.images_of("val") if follow is not None else None,
+                      outputs=follow)
 
 
 def image_threshold(val_labels: np.ndarray, val_units: np.ndarray) -> tuple[float, str]:

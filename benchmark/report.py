@@ -180,7 +180,7 @@ def select_runs(uri: str, dataset: str, profile: str | None = None,
     if fallback:
         notes.append(f"{', '.join(fallback)}: backbone randomly initialised because ImageNet "
                      f"weights could not be loaded; not comparable with published figures.")
-    notes += run_warnings(latest)
+    notes += run_warnings(latest) + competence_notes(latest)
     tuned_methods = sorted(latest.loc[is_tuned(latest), "method"].unique())
     if tuned_methods:
         notes.append(f"{TUNED_MARK} {', '.join(tuned_methods)}: run with --set overrides "
@@ -231,6 +231,36 @@ def newest_identity(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 
 TUNED_MARK = "‡"
+#: Marks a method with a run that failed the competence checks (benchmark/competence.py):
+#: its numbers come from a model that did not learn; never bold, never ranked.
+NOT_LEARNED_MARK = "✗"
+
+
+def not_competent(runs: pd.DataFrame) -> pd.Series:
+    """Which runs failed a competence check (param competent=false; runs logged before the
+    checks existed have none and count as unchecked, not failed)."""
+    if "competent" not in runs:
+        return pd.Series(False, index=runs.index)
+    return runs.competent.fillna("true").astype(str).str.lower() == "false"
+
+
+def unranked_methods(runs: pd.DataFrame) -> set[str]:
+    """Methods with any run that did not learn: reported, never bolded or ranked."""
+    return set(runs.loc[not_competent(runs), "method"])
+
+
+def competence_notes(runs: pd.DataFrame) -> list[str]:
+    """One note per method with failed runs: the seeds and the checks that failed."""
+    from benchmark.competence import failed_text
+
+    notes = []
+    for method, group in runs[not_competent(runs)].groupby("method"):
+        parts = [f"seed {run.seed}: {failed_text(str(run.competence_failed))}"
+                 for run in group.itertuples()]
+        notes.append(f"{NOT_LEARNED_MARK} {method} did not learn (validation checks failed: "
+                     f"{'; '.join(parts)}): a failed training run, not a result; never bold "
+                     f"or ranked.")
+    return notes
 
 
 def is_tuned(runs: pd.DataFrame) -> pd.Series:
@@ -303,12 +333,20 @@ def add_statistics(data: ReportData) -> None:
         data.notes.append("the runs' scores.csv has no subject column (logged by an older "
                           "version): the intervals treat every test image as its own patient.")
     data.test_labels, data.test_subjects, data.test_scores = labels, subjects, scores
-    data.statistics, data.pairwise = stats.seed_mean_comparison(
-        labels, scores, subjects, alpha=ALPHA, n_boot=N_BOOT, seed=0)
+    # The best, the p-values and the ties among the methods that learned: a failed run is
+    # never the best, nor tied with it.
+    unranked = unranked_methods(data.runs)
+    ranked = {m: s for m, s in scores.items() if m not in unranked}
+    if ranked:
+        data.statistics, data.pairwise = stats.seed_mean_comparison(
+            labels, ranked, subjects, alpha=ALPHA, n_boot=N_BOOT, seed=0)
     # The same seed and resample count: the other metrics' intervals use the AUC's resamples.
     data.intervals = stats.seed_mean_intervals(labels, scores, subjects,
                                                run_thresholds(data.runs, scores),
                                                n_boot=N_BOOT, seed=0)
+    if data.statistics is None:
+        data.notes.append("no method passed its competence checks: nothing is ranked.")
+        return
     single = data.statistics.loc[data.statistics.n_seeds < 2, "method"].tolist()
     if single:
         data.notes.append(f"{', '.join(single)}: one seed only, so the interval and tests "
@@ -432,11 +470,19 @@ def _cells(data: ReportData, table: pd.DataFrame,
                 _auc_statistics(data.statistics, text, bold)
             else:
                 bold[column.title] = False  # no test, so no claim that the highest mean leads
+    unranked = unranked_methods(data.runs)
+    bold.loc[bold.index.isin(list(unranked))] = False
     tuned = set(data.runs.loc[is_tuned(data.runs), "method"])
-    text.index = [f"{m} {TUNED_MARK}" if m in tuned else m for m in text.index]
+    text.index = [_marked(m, tuned, unranked) for m in text.index]
     bold.index = text.index
     text.index.name = "Method"
     return text, bold
+
+
+def _marked(method: str, tuned: set[str], unranked: set[str]) -> str:
+    marks = [mark for mark, where in ((TUNED_MARK, tuned), (NOT_LEARNED_MARK, unranked))
+             if method in where]
+    return " ".join([method, *marks])
 
 
 def _interval_text(data: ReportData, metric: str, methods: pd.Index) -> list[str]:
@@ -449,12 +495,16 @@ def _interval_text(data: ReportData, metric: str, methods: pd.Index) -> list[str
 
 
 def _auc_statistics(statistics: pd.DataFrame, text: pd.DataFrame, bold: pd.DataFrame) -> None:
+    """CI, p against the best and ties; a method outside `statistics` (one that did not
+    learn) is not ranked: "—" and "not ranked"."""
     by_method = statistics.set_index("method").reindex(text.index)
-    text["AUC 95% CI"] = [f"[{lo:.3f}, {hi:.3f}]" for lo, hi in
-                          zip(by_method.ci_low, by_method.ci_high, strict=True)]
-    text[P_TITLE] = ["best" if np.isnan(p) else "<0.001" if p < 0.001 else f"{p:.3f}"
-                     for p in by_method.p_holm]
-    tied = by_method.tied_with_best.to_numpy(dtype=bool)
+    ranked = by_method.ci_low.notna().to_numpy()
+    text["AUC 95% CI"] = [f"[{lo:.3f}, {hi:.3f}]" if ok else "—" for lo, hi, ok in
+                          zip(by_method.ci_low, by_method.ci_high, ranked, strict=True)]
+    text[P_TITLE] = ["not ranked" if not ok else "best" if np.isnan(p) else
+                     "<0.001" if p < 0.001 else f"{p:.3f}"
+                     for p, ok in zip(by_method.p_holm, ranked, strict=True)]
+    tied = by_method.tied_with_best.fillna(False).to_numpy(dtype=bool)
     alone = tied.sum() == 1
     bold["AUC"] = tied & alone
     if not alone:
@@ -619,7 +669,7 @@ def to_latex(data: ReportData) -> str:
     # "Method" as an ordinary first column: a named index would add a second header row.
     text = text.reset_index()
     text["Method"] = [_escape_latex(str(name)).replace(TUNED_MARK, r"$^{\ddagger}$")
-                      for name in text["Method"]]
+                      .replace(NOT_LEARNED_MARK, r"$^{\times}$") for name in text["Method"]]
     best = best.reset_index(drop=True)
     best.insert(0, "Method", False)
     styler = text.style.hide(axis="index").apply(
@@ -630,7 +680,7 @@ def to_latex(data: ReportData) -> str:
         convert_css=True,
         caption=_escape_latex(caption(data, " +- ") + notes).replace("+-", r"$\pm$")
         .replace(TIE_MARK, r"$^{\dagger}$").replace(TUNED_MARK, r"$^{\ddagger}$")
-        .replace(ORACLE_MARK, r"$^{\S}$"),
+        .replace(NOT_LEARNED_MARK, r"$^{\times}$").replace(ORACLE_MARK, r"$^{\S}$"),
         label=f"tab:{_escape_latex(data.dataset)}",
         position_float="centering",
         column_format="l" + "c" * (len(text.columns) - 1),

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from benchmark import evaluation, metrics
 from benchmark.api import Method, Progress, TrainSet, get_method
+from benchmark.competence import OutputFollowing, failed_text
 from benchmark.data import PreparedDataset
 from benchmark.data.images import empty_like, join
 from benchmark.errors import BenchError
@@ -183,7 +184,9 @@ def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, see
         progress.stage("predict")
         started = time.perf_counter()
         has_masks = data.masks_of("val") is not None
-        val = evaluation.predict_split(method, data.images_of("val"), keep_maps=has_masks)
+        follow = OutputFollowing() if method.output_extra else None
+        val = evaluation.predict_split(method, data.images_of("val"), keep_maps=has_masks,
+                                       follow=follow)
         test_images = data.images_of("test")
         samples = evaluation.sample_rows(data.labels_of("test"))
         test = evaluation.predict_split(method, test_images, keep_maps=has_masks,
@@ -191,6 +194,8 @@ def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, see
         score_seconds = time.perf_counter() - started
 
         values = evaluation.evaluate(method, data, val, test)
+        values.update(_log_competence(run, label, evaluation.competence_values(
+            method, data, val, follow)))
         values.update({
             "fit_seconds": fit_seconds,
             "score_seconds": score_seconds,
@@ -232,6 +237,20 @@ def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, see
     finally:
         run.heartbeat.stop()  # also when logging the failure itself failed
         progress.close()
+
+
+def _log_competence(run: RunLogger, label: str,
+                    checks: dict[str, float | str | bool]) -> dict[str, float]:
+    """`competent` and the failed checks as params (reports read them); the checks' values
+    as metrics, returned to be logged with the others; a warning where a check failed."""
+    run.params({"competent": str(checks["competent"]).lower(),
+                "competence_failed": checks["competence_failed"] or "none"})
+    if not checks["competent"]:
+        logger.warning("WARNING %s did not learn (validation): %s. Its numbers are reported "
+                       "as a failed training run.", label,
+                       failed_text(str(checks["competence_failed"])))
+    return {f"competence_{name}": float(value) for name, value in checks.items()
+            if name not in ("competent", "competence_failed")}
 
 
 def _tuning_params(fields: list[str]) -> dict[str, str]:

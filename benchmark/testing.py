@@ -530,6 +530,7 @@ def _prediction(session: _Session, result: CheckResult) -> None:
     if missing:
         raise _fail(cls, check, f"diagnostic_extras names {sorted(missing)}, but "
                                 f"predict(extras=True) did not return them")
+    _check_output_extra(cls, check, everything)
     head = predict(images[:3], maps=False)
     _same(cls, check, head.scores, scores[:3], "the scores of the first 3 images predicted "
           "alone", "their scores predicted with the others (batch-dependent scores: a network "
@@ -553,6 +554,22 @@ def _prediction(session: _Session, result: CheckResult) -> None:
 
         plt.close(figure)
     result.details.update(maps=full.maps is not None, extras=sorted(everything.extras))
+
+
+def _check_output_extra(cls: type[Method], check: str, prediction: Prediction) -> None:
+    """The image named by `output_extra` (what the competence checks compare with the input)
+    is among the extras, in [0, 1]."""
+    name = cls.output_extra
+    if name is None:
+        return
+    if name not in prediction.extras:
+        raise _fail(cls, check, f"output_extra names {name!r}, but predict(extras=True) did not "
+                                f"return it (extras: {sorted(prediction.extras)})")
+    output = prediction.extras[name]
+    if output.size and (float(np.min(output)) < -1e-6 or float(np.max(output)) > 1 + 1e-6):
+        raise _fail(cls, check, f"extras[{name!r}] spans [{float(np.min(output)):.3f}, "
+                                f"{float(np.max(output)):.3f}]; an output image is in [0, 1], "
+                                f"like the inputs it is compared with")
 
 
 def _seed(session: _Session, result: CheckResult) -> None:
@@ -586,11 +603,30 @@ def _lesions(session: _Session, result: CheckResult) -> None:
         raise _fail(cls, check, "scores are not finite" + _nan_hint(cls))
     auc = float(roc_auc_score(session.data.test_labels, scores))
     result.details["auc"] = auc
+    result.details.update(_competence_details(session, config, scale))
     if not auc > LESION_MIN_AUC:
         n = len(session.data.test_normals)
         raise _fail(cls, check, f"AUC {auc:.3f} of {n} images with an obvious bright square "
                                 f"against {n} held-out healthy ones (must exceed "
                                 f"{LESION_MIN_AUC}): higher scores must mean more anomalous")
+
+
+def _competence_details(session: _Session, config: Any, scale: int | None) -> dict[str, Any]:
+    """The competence checks (benchmark/competence.py) of the lesion check's fit, on its test
+    images: recorded in the result's details, so a method's conformance report says whether
+    the short fit learned."""
+    from benchmark.competence import OutputFollowing, competence
+
+    method = session.fit("lesions", 0, scale=scale)
+    images, labels = session.data.test_images, session.data.test_labels
+    prediction = method.predict(images, maps=False, extras=session.cls.output_extra is not None)
+    follow = None
+    if session.cls.output_extra is not None:
+        follow = OutputFollowing()
+        follow.add(images.mean(axis=1), prediction.extras[session.cls.output_extra])
+    values = competence(prediction.scores, labels, inputs=images, outputs=follow)
+    return {f"competence_{k}" if k not in ("competent", "competence_failed") else k: v
+            for k, v in values.items()}
 
 
 def _uses(session: _Session, result: CheckResult) -> None:

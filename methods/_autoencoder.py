@@ -42,7 +42,13 @@ from torch.nn import functional as F
 
 from benchmark.api import Prediction, TrainSet
 from methods._budget import steps_for
-from methods._gan import GANMethod, ShuffledBatches, optimizer_step
+from methods._gan import (
+    RECONSTRUCTION,
+    GANMethod,
+    ShuffledBatches,
+    image_extra,
+    optimizer_step,
+)
 
 #: Stride-2 stages of the AE's encoder (and the DAE's U-Net has depth - 1 = 4 poolings):
 #: the working size must be a multiple of 2^4.
@@ -164,6 +170,7 @@ class ReconstructionMethod(GANMethod):
     noise stream (`seed + 2`), the [-1, 1] model input and the optimiser step."""
 
     uses = ("normal",)
+    output_extra = RECONSTRUCTION
 
     @classmethod
     def calibration_overrides(cls, config: Any, scale: int) -> dict[str, Any]:
@@ -217,15 +224,17 @@ class ReconstructionMethod(GANMethod):
         x = self._model_input(images)
         if self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        errors = error_map(x, self._reconstruct(x))
+        rebuilt = self._reconstruct(x)
+        errors = error_map(x, rebuilt)
         scores = errors.flatten(1).mean(1).double().cpu().numpy()
-        if not maps:
-            return Prediction(scores)
         size = tuple(images.shape[-2:])
+        shown = {RECONSTRUCTION: image_extra(rebuilt, size)} if extras else {}
+        if not maps:
+            return Prediction(scores, extras=shown)
         if tuple(errors.shape[-2:]) != size:
             errors = F.interpolate(errors[:, None], size=size, mode="bilinear",
                                    align_corners=False)[:, 0]
-        return Prediction(scores, errors.float().cpu().numpy())
+        return Prediction(scores, errors.float().cpu().numpy(), shown)
 
 
 def gaussian_kl(mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:

@@ -143,6 +143,19 @@ def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor,
     optimizer.step()
 
 
+#: The extra holding a reconstructing method's output image (`Method.output_extra`).
+RECONSTRUCTION = "reconstruction"
+
+
+def image_extra(output: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """A [-1, 1] output image batch (N, C, h, w) -> (N, H, W) in [0, 1] at `size` (channels
+    averaged, bilinear): how an output is shown and compared with its input."""
+    grey = ((output.float() + 1) / 2).mean(dim=1, keepdim=True)
+    if tuple(grey.shape[-2:]) != tuple(size):
+        grey = F.interpolate(grey, size=tuple(size), mode="bilinear", align_corners=False)
+    return grey[:, 0].clamp(0, 1).cpu().numpy()
+
+
 def to_model_input(images: np.ndarray, device: torch.device, size: int) -> torch.Tensor:
     """[0, 1] images -> [-1, 1] tensor at `size` px (area when shrinking)."""
     return _to_range(torch.as_tensor(np.asarray(images, dtype=np.float32), device=device), size)

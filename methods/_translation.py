@@ -185,6 +185,7 @@ class TranslationGAN(GANMethod):
     """
 
     uses = ("normal", "unlabeled")
+    output_extra = "translated"
     config: TranslationConfig
 
     # -- what a subclass supplies ------------------------------------------------------------

@@ -20,11 +20,13 @@ from torch import nn
 from benchmark.api import Prediction, TrainSet, register_method
 from methods._budget import steps_for
 from methods._gan import (
+    RECONSTRUCTION,
     GANMethod,
     ImageEncoder,
     LatentDecoder,
     bce,
     down_stack,
+    image_extra,
     optimizer_step,
 )
 
@@ -111,6 +113,7 @@ class Alad(GANMethod):
     name = "alad"
     description = "ALAD: BiGAN with D_xz, D_xx, D_zz; score = D_xx feature distance"
     uses = ("normal",)
+    output_extra = RECONSTRUCTION
     Config = AladConfig
 
     @classmethod
@@ -191,7 +194,8 @@ class Alad(GANMethod):
         x = self._model_input(images)
         rec = self.ema_generator(self.ema_encoder(x))
         distance = torch.abs(self.ema_d_xx.features(x, x) - self.ema_d_xx.features(x, rec)).sum(1)
-        return Prediction(distance.float().cpu().numpy())
+        shown = {RECONSTRUCTION: image_extra(rec, images.shape[-2:])} if extras else {}
+        return Prediction(distance.float().cpu().numpy(), extras=shown)
 
 
 def _ema_update(average: nn.Module, live: nn.Module, decay: float) -> None:

@@ -19,7 +19,16 @@ from torch.nn import functional as F
 
 from benchmark.api import Prediction, TrainSet, register_method
 from methods._budget import steps_for
-from methods._gan import GANMethod, ImageEncoder, bce, down_stack, optimizer_step, up_stack
+from methods._gan import (
+    RECONSTRUCTION,
+    GANMethod,
+    ImageEncoder,
+    bce,
+    down_stack,
+    image_extra,
+    optimizer_step,
+    up_stack,
+)
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,7 @@ class Alocc(GANMethod):
     name = "alocc"
     description = "ALOCC: denoising reconstructor R + discriminator D; score = 1 - D(R(x))"
     uses = ("normal",)
+    output_extra = RECONSTRUCTION
     Config = AloccConfig
 
     @classmethod
@@ -101,5 +111,6 @@ class Alocc(GANMethod):
 
     def _predict(self, images: np.ndarray, *, maps: bool, extras: bool) -> Prediction:
         rebuilt = self.reconstructor(self._model_input(images))
+        shown = {RECONSTRUCTION: image_extra(rebuilt, images.shape[-2:])} if extras else {}
         return Prediction((1.0 - torch.sigmoid(self.discriminator(rebuilt))).flatten().cpu()
-                          .numpy())
+                          .numpy(), extras=shown)

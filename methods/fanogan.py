@@ -23,10 +23,12 @@ from torch import nn
 from benchmark.api import Prediction, TrainSet, register_method
 from methods._budget import steps_for
 from methods._gan import (
+    RECONSTRUCTION,
     GANMethod,
     ImageEncoder,
     LatentDecoder,
     gradient_penalty,
+    image_extra,
     optimizer_step,
 )
 
@@ -65,6 +67,7 @@ class Fanogan(GANMethod):
     name = "fanogan"
     description = "f-AnoGAN: WGAN-GP + izi_f encoder; score = image + critic-feature residual"
     uses = ("normal",)
+    output_extra = RECONSTRUCTION
     Config = FanoganConfig
 
     @classmethod
@@ -160,4 +163,6 @@ class Fanogan(GANMethod):
     def _predict(self, images: np.ndarray, *, maps: bool, extras: bool) -> Prediction:
         x = self._model_input(images)
         residual = izi_f(x, self.generator, self.encoder, self.critic, self.config.kappa)
-        return Prediction(residual.float().cpu().numpy())
+        shown = ({RECONSTRUCTION: image_extra(self.generator(self.encoder(x)), images.shape[-2:])}
+                 if extras else {})
+        return Prediction(residual.float().cpu().numpy(), extras=shown)

@@ -22,7 +22,7 @@ import torch
 
 from benchmark.api import Prediction, TrainSet, register_method
 from methods._budget import steps_for
-from methods._gan import GANMethod, optimizer_step
+from methods._gan import RECONSTRUCTION, GANMethod, image_extra, optimizer_step
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ class Ganomaly(GANMethod):
     min_image_size_reason = "below it anomalib's GANomaly encoder and decoder disagree in size"
     description = "GANomaly: encoder-decoder-encoder GAN, score = latent distance (anomalib)"
     uses = ("normal",)
+    output_extra = RECONSTRUCTION
     Config = GanomalyConfig
 
     @classmethod
@@ -120,5 +121,16 @@ class Ganomaly(GANMethod):
     def _predict(self, images: np.ndarray, *, maps: bool, extras: bool) -> Prediction:
         """[0, 1] images -> [-1, 1] (the decoder's tanh range) at the working size; the score
         is anomalib's latent distance."""
-        scores = self.model(self._model_input(images)).pred_score
-        return Prediction(scores.float().cpu().numpy())
+        x = self._model_input(images)
+        scores = self.model(x).pred_score
+        shown = {}
+        if extras:  # the generator's image, cut from anomalib's centred power-of-two padding
+            from anomalib.data.utils.image import pad_nextpow2
+
+            padded = pad_nextpow2(x)
+            top = (padded.shape[-2] - x.shape[-2] + 1) // 2
+            left = (padded.shape[-1] - x.shape[-1] + 1) // 2
+            fake = self.model.generator(padded)[0][..., top:top + x.shape[-2],
+                                                   left:left + x.shape[-1]]
+            shown = {RECONSTRUCTION: image_extra(fake, images.shape[-2:])}
+        return Prediction(scores.float().cpu().numpy(), extras=shown)

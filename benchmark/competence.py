@@ -1,0 +1,143 @@
+"""Did the model learn? Competence checks on the labelled validation split, for every run.
+
+A number in Table 1 counts only if the model behind it learned something. A GAN that emits one
+image for every input, or a score that is the same for every image, or one that ranks healthy
+above diseased, is a failed training run, not a result. These checks say so for each run,
+from the validation split only (never the test split), after the method has scored it:
+
+- `score_spread`: the scores vary across inputs. The relative spread std / (|mean| + std)
+  must reach SCORE_SPREAD_MIN: a score constant to 1 part in 1,000 across 500 images carries
+  no ranking worth reporting.
+- `val_auc`: the validation AUC is above 0.5. An inverted score (diseased ranked below healthy)
+  is a failed model; it is never flipped after the fact.
+- For methods that produce an image from each input (a reconstruction or a translation,
+  `Method.output_extra`):
+  - `output_correlation`: the outputs follow the inputs. Across the validation images, per
+    pixel, the inputs and outputs are centred on their means; the correlation of the two
+    (pooled over pixels) is the share of the inputs' variation between images that the outputs
+    reproduce (its square is the share of variance explained). An output that is one image for
+    every input has 0; a copy has 1. It must reach OUTPUT_CORRELATION_MIN = 0.5: below it the
+    output explains under a quarter of how the inputs differ, so it is mostly not about them.
+  - `healthy_psnr_gain_db`: healthy inputs come back close to themselves. The PSNR of the
+    healthy validation images' outputs, minus the PSNR the trivial model gets by returning the
+    mean healthy validation image for each: above 0 dB, the model reconstructs healthy
+    images better than knowing nothing about the input would.
+
+A run that fails any check is logged `competent=false` with the failed checks named
+(`competence_failed`); reports mark it and never bold or rank it (benchmark/report.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from benchmark import metrics
+
+SCORE_SPREAD_MIN = 1e-3
+OUTPUT_CORRELATION_MIN = 0.5
+PSNR_GAIN_MIN_DB = 0.0
+CHECKS = ("score_spread", "val_auc", "output_correlation", "healthy_psnr_gain_db")
+#: What each failed check means, for reports and logs.
+CHECK_TEXT = {
+    "score_spread": "the scores barely vary across inputs",
+    "val_auc": "validation AUC <= 0.5 (the score ranks healthy above diseased or at chance)",
+    "output_correlation": (f"the output does not follow the input (correlation across images "
+                           f"< {OUTPUT_CORRELATION_MIN})"),
+    "healthy_psnr_gain_db": ("healthy inputs come back no closer to themselves than the mean "
+                             "healthy image"),
+}
+
+
+@dataclass
+class OutputFollowing:
+    """Streams a split's inputs and outputs, chunk by chunk, into the sums the output checks
+    need: per-pixel sums for the correlation across images, and each image's squared error.
+    Inputs and outputs are (N, H, W) in [0, 1] (channels averaged)."""
+
+    count: int = 0
+    sums: dict[str, np.ndarray] = field(default_factory=dict)
+    squared_errors: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, inputs: np.ndarray, outputs: np.ndarray) -> None:
+        x = np.asarray(inputs, dtype=np.float64)
+        y = np.asarray(outputs, dtype=np.float64)
+        if x.shape != y.shape:
+            raise ValueError(f"outputs {y.shape} and inputs {x.shape} differ in shape")
+        for name, value in (("x", x), ("y", y), ("xx", x * x), ("yy", y * y), ("xy", x * y)):
+            self.sums[name] = self.sums.get(name, 0.0) + value.sum(axis=0)
+        self.squared_errors.append(((x - y) ** 2).reshape(len(x), -1).mean(axis=1))
+        self.count += len(x)
+
+    def correlation(self) -> float:
+        """Pooled over pixels: sum cov(x, y) / sqrt(sum var(x) * sum var(y)), across images;
+        0 where either side does not vary."""
+        n, s = self.count, self.sums
+        if n < 2:
+            return float("nan")
+        cov = (s["xy"] - s["x"] * s["y"] / n).sum()
+        var_x = (s["xx"] - s["x"] ** 2 / n).sum()
+        var_y = (s["yy"] - s["y"] ** 2 / n).sum()
+        if var_x <= 0 or var_y <= 1e-12 * max(var_x, 1e-12):
+            return 0.0
+        return float(cov / np.sqrt(var_x * var_y))
+
+    def squared_error(self) -> np.ndarray:
+        return np.concatenate(self.squared_errors) if self.squared_errors else np.zeros(0)
+
+
+def score_spread(scores: np.ndarray) -> float:
+    """std / (|mean| + std): 0 for constant scores, scale-free."""
+    scores = np.asarray(scores, dtype=np.float64)
+    std = float(scores.std())
+    return std / (abs(float(scores.mean())) + std) if std > 0 else 0.0
+
+
+def psnr(mse: np.ndarray) -> float:
+    """PSNR in dB of [0, 1] images from their mean squared errors (averaged first)."""
+    mean = float(np.mean(mse))
+    return float("inf") if mean <= 0 else float(10 * np.log10(1.0 / mean))
+
+
+def healthy_psnr_gain(inputs: np.ndarray, labels: np.ndarray,
+                      squared_error: np.ndarray) -> tuple[float, float]:
+    """(PSNR of the outputs of the healthy inputs, its gain over the mean healthy image)."""
+    healthy = np.flatnonzero(labels == 0)
+    if healthy.size == 0:
+        return float("nan"), float("nan")
+    grey = np.asarray(inputs[healthy], dtype=np.float64).mean(axis=1)
+    mean_image = grey.mean(axis=0)
+    trivial = ((grey - mean_image) ** 2).reshape(len(grey), -1).mean(axis=1)
+    model = psnr(squared_error[healthy])
+    return model, model - psnr(trivial)
+
+
+def competence(scores: np.ndarray, labels: np.ndarray, *, inputs: np.ndarray | None = None,
+               outputs: OutputFollowing | None = None) -> dict[str, float | str | bool]:
+    """The checks' values on a labelled split (validation), `competent` and the failed checks
+    ("" when none). `outputs` only for methods with an output image; `inputs` (N, C, H, W)
+    with it, for the healthy PSNR's trivial baseline."""
+    values: dict[str, float | str | bool] = {"score_spread": score_spread(scores)}
+    failed = [] if values["score_spread"] >= SCORE_SPREAD_MIN else ["score_spread"]
+    if 0 < int(np.sum(labels)) < len(labels):
+        values["val_auc"] = metrics.roc_auc(labels, scores)
+        if not values["val_auc"] > 0.5:
+            failed.append("val_auc")
+    if outputs is not None and outputs.count:
+        values["output_correlation"] = outputs.correlation()
+        if not values["output_correlation"] >= OUTPUT_CORRELATION_MIN:
+            failed.append("output_correlation")
+        if inputs is not None:
+            values["healthy_psnr_db"], values["healthy_psnr_gain_db"] = healthy_psnr_gain(
+                inputs, labels, outputs.squared_error())
+            if not values["healthy_psnr_gain_db"] > PSNR_GAIN_MIN_DB:
+                failed.append("healthy_psnr_gain_db")
+    values["competent"] = not failed
+    values["competence_failed"] = ",".join(failed)
+    return values
+
+
+def failed_text(failed: str) -> str:
+    """'output_correlation,val_auc' -> the checks' meanings, joined."""
+    return "; ".join(CHECK_TEXT.get(name, name) for name in failed.split(",") if name)

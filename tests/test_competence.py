@@ -1,0 +1,144 @@
+"""Did the model learn? The competence checks (benchmark/competence.py) on real images, a
+method that emits one image for every input, and what reports do with a run that failed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from benchmark import evaluation
+from benchmark.api import Method, Prediction, TrainSet
+from benchmark.cli import cli
+from benchmark.competence import OUTPUT_CORRELATION_MIN, OutputFollowing, competence
+from benchmark.data import load_card, prepare
+from benchmark.report import select_runs
+
+
+@pytest.fixture
+def tiny():
+    return prepare(load_card("tiny"), show_progress=False)
+
+
+def followed(inputs: np.ndarray, outputs: np.ndarray) -> OutputFollowing:
+    follow = OutputFollowing()
+    for start in range(0, len(inputs), 7):  # in chunks, as predict_split streams them
+        follow.add(inputs[start:start + 7], outputs[start:start + 7])
+    return follow
+
+
+def test_the_correlation_across_images_tells_a_copy_from_one_image_for_all(tiny):
+    grey = tiny.images_of("val").mean(axis=1)
+    rng = np.random.default_rng(0)
+    assert followed(grey, grey).correlation() == pytest.approx(1.0)
+    same = np.broadcast_to(grey[0], grey.shape)
+    assert followed(grey, same).correlation() == 0.0
+    noise = rng.random(grey.shape)
+    assert abs(followed(grey, noise).correlation()) < 0.1
+    # A blurred copy (2x2 box) keeps most of how the images differ.
+    blurred = (grey + np.roll(grey, 1, -1) + np.roll(grey, 1, -2)
+               + np.roll(np.roll(grey, 1, -1), 1, -2)) / 4
+    assert followed(grey, blurred).correlation() > OUTPUT_CORRELATION_MIN
+    # Adding the same texture to every input (the lattice of a collapsed generator) keeps the
+    # correlation: that failure shows in the PSNR and the AUC, not here.
+    assert followed(grey, grey + 0.3 * noise[0]).correlation() > 0.99
+
+
+def test_scores_that_do_not_vary_or_rank_healthy_first_fail(tiny):
+    labels = tiny.labels_of("val")
+    constant = competence(np.full(len(labels), 0.25), labels)
+    assert not constant["competent"]
+    assert constant["competence_failed"] == "score_spread,val_auc"
+    inverted = competence(-labels + 0.01 * np.arange(len(labels)), labels)
+    assert inverted["val_auc"] < 0.5 and inverted["competence_failed"] == "val_auc"
+    good = competence(labels + 0.01 * np.arange(len(labels)), labels)
+    assert good["competent"] and good["competence_failed"] == ""
+
+
+@dataclass
+class _NoConfig:
+    pass
+
+
+class OneImageForAll(Method):
+    """A collapsed generator: the same output image whatever the input, scored by the mean
+    difference to it (a score that still varies across inputs, like AnomalyPro's collapse)."""
+
+    name = "one-image"
+    description = "test double of a collapsed generator"
+    output_extra = "translated"
+    Config = _NoConfig
+
+    @classmethod
+    def profile_config(cls, profile: str, *, image_size: int, channels: int) -> _NoConfig:
+        return _NoConfig()
+
+    def _fit(self, train: TrainSet, progress: object) -> None:
+        self.texture = np.random.default_rng(self.seed).random(train.normal.shape[-2:])
+
+    def _predict(self, images: np.ndarray, *, maps: bool, extras: bool) -> Prediction:
+        grey = images.mean(axis=1)
+        output = np.broadcast_to(self.texture, grey.shape).astype(np.float32)
+        scores = np.abs(grey - output).mean(axis=(1, 2)).astype(np.float64)
+        return Prediction(scores, None, {"translated": output} if extras else {})
+
+
+class Copier(OneImageForAll):
+    """Gives every input back unchanged, scored by how bright it is (lesions are bright)."""
+
+    name = "copier"
+
+    def _predict(self, images: np.ndarray, *, maps: bool, extras: bool) -> Prediction:
+        grey = images.mean(axis=1)
+        return Prediction(grey.mean(axis=(1, 2)).astype(np.float64), None,
+                          {"translated": grey.copy()} if extras else {})
+
+
+def _checks(method: Method, data) -> dict:
+    method.fit(data.train_set(), seed=0)
+    follow = OutputFollowing()
+    val = evaluation.predict_split(method, data.images_of("val"), keep_maps=False,
+                                   follow=follow)
+    return evaluation.competence_values(method, data, val, follow)
+
+
+def test_a_method_that_outputs_one_image_for_every_input_is_flagged(tiny):
+    collapsed = _checks(OneImageForAll(), tiny)
+    assert not collapsed["competent"]
+    assert "output_correlation" in collapsed["competence_failed"].split(",")
+    assert collapsed["output_correlation"] == 0.0
+    assert collapsed["healthy_psnr_gain_db"] < 0  # worse than the mean healthy image
+    copier = _checks(Copier(), tiny)
+    assert copier["output_correlation"] == pytest.approx(1.0)
+    assert copier["healthy_psnr_gain_db"] == np.inf or copier["healthy_psnr_gain_db"] > 20
+    assert "output_correlation" not in copier["competence_failed"]
+
+
+def _report(uri: str) -> str:
+    result = CliRunner().invoke(cli, ["report", "--dataset", "tiny", "--out", "-",
+                                      "--no-figures", "--no-log", "--tracking-uri", uri],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_a_run_that_did_not_learn_is_marked_never_bold_never_ranked(tracking_uri):
+    # An autoencoder with a learning rate of 0 never trains: its output is its random
+    # initialisation's. PaDiM (random backbone, to stay fast) learns the tiny set's lesions.
+    result = CliRunner().invoke(cli, [
+        "run", "--dataset", "tiny", "--methods", "padim,autoencoder", "--seeds", "0",
+        "--no-progress", "--weights", "padim=random", "--set", "autoencoder.lr=0",
+        "--tracking-uri", tracking_uri], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    runs = select_runs(tracking_uri, "tiny", statistics=False).runs.set_index("method")
+    assert runs.loc["autoencoder", "competent"] == "false"
+    assert runs.loc["padim", "competent"] == "true"
+    assert "metric.competence_output_correlation" in runs.columns
+    report = _report(tracking_uri)
+    row = next(line for line in report.splitlines() if line.startswith("| autoencoder"))
+    assert "✗" in row and "**" not in row and "not ranked" in row
+    assert "autoencoder did not learn (validation checks failed: seed 0:" in report
+    statistics = select_runs(tracking_uri, "tiny").statistics
+    assert list(statistics.method) == ["padim"]  # the best is chosen among those that learned
