@@ -241,7 +241,7 @@ def not_competent(runs: pd.DataFrame) -> pd.Series:
     checks existed have none and count as unchecked, not failed)."""
     if "competent" not in runs:
         return pd.Series(False, index=runs.index)
-    return runs.competent.fillna("true").astype(str).str.lower() == "false"
+    return runs.competent.fillna("").astype(str).str.lower() == "false"
 
 
 def unranked_methods(runs: pd.DataFrame) -> set[str]:

@@ -313,7 +313,8 @@ def finished_runs(uri: str, dataset: str) -> pd.DataFrame:
     backbone_weights (for people), weights_identity (what was loaded), run_identity (all but
     the seed), contaminated, tuned ("true" when `--set` changed the config: hyper-parameters
     someone chose, perhaps on test data; "false" for runs logged before the param existed),
-    tuned_fields, deterministic and `metric.<name>` for each metric.
+    tuned_fields, deterministic, competent ("true" / "false" from the competence checks, ""
+    for runs logged before them), competence_failed and `metric.<name>` for each metric.
     """
     client = _client(uri)
     try:
@@ -352,6 +353,9 @@ def finished_runs(uri: str, dataset: str) -> pd.DataFrame:
                 "tuned": params.get("tuned", "false"),
                 "tuned_fields": params.get("tuned_fields", ""),
                 "deterministic": params.get("deterministic", "false"),
+                # "" for runs logged before the competence checks existed: unchecked.
+                "competent": params.get("competent", ""),
+                "competence_failed": params.get("competence_failed", ""),
             }
             row.update({f"metric.{k}": v for k, v in run.data.metrics.items()})
             rows.append(row)
