@@ -130,6 +130,10 @@ class TranslationConfig:
     #: pixel relative to the L1 terms scales as sqrt(C*H*W) / critic patches: small networks at
     #: small sizes see a much weaker adversarial term than the published 256 px runs.
     lambda_adv: float = 1.0
+    #: The first N iterations train the generator without the adversarial term (the critic
+    #: trains as usual): a generator that starts as an identity, as the published weights'
+    #: adversarial pull destroys at small budgets (issue 24). 0 in the published code.
+    adversarial_warmup_iterations: int = 0
     lambda_id: float = 1.0
     horizontal_flip: bool = True
     log_every: int = 100
@@ -149,6 +153,8 @@ class TranslationConfig:
                              f"least 2**critic_layers ({2 ** self.critic_layers})")
         if not 0 <= self.decay_iterations <= self.iterations:
             raise ValueError("decay_iterations must be within [0, iterations]")
+        if not 0 <= self.adversarial_warmup_iterations < self.iterations:
+            raise ValueError("adversarial_warmup_iterations must be within [0, iterations)")
         if self.upsample not in UPSAMPLING:
             raise ValueError(f"upsample must be one of {UPSAMPLING}, got {self.upsample!r}")
 
@@ -215,7 +221,8 @@ class TranslationGAN(GANMethod):
 
     @classmethod
     def calibration_overrides(cls, config: TranslationConfig, scale: int) -> dict:
-        overrides = {"iterations": 10 * scale, "decay_iterations": 0}
+        overrides = {"iterations": 10 * scale, "decay_iterations": 0,
+                     "adversarial_warmup_iterations": 0}
         if hasattr(config, "mask_warmup_iterations"):
             overrides["mask_warmup_iterations"] = 0
         return overrides
@@ -257,6 +264,8 @@ class TranslationGAN(GANMethod):
         b = self._batch(self.set_b)
         gp_weights = torch.rand(b.shape[0], 1, 1, 1, generator=self.sampler).to(self.device)
         warmup = self._warming_up(iteration)
+        self.adversarial_weight = (0.0 if iteration < cfg.adversarial_warmup_iterations
+                                   else cfg.lambda_adv)
         with self._autocast():
             loss_d, parts = self._critic_loss(a, b, gp_weights, warmup)
         optimizer_step(self.opt_d, loss_d)

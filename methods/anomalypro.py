@@ -95,23 +95,26 @@ def critic_loss(generator: Generator, critic: nn.Module, a: torch.Tensor, b: tor
 
 
 def generator_loss(generator: Generator, critic: nn.Module, a: torch.Tensor, b: torch.Tensor,
-                   cfg: AnomalyProConfig, warmup: bool = False) -> tuple[torch.Tensor, dict]:
+                   cfg: AnomalyProConfig, warmup: bool = False,
+                   lambda_adv: float | None = None) -> tuple[torch.Tensor, dict]:
     """lambda_adv * adversarial on B0(A) and B0(B) + identity + reconstruction + mask terms.
 
     During the mask warm-up (`warmup`) B_int alone is trained to look healthy: adversarial on
-    B_int(A) and B_int(B) + identity; the reconstruction and mask terms are off."""
+    B_int(A) and B_int(B) + identity; the reconstruction and mask terms are off. `lambda_adv`:
+    this iteration's adversarial weight (0 during an adversarial warm-up), else the config's."""
+    lambda_adv = cfg.lambda_adv if lambda_adv is None else lambda_adv
     b_int_a, mask_a = generator(a)
     b_int_b, mask_b = generator(b)
     identity = torch.mean(torch.abs(b - b_int_b))
     if warmup:
         adversarial = -critic(b_int_a).mean() - critic(b_int_b).mean()
-        loss = cfg.lambda_adv * adversarial + cfg.lambda_id * identity
+        loss = lambda_adv * adversarial + cfg.lambda_id * identity
         return loss, {"g_adv": adversarial, "g_id": identity}
     adversarial = -critic(translate(a, b_int_a, mask_a)).mean() \
         - critic(translate(b, b_int_b, mask_b)).mean()
     reconstruction = torch.mean(torch.abs(a - reconstruct(a, b_int_a, mask_a)))
     masks = 0.5 * (mask_loss(mask_a) + mask_loss(mask_b))
-    loss = (cfg.lambda_adv * adversarial + cfg.lambda_id * identity
+    loss = (lambda_adv * adversarial + cfg.lambda_id * identity
             + cfg.lambda_rec * reconstruction + cfg.lambda_mask * masks)
     return loss, {"g_adv": adversarial, "g_id": identity, "g_rec": reconstruction,
                   "g_mask": masks}
@@ -199,7 +202,8 @@ class AnomalyPro(TranslationGAN):
 
     def _generator_loss(self, a: torch.Tensor, b: torch.Tensor,
                         warmup: bool) -> tuple[torch.Tensor, dict]:
-        return generator_loss(self.generator, self.critic, a, b, self.config, warmup)
+        return generator_loss(self.generator, self.critic, a, b, self.config, warmup,
+                              self.adversarial_weight)
 
     def _warming_up(self, iteration: int) -> bool:
         return iteration < self.config.mask_warmup_iterations

@@ -89,7 +89,7 @@ class Brainomaly(TranslationGAN):
                         warmup: bool) -> tuple[torch.Tensor, dict]:
         adversarial = -self.critic(self.generator(a)).mean()
         identity = torch.mean(torch.abs(b - self.generator(b)))
-        loss = self.config.lambda_adv * adversarial + self.config.lambda_id * identity
+        loss = self.adversarial_weight * adversarial + self.config.lambda_id * identity
         return loss, {"g_adv": adversarial, "g_id": identity}
 
 

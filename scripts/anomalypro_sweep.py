@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from benchmark import metrics
+from benchmark.competence import OutputFollowing, competence
 from benchmark.data.cards import load_card
 from benchmark.data.prepared import prepare
 from benchmark.running import training_set
@@ -61,10 +62,19 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "longer (2x budget)": {"budget_factor": 2.0},
     "warm-up + bias -2 + 2x budget": {"mask_warmup_fraction": 1 / 3, "mask_logit_bias": -2.0,
                                       "budget_factor": 2.0},
+    # Issue 24: the adversarial term destroys the identity the generator can learn.
+    "adv 0.3": {"lambda_adv": 0.3},
+    "adv 0.1": {"lambda_adv": 0.1},
+    "adv 0.03": {"lambda_adv": 0.03},
+    "adv warm-up 1/2": {"adversarial_warmup_fraction": 0.5},
+    "adv warm-up 1/2 + adv 0.3": {"adversarial_warmup_fraction": 0.5, "lambda_adv": 0.3},
+    "resize + adv 0.1": {"upsample": "resize", "lambda_adv": 0.1},
+    "resize + adv warm-up 1/2": {"upsample": "resize", "adversarial_warmup_fraction": 0.5},
+    "critic 1 step": {"critic_steps_per_g": 1},
 }
 
 #: Keys of a candidate that are not config fields.
-SCHEDULE_KEYS = ("mask_warmup_fraction", "budget_factor")
+SCHEDULE_KEYS = ("mask_warmup_fraction", "adversarial_warmup_fraction", "budget_factor")
 
 
 def quick_config(image_size: int) -> AnomalyProConfig:
@@ -78,8 +88,10 @@ def candidate_config(base: AnomalyProConfig, overrides: dict[str, Any],
     fields = {k: v for k, v in overrides.items() if k not in SCHEDULE_KEYS}
     iterations = int(base.iterations * factor * overrides.get("budget_factor", 1.0))
     warmup = int(iterations * overrides.get("mask_warmup_fraction", 0.0))
+    adversarial_warmup = int(iterations * overrides.get("adversarial_warmup_fraction", 0.0))
     return dataclasses.replace(base, **fields, iterations=iterations,
-                               decay_iterations=iterations // 4, mask_warmup_iterations=warmup)
+                               decay_iterations=iterations // 4, mask_warmup_iterations=warmup,
+                               adversarial_warmup_iterations=adversarial_warmup)
 
 
 def run(name: str, cfg: AnomalyProConfig, data: Any, seed: int) -> dict[str, Any]:
@@ -89,9 +101,16 @@ def run(name: str, cfg: AnomalyProConfig, data: Any, seed: int) -> dict[str, Any
     method.fit(train, seed=seed, device=torch.device("cpu"))
     fit_seconds = time.perf_counter() - started
     val = train.validation
+    prediction = method.predict(val.images, maps=False, extras=True)
+    follow = OutputFollowing()
+    follow.add(val.images.mean(axis=1), prediction.extras[AnomalyPro.output_extra])
+    checks = competence(prediction.scores, val.labels, inputs=val.images, outputs=follow)
     row = {"setting": name, "seed": seed, "iterations": cfg.iterations,
            "fit_seconds": round(fit_seconds, 1),
-           "val_auc": round(metrics.roc_auc(val.labels, method.score(val.images)), 4),
+           "val_auc": round(metrics.roc_auc(val.labels, prediction.scores), 4),
+           "competent": checks["competent"], "competence_failed": checks["competence_failed"],
+           "output_correlation": round(float(checks["output_correlation"]), 4),
+           "healthy_psnr_gain_db": round(float(checks["healthy_psnr_gain_db"]), 3),
            **{k: round(v, 4) for k, v in method.run_metrics.items()},
            "selected_iteration": method.run_info.get("selected_iteration"),
            "config": dataclasses.asdict(cfg)}
