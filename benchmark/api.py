@@ -249,6 +249,13 @@ class Method(ABC):
         """The prediction for one batch (float32, N <= predict_batch_size), called without
         gradients and with the networks in eval mode. Compute maps / extras only if asked."""
 
+    def competence_checks(self, extras: dict[str, np.ndarray],
+                          labels: np.ndarray) -> dict[str, tuple[float, bool]]:
+        """Checks of its own that say whether this method learned (name -> (value, passed)),
+        from its validation prediction's diagnostic extras and labels; names and meanings in
+        benchmark/competence.py. None by default."""
+        return {}
+
     # -- services for subclasses --------------------------------------------------------------
 
     def add_network(self, name: str, module: nn.Module, *,

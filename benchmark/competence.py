@@ -23,6 +23,11 @@ from the validation split only (never the test split), after the method has scor
     mean healthy validation image for each: above 0 dB, the model reconstructs healthy
     images better than knowing nothing about the input would.
 
+- Method-specific checks (`Method.competence_checks`): AnomalyPro's mask M must be higher on
+  diseased than on healthy images (`mask_follows_input`, by MASK_MARGIN) and not saturated
+  (`mask_not_saturated`): a translation that is the input plus one fixed pattern passes the
+  output checks above, and is caught here.
+
 A run that fails any check is logged `competent=false` with the failed checks named
 (`competence_failed`); reports mark it and never bold or rank it (benchmark/report.py).
 """
@@ -38,7 +43,12 @@ from benchmark import metrics
 SCORE_SPREAD_MIN = 1e-3
 OUTPUT_CORRELATION_MIN = 0.5
 PSNR_GAIN_MIN_DB = 0.0
-CHECKS = ("score_spread", "val_auc", "output_correlation", "healthy_psnr_gain_db")
+#: Mean M on diseased minus healthy validation images that counts as "higher": a mask marking
+#: only the lesions raises the diseased mean by about the lesions' share of the image (1-2% on
+#: the synthetic set); a difference of 1e-4 between two near-constant masks is noise.
+MASK_MARGIN = 0.005
+CHECKS = ("score_spread", "val_auc", "output_correlation", "healthy_psnr_gain_db",
+          "mask_follows_input", "mask_not_saturated")
 #: What each failed check means, for reports and logs.
 CHECK_TEXT = {
     "score_spread": "the scores barely vary across inputs",
@@ -47,6 +57,9 @@ CHECK_TEXT = {
                            f"< {OUTPUT_CORRELATION_MIN})"),
     "healthy_psnr_gain_db": ("healthy inputs come back no closer to themselves than the mean "
                              "healthy image"),
+    "mask_follows_input": (f"the mask M is not higher on diseased than on healthy images (by "
+                           f"{MASK_MARGIN})"),
+    "mask_not_saturated": "the mask M saturated (0 or 1 almost everywhere on healthy images)",
 }
 
 
@@ -114,10 +127,13 @@ def healthy_psnr_gain(inputs: np.ndarray, labels: np.ndarray,
 
 
 def competence(scores: np.ndarray, labels: np.ndarray, *, inputs: np.ndarray | None = None,
-               outputs: OutputFollowing | None = None) -> dict[str, float | str | bool]:
+               outputs: OutputFollowing | None = None,
+               method_checks: dict[str, tuple[float, bool]] | None = None
+               ) -> dict[str, float | str | bool]:
     """The checks' values on a labelled split (validation), `competent` and the failed checks
     ("" when none). `outputs` only for methods with an output image; `inputs` (N, C, H, W)
-    with it, for the healthy PSNR's trivial baseline."""
+    with it, for the healthy PSNR's trivial baseline; `method_checks`: the method's own
+    (name -> (value, passed)), from `Method.competence_checks`."""
     values: dict[str, float | str | bool] = {"score_spread": score_spread(scores)}
     failed = [] if values["score_spread"] >= SCORE_SPREAD_MIN else ["score_spread"]
     if 0 < int(np.sum(labels)) < len(labels):
@@ -133,6 +149,10 @@ def competence(scores: np.ndarray, labels: np.ndarray, *, inputs: np.ndarray | N
                 inputs, labels, outputs.squared_error())
             if not values["healthy_psnr_gain_db"] > PSNR_GAIN_MIN_DB:
                 failed.append("healthy_psnr_gain_db")
+    for name, (value, passed) in (method_checks or {}).items():
+        values[name] = value
+        if not passed:
+            failed.append(name)
     values["competent"] = not failed
     values["competence_failed"] = ",".join(failed)
     return values

@@ -130,9 +130,10 @@ def competence_values(method: Method, data: PreparedDataset, val: SplitPredictio
                       follow: OutputFollowing | None) -> dict[str, float | str | bool]:
     """The competence checks (benchmark/competence.py) on the validation split's images: its
     labels are read here, after both splits were scored."""
-    return competence(val.scores, data.labels_of("val"),
+    labels = data.labels_of("val")
+    return competence(val.scores, labels,
                       inputs=data.images_of("val") if follow is not None else None,
-                      outputs=follow)
+                      outputs=follow, method_checks=method.competence_checks(val.extras, labels))
 
 
 def image_threshold(val_labels: np.ndarray, val_units: np.ndarray) -> tuple[float, str]:

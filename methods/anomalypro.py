@@ -241,6 +241,20 @@ class AnomalyPro(TranslationGAN):
         after selection; logged as test_mask_*)."""
         return mask_diagnostics(prediction.extras["mask M"], labels, lesions)
 
+    def competence_checks(self, extras: dict[str, np.ndarray],
+                          labels: np.ndarray) -> dict[str, tuple[float, bool]]:
+        """The mask must mark the diseased images more than the healthy ones and must not
+        have saturated (benchmark/competence.py: MASK_MARGIN, and the saturation bounds)."""
+        from benchmark.competence import MASK_MARGIN
+
+        if "mask M" not in extras or not 0 < int(labels.sum()) < len(labels):
+            return {}
+        values = mask_diagnostics(extras["mask M"], labels, None)
+        margin = values["mask_mean_diseased"] - values["mask_mean_healthy"]
+        healthy = values["mask_mean_healthy"]
+        return {"mask_follows_input": (margin, margin >= MASK_MARGIN),
+                "mask_not_saturated": (healthy, not mask_saturation_warning(values))}
+
     def masks(self, images: np.ndarray) -> np.ndarray:
         """The generator's mask M (N, H, W) in [0, 1], at the input's size."""
         return self.predict(images, maps=False, extras=True).extras["mask M"]

@@ -142,3 +142,22 @@ def test_a_run_that_did_not_learn_is_marked_never_bold_never_ranked(tracking_uri
     assert "autoencoder did not learn (validation checks failed: seed 0:" in report
     statistics = select_runs(tracking_uri, "tiny").statistics
     assert list(statistics.method) == ["padim"]  # the best is chosen among those that learned
+
+
+def test_anomalypro_fails_when_its_mask_does_not_mark_the_diseased_images():
+    from methods.anomalypro import AnomalyPro
+
+    labels = np.array([0] * 10 + [1] * 10)
+    rng = np.random.default_rng(0)
+    lattice = (rng.random((8, 8)) < 0.3).astype(np.float32)  # one pattern for every input
+    same = {"mask M": np.broadcast_to(lattice, (20, 8, 8)).copy()}
+    checks = AnomalyPro().competence_checks(same, labels)
+    assert checks["mask_follows_input"] == (0.0, False)
+    verdict = competence(labels + 0.01 * np.arange(20), labels, method_checks=checks)
+    assert verdict["competence_failed"] == "mask_follows_input"
+    marked = same["mask M"].copy() * 0.1
+    marked[10:, 2:4, 2:4] = 1.0  # lesions marked on the diseased images only
+    checks = AnomalyPro().competence_checks({"mask M": marked}, labels)
+    assert checks["mask_follows_input"][1] and checks["mask_not_saturated"][1]
+    saturated = AnomalyPro().competence_checks({"mask M": np.ones((20, 8, 8))}, labels)
+    assert saturated["mask_not_saturated"][1] is False
