@@ -248,6 +248,10 @@ def _parse_settings(items: tuple[str, ...], weights: tuple[str, ...],
                    "per run (pip install 'medad-bench[ray]').")
 @click.option("--jobs", type=click.IntRange(1), default=1, show_default=True,
               help="Runs at a time with --executor local (worker processes).")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="Torch threads of every run, whatever this machine's cores (a run's AUC "
+                   "depends on it; the CI gate pins 1). Default: the cores shared among "
+                   "--jobs.")
 @click.option("--ray-address", default=None, metavar="ADDRESS",
               help="Join this Ray cluster (e.g. ray://head:10001); default: start a local one.")
 @click.option("--force", is_flag=True,
@@ -261,7 +265,7 @@ def run(methods: str, dataset: str, seeds: str, profile: str, device: str,
         data_root: Path | None, allow_external_links: bool, weights: tuple[str, ...],
         settings: tuple[str, ...],
         select: str | None, contaminated: bool, no_progress: bool, executor: str, jobs: int,
-        ray_address: str | None, force: bool, deterministic: bool,
+        threads: int | None, ray_address: str | None, force: bool, deterministic: bool,
         tracking_uri: str | None) -> None:
     """Train and evaluate methods on a dataset; log every run to MLflow.
 
@@ -278,6 +282,16 @@ def run(methods: str, dataset: str, seeds: str, profile: str, device: str,
 
     names = parse_method_list(methods)
     overrides = _parse_settings(settings, weights, names)
+    if threads is not None:
+        import torch
+
+        from benchmark.planning import THREADS_ENV
+
+        if executor == "ray":
+            raise UsageError("--threads applies to --executor local; Ray sets each task's "
+                             "threads from its CPUs.")
+        os.environ[THREADS_ENV] = str(threads)  # worker processes get it through the plan
+        torch.set_num_threads(threads)
     # Only --set counts as tuning: --weights and --select pick among documented choices.
     tuned: dict[str, list[str]] = {}
     for item in settings:

@@ -223,8 +223,16 @@ def methods_with_their_data(plan: RunPlan, data: PreparedDataset) -> list[str]:
     return kept
 
 
+#: `bench run --threads N` pins every run's torch threads to N, whatever the machine: a
+#: reference recorded with N threads is reproduced on any core count (the CI gate pins 1).
+THREADS_ENV = "BENCH_THREADS"
+
+
 def threads_per_worker(parallel: int) -> int:
-    """Torch threads each of `parallel` concurrent runs gets: the cores shared evenly."""
+    """Torch threads each of `parallel` concurrent runs gets: $BENCH_THREADS where pinned,
+    else the cores shared evenly."""
+    if os.environ.get(THREADS_ENV):
+        return int(os.environ[THREADS_ENV])
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, (cores or 1) // max(1, parallel))
 

@@ -52,12 +52,26 @@ def reference_from(data: ReportData, tolerance: float = DEFAULT_TOLERANCE) -> di
     return {
         "format": FORMAT_VERSION,
         "dataset": data.dataset,
+        "identity": run_environment(data.runs),
         "profile": data.profile,
         "split_hash": data.split_hash,
         "data_version": data.data_version,
         "tolerance": tolerance,
         "methods": methods,
     }
+
+
+#: What a run's AUC depends on besides code, data and weights, as the runs logged it: a GAN
+#: trained with 1 torch thread ends elsewhere than with 2 (float reduction order), and so may
+#: another torch version or device. A reference is comparable only with runs made alike.
+ENVIRONMENT = {"torch_threads": "torch threads", "torch_version": "torch",
+               "device": "device"}
+
+
+def run_environment(runs: pd.DataFrame) -> dict[str, str]:
+    """Each ENVIRONMENT field's value(s) over the runs ("1", or "1/2" where they differ)."""
+    return {key: "/".join(sorted({str(v) for v in runs[key] if str(v)})) if key in runs else ""
+            for key in ENVIRONMENT}
 
 
 def write_reference(reference: dict[str, Any], path: Path) -> None:
@@ -88,6 +102,11 @@ def compare(reference: dict[str, Any], data: ReportData,
     """Compare the latest runs in `data` with `reference`, seed by seed."""
     tolerance = reference.get("tolerance", DEFAULT_TOLERANCE) if tolerance is None else tolerance
     problems = _data_problems(reference, data)
+    mismatch = _environment_mismatch(reference, data.runs)
+    if mismatch:
+        # Not a rise or a fall: numbers made under another environment say nothing about the
+        # code. The table still shows them, marked.
+        problems.append(mismatch)
     rows = []
     for method, entry in reference["methods"].items():
         runs = data.runs[data.runs.method == method]
@@ -107,7 +126,9 @@ def compare(reference: dict[str, Any], data: ReportData,
             current = float(by_seed[seed])
             delta = current - ref_auc
             status = "ok"
-            if delta < -tolerance:
+            if mismatch:
+                status = "NOT COMPARABLE"
+            elif delta < -tolerance:
                 status = "FELL"
                 problems.append(f"{method} seed {seed}: AUC {current:.4f} fell {-delta:.4f} below "
                                 f"the reference {ref_auc:.4f} (tolerance {tolerance}).")
@@ -145,6 +166,25 @@ def _data_problems(reference: dict[str, Any], data: ReportData) -> list[str]:
             f"{reference['data_version']}: the images changed (card or generator), so AUCs are "
             f"not comparable. If the change is intended, re-record with --update.")
     return problems
+
+
+def _environment_mismatch(reference: dict[str, Any], runs: pd.DataFrame) -> str:
+    """"not comparable: recorded with X, run with Y; ..." where the runs' environment differs
+    from the reference's (references recorded before it was stored: not checked)."""
+    recorded = reference.get("identity") or {}
+    now = run_environment(runs)
+    differs = {key: (recorded[key], now.get(key, "")) for key in ENVIRONMENT
+               if recorded.get(key) and now.get(key) and recorded[key] != now.get(key)}
+    if not differs:
+        return ""
+    was = ", ".join(f"{ENVIRONMENT[k]} {old}" for k, (old, _) in differs.items())
+    is_now = ", ".join(f"{ENVIRONMENT[k]} {new}" for k, (_, new) in differs.items())
+    hint = (f"rerun with `bench run ... --threads {recorded['torch_threads']}`"
+            if "torch_threads" in differs and "/" not in recorded["torch_threads"] else
+            "rerun in the reference's environment")
+    return (f"not comparable: the reference was recorded with {was}, the runs were made with "
+            f"{is_now}; no AUC is judged. {hint[0].upper() + hint[1:]}, or re-record the "
+            f"reference with --update if this environment is the new baseline.")
 
 
 def _weights_problems(method: str, entry: dict[str, Any], runs: pd.DataFrame) -> list[str]:

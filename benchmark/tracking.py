@@ -353,6 +353,10 @@ def finished_runs(uri: str, dataset: str) -> pd.DataFrame:
                 "tuned": params.get("tuned", "false"),
                 "tuned_fields": params.get("tuned_fields", ""),
                 "deterministic": params.get("deterministic", "false"),
+                # What a recorded AUC depends on beyond code and data (benchmark/regression.py).
+                "torch_threads": params.get("torch_threads", ""),
+                "torch_version": params.get("version.torch", ""),
+                "device": params.get("device", ""),
                 # "" for runs logged before the competence checks existed: unchecked.
                 "competent": params.get("competent", ""),
                 "competence_failed": params.get("competence_failed", ""),
