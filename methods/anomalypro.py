@@ -142,6 +142,11 @@ class AnomalyProConfig(TranslationConfig):
             raise ValueError("mask_warmup_iterations must be within [0, iterations)")
 
 
+#: What the quick profile changes from the published loss and upsampling so that the quick
+#: generator learns an input-following translation (issue 24; the figures: profile_config).
+QUICK_LEARNING_SETTINGS = {"upsample": "resize", "lambda_adv": 0.1}
+
+
 # ----------------------------------------------------------------------------- the method
 
 
@@ -174,15 +179,26 @@ class AnomalyPro(TranslationGAN):
         - lr 5e-4 instead of 1e-4: validation AUC 0.572 vs 0.562 (seed 0);
         - channels_last (1.2x faster on 2 CPU cores, `bench perf`).
 
-        The loss weights, mask terms, upsampling and initialisation are the published ones: no
-        candidate of the issue-11 sweep (adversarial weight, critic depth, mask-logit bias,
-        resize upsampling, lr, 64 px, a longer schedule, a B_int warm-up, combinations) made M
-        follow the input on validation images, and the three run on seeds 0-2 did not differ
-        (median validation AUC 0.572 published, 0.569 warm-up, 0.566 warm-up + resize).
+        - issue 24: nearest-neighbour resize + 3x3 conv upsampling instead of transposed
+          convolutions (`upsample = "resize"`), and the adversarial weight 0.1 instead of 1
+          (`lambda_adv`). With the published pair the quick generator emits one texture for
+          every input on the synthetic set (validation AUC 0.480; output correlation across
+          images 0.37; healthy PSNR 7.7 dB below the mean healthy image) and the input plus a
+          fixed lattice of transposed-convolution dots on PneumoniaMNIST (0.608). Of 11
+          candidates (scripts/anomalypro_sweep.py, seed 0, both datasets' validation splits
+          only), this pair had the highest mean validation AUC among those passing the general
+          competence checks on both (0.609 synthetic, 0.734 PneumoniaMNIST; output correlation
+          0.97 / 0.98; healthy PSNR gain +11.7 / +15.3 dB). Its mask still does not mark the
+          diseased images (mean M 0.136 on healthy and on diseased synthetic validation images):
+          no candidate did, so AnomalyPro's runs fail the mask check and are reported as such.
+
+        The mask terms and initialisation are the published ones; the issue-11 sweep (critic
+        depth, mask-logit bias, lr, 64 px, a longer schedule, a B_int warm-up) moved nothing.
         """
         if profile == "full":
             return AnomalyProConfig()
-        return AnomalyProConfig(**quick_translation_settings(image_size))
+        return AnomalyProConfig(**{**quick_translation_settings(image_size),
+                                   **QUICK_LEARNING_SETTINGS})
 
     # -- the pieces of the shared loop ------------------------------------------------------
 
