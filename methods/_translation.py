@@ -193,6 +193,9 @@ class TranslationGAN(GANMethod):
     uses = ("normal", "unlabeled")
     output_extra = "translated"
     config: TranslationConfig
+    #: This iteration's adversarial weight (0 during the adversarial warm-up), set by the
+    #: training step; None outside it: the config's lambda_adv.
+    adversarial_weight: float | None = None
 
     # -- what a subclass supplies ------------------------------------------------------------
 

@@ -89,7 +89,9 @@ class Brainomaly(TranslationGAN):
                         warmup: bool) -> tuple[torch.Tensor, dict]:
         adversarial = -self.critic(self.generator(a)).mean()
         identity = torch.mean(torch.abs(b - self.generator(b)))
-        loss = self.adversarial_weight * adversarial + self.config.lambda_id * identity
+        weight = self.config.lambda_adv if self.adversarial_weight is None else \
+            self.adversarial_weight
+        loss = weight * adversarial + self.config.lambda_id * identity
         return loss, {"g_adv": adversarial, "g_id": identity}
 
 
