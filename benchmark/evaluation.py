@@ -127,12 +127,13 @@ def evaluate(method: Method, data: PreparedDataset, val: SplitPrediction,
 
 
 def competence_values(method: Method, data: PreparedDataset, val: SplitPrediction,
+                      val_images: np.ndarray,
                       follow: OutputFollowing | None) -> dict[str, float | str | bool]:
-    """The competence checks (benchmark/competence.py) on the validation split's images: its
-    labels are read here, after both splits were scored."""
+    """The competence checks (benchmark/competence.py) on the validation split (`val_images`,
+    predicted as `val`, its outputs streamed into `follow`): its labels are read here, after
+    both splits were scored."""
     labels = data.labels_of("val")
-    return competence(val.scores, labels,
-                      inputs=data.images_of("val") if follow is not None else None,
+    return competence(val.scores, labels, inputs=val_images if follow is not None else None,
                       outputs=follow, method_checks=method.competence_checks(val.extras, labels))
 
 

@@ -185,8 +185,8 @@ def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, see
         started = time.perf_counter()
         has_masks = data.masks_of("val") is not None
         follow = OutputFollowing() if method.output_extra else None
-        val = evaluation.predict_split(method, data.images_of("val"), keep_maps=has_masks,
-                                       follow=follow)
+        val_images = data.images_of("val")
+        val = evaluation.predict_split(method, val_images, keep_maps=has_masks, follow=follow)
         test_images = data.images_of("test")
         samples = evaluation.sample_rows(data.labels_of("test"))
         test = evaluation.predict_split(method, test_images, keep_maps=has_masks,
@@ -195,7 +195,7 @@ def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, see
 
         values = evaluation.evaluate(method, data, val, test)
         values.update(_log_competence(run, label, evaluation.competence_values(
-            method, data, val, follow)))
+            method, data, val, val_images, follow)))
         values.update({
             "fit_seconds": fit_seconds,
             "score_seconds": score_seconds,

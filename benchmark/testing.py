@@ -615,16 +615,10 @@ def _competence_details(session: _Session, config: Any, scale: int | None) -> di
     """The competence checks (benchmark/competence.py) of the lesion check's fit, on its test
     images: recorded in the result's details, so a method's conformance report says whether
     the short fit learned."""
-    from benchmark.competence import OutputFollowing, competence
+    from benchmark.competence import competence_of
 
     method = session.fit("lesions", 0, scale=scale)
-    images, labels = session.data.test_images, session.data.test_labels
-    prediction = method.predict(images, maps=False, extras=session.cls.output_extra is not None)
-    follow = None
-    if session.cls.output_extra is not None:
-        follow = OutputFollowing()
-        follow.add(images.mean(axis=1), prediction.extras[session.cls.output_extra])
-    values = competence(prediction.scores, labels, inputs=images, outputs=follow)
+    values = competence_of(method, session.data.test_images, session.data.test_labels)
     return {f"competence_{k}" if k not in ("competent", "competence_failed") else k: v
             for k, v in values.items()}
 

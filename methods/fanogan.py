@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from benchmark.api import Prediction, TrainSet, register_method
 from methods._budget import steps_for
@@ -53,10 +52,10 @@ class FanoganConfig:
     score_batch_size: int = 64
 
 
-def izi_f(x: torch.Tensor, generator: nn.Module, encoder: nn.Module, critic: ImageEncoder,
+def izi_f(x: torch.Tensor, rebuilt: torch.Tensor, critic: ImageEncoder,
           kappa: float) -> torch.Tensor:
-    """Per-image izi_f residual: MSE(x, x') + kappa * MSE(f(x), f(x')), x' = G(E(x))."""
-    rebuilt = generator(encoder(x))
+    """Per-image izi_f residual: MSE(x, x') + kappa * MSE(f(x), f(x')), x' = G(E(x)) given
+    as `rebuilt` (scoring shows it too)."""
     image_term = ((x - rebuilt) ** 2).flatten(1).mean(1)
     feature_term = ((critic.features(x) - critic.features(rebuilt)) ** 2).mean(1)
     return image_term + kappa * feature_term
@@ -154,7 +153,7 @@ class Fanogan(GANMethod):
             net.eval()
             net.requires_grad_(False)
         x = self.images[self.batches.next()]
-        loss = izi_f(x, self.generator, self.encoder, self.critic, self.config.kappa).mean()
+        loss = izi_f(x, self.generator(self.encoder(x)), self.critic, self.config.kappa).mean()
         optimizer_step(self.opt_e, loss)
         return {"izi_f": loss.detach()}
 
@@ -162,7 +161,7 @@ class Fanogan(GANMethod):
 
     def _predict(self, images: np.ndarray, *, maps: bool, extras: bool) -> Prediction:
         x = self._model_input(images)
-        residual = izi_f(x, self.generator, self.encoder, self.critic, self.config.kappa)
-        shown = ({RECONSTRUCTION: image_extra(self.generator(self.encoder(x)), images.shape[-2:])}
-                 if extras else {})
+        rebuilt = self.generator(self.encoder(x))
+        residual = izi_f(x, rebuilt, self.critic, self.config.kappa)
+        shown = {RECONSTRUCTION: image_extra(rebuilt, images.shape[-2:])} if extras else {}
         return Prediction(residual.float().cpu().numpy(), extras=shown)

@@ -28,8 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmark import metrics
-from benchmark.competence import OutputFollowing, competence
+from benchmark.competence import competence_of
 from benchmark.data.cards import load_card
 from benchmark.data.prepared import prepare
 from benchmark.running import training_set
@@ -101,13 +100,10 @@ def run(name: str, cfg: AnomalyProConfig, data: Any, seed: int) -> dict[str, Any
     method.fit(train, seed=seed, device=torch.device("cpu"))
     fit_seconds = time.perf_counter() - started
     val = train.validation
-    prediction = method.predict(val.images, maps=False, extras=True)
-    follow = OutputFollowing()
-    follow.add(val.images.mean(axis=1), prediction.extras[AnomalyPro.output_extra])
-    checks = competence(prediction.scores, val.labels, inputs=val.images, outputs=follow)
+    checks = competence_of(method, val.images, val.labels)
     row = {"setting": name, "seed": seed, "iterations": cfg.iterations,
            "fit_seconds": round(fit_seconds, 1),
-           "val_auc": round(metrics.roc_auc(val.labels, prediction.scores), 4),
+           "val_auc": round(float(checks["val_auc"]), 4),
            "competent": checks["competent"], "competence_failed": checks["competence_failed"],
            "output_correlation": round(float(checks["output_correlation"]), 4),
            "healthy_psnr_gain_db": round(float(checks["healthy_psnr_gain_db"]), 3),

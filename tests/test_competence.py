@@ -101,7 +101,7 @@ def _checks(method: Method, data) -> dict:
     follow = OutputFollowing()
     val = evaluation.predict_split(method, data.images_of("val"), keep_maps=False,
                                    follow=follow)
-    return evaluation.competence_values(method, data, val, follow)
+    return evaluation.competence_values(method, data, val, data.images_of("val"), follow)
 
 
 def test_a_method_that_outputs_one_image_for_every_input_is_flagged(tiny):

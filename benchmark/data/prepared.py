@@ -182,11 +182,21 @@ def synthetic_config(card: DatasetCard) -> synthetic.SyntheticConfig:
         raise BenchError(f"dataset card {card.path}: {exc}. Fix the card.") from exc
 
 
+def root_env_name(card: DatasetCard) -> str:
+    """$BENCH_<NAME>_ROOT: where a user points the suite at a dataset's folder."""
+    return f"BENCH_{card.name.upper().replace('-', '_')}_ROOT"
+
+
+def bundled_root(card: DatasetCard) -> Path | None:
+    """The folder of the data shipped with the card (relative to the card's folder), if any."""
+    return card.path.parent / card.bundled_data_root if card.bundled_data_root else None
+
+
 def resolve_data_root(card: DatasetCard, data_root: Path | None) -> Path:
     """The folder holding a real dataset; a clear error saying where to get it if missing."""
-    env_name = f"BENCH_{card.name.upper().replace('-', '_')}_ROOT"
-    bundled = card.path.parent / card.bundled_data_root if card.bundled_data_root else None
-    candidate = data_root or os.environ.get(env_name) or bundled or card.default_data_root
+    env_name = root_env_name(card)
+    candidate = (data_root or os.environ.get(env_name) or bundled_root(card)
+                 or card.default_data_root)
     if not candidate:
         raise BenchError(
             f"dataset '{card.name}' needs its data: pass --data-root PATH or set {env_name}."
@@ -216,13 +226,14 @@ def download_dataset(card: DatasetCard, data_root: Path | None) -> tuple[Path, b
             f"Put it there laid out as:\n{card.layout.rstrip()}")
     from benchmark.data import medmnist
 
-    env_name = f"BENCH_{card.name.upper().replace('-', '_')}_ROOT"
-    if data_root is None and not os.environ.get(env_name) and card.bundled_data_root:
-        bundled = card.path.parent / card.bundled_data_root
-        if (bundled / medmnist.settings_of(card)[2]).is_file():
-            return bundled / medmnist.settings_of(card)[2], False
-    candidate = data_root or os.environ.get(env_name) or card.default_data_root or "~/.medmnist"
-    return medmnist.download(card, Path(candidate).expanduser())
+    given = data_root or os.environ.get(root_env_name(card))
+    shipped = bundled_root(card)
+    if not given and shipped is not None:
+        path = shipped / medmnist.settings_of(card)[2]
+        if path.is_file():
+            return path, False
+    return medmnist.download(card, Path(given or card.default_data_root or "~/.medmnist")
+                             .expanduser())
 
 
 def _cache_key(card: DatasetCard, extra: str = "") -> str:
