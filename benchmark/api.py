@@ -183,6 +183,11 @@ class Method(ABC):
     #: is refused before any training, with that reason.
     min_image_size: ClassVar[int] = 1
     min_image_size_reason: ClassVar[str] = ""
+    #: The config fields that set how much the method trains (steps, epochs, and the
+    #: schedules measured in steps), scaled together by `budget_overrides` for
+    #: `bench run --budget-scale`. Empty: the method does not train iteratively (a feature
+    #: method sees each training image once), so a budget scale does not apply to it.
+    budget_fields: ClassVar[tuple[str, ...]] = ()
     Config: ClassVar[type]
 
     def __init__(self, config: Any = None, *, workdir: Path | str | None = None) -> None:
@@ -313,6 +318,19 @@ class Method(ABC):
         the budget unit that makes quick profiles comparable. None: no iterative training
         (a feature method sees each training image once)."""
         return None
+
+    @classmethod
+    def budget_overrides(cls, config: Any, scale: float) -> dict[str, Any]:
+        """The config changes that train `scale` times as long: every non-zero field of
+        `budget_fields` multiplied (rounded, at least 1), so the schedules keep their share of
+        the run. Empty for scale 1 and for a method without budget fields."""
+        if scale == 1:
+            return {}
+        values = {name: getattr(config, name) for name in cls.budget_fields
+                  if getattr(config, name, 0)}
+        if values.get("iterations"):
+            values.pop("epochs", None)  # a step count, where set, overrides epochs: unused
+        return {name: max(1, round(value * scale)) for name, value in values.items()}
 
     @classmethod
     def calibration_overrides(cls, config: Any, scale: int) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -179,6 +180,32 @@ def _has_setting(method: str, name: str) -> bool:
     return name in {f.name for f in dataclasses.fields(get_method(method).Config)}
 
 
+def _parse_budget_scales(text: str, methods: list[str]) -> list[float]:
+    """'0.25,1,4' -> [0.25, 1.0, 4.0], each positive, at least one method they apply to."""
+    from benchmark.planning import without_budget
+
+    try:
+        scales = [float(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise UsageError(f"--budget-scale takes numbers separated by commas (e.g. "
+                         f"0.25,1,4), got '{text}'.") from None
+    if not scales or any(not scale > 0 for scale in scales):
+        raise UsageError(f"--budget-scale needs positive multiples of the profile's budget "
+                         f"(e.g. 0.25,1,4), got '{text}'.")
+    if any(scale != 1 for scale in scales) and len(without_budget(methods)) == len(methods):
+        raise UsageError(f"--budget-scale scales iterative training; {', '.join(methods)} "
+                         f"train none (they see each training image once). Add an iterative "
+                         f"method to --methods, or drop --budget-scale.")
+    return list(dict.fromkeys(scales))
+
+
+def _trainable_among(methods: list[str]) -> list[str]:
+    from benchmark.planning import without_budget
+
+    fixed = set(without_budget(methods))
+    return [name for name in methods if name not in fixed]
+
+
 def _parse_settings(items: tuple[str, ...], weights: tuple[str, ...],
                     methods: list[str]) -> dict[str, dict[str, Any]]:
     """--set METHOD.FIELD=VALUE and --weights [METHOD=]PATH -> {method: {field: value}}."""
@@ -241,6 +268,13 @@ def _parse_settings(items: tuple[str, ...], weights: tuple[str, ...],
                    "Default: aucp.")
 @click.option("--contaminated", is_flag=True,
               help="Train every method on normal + unlabeled images (contaminated setting).")
+@click.option("--budget-scale", "budget_scales", default="1", show_default=True,
+              metavar="X[,Y,...]",
+              help="Train every iterative method X times its profile's budget (steps, and "
+                   "the schedules in steps, scaled together; e.g. 0.25,1,4,16: one grid per "
+                   "scale). Part of the run identity; Table 1 shows the 1x runs, `bench "
+                   "report --budget-curve` all of them. Methods without iterative training "
+                   "(padim, patchcore) run at 1x only.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (for logs).")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
               show_default=True,
@@ -266,7 +300,7 @@ def run(methods: str, dataset: str, seeds: str, profile: str, device: str,
         settings: tuple[str, ...],
         select: str | None, contaminated: bool, no_progress: bool, executor: str, jobs: int,
         threads: int | None, ray_address: str | None, force: bool, deterministic: bool,
-        tracking_uri: str | None) -> None:
+        tracking_uri: str | None, budget_scales: str = "1") -> None:
     """Train and evaluate methods on a dataset; log every run to MLflow.
 
     Each run has a key (method, resolved config, split hash, data version, seed, code
@@ -281,6 +315,7 @@ def run(methods: str, dataset: str, seeds: str, profile: str, device: str,
     from benchmark.training import IterativeMethod
 
     names = parse_method_list(methods)
+    scales = _parse_budget_scales(budget_scales, names)
     overrides = _parse_settings(settings, weights, names)
     if threads is not None:
         import torch
@@ -314,19 +349,36 @@ def run(methods: str, dataset: str, seeds: str, profile: str, device: str,
     if jobs > 1 and executor != "local":
         raise UsageError("--jobs applies to --executor local; Ray schedules by resources.")
     _stop_cleanly_on_sigterm()
-    results = run_plan(plan)
-    click.echo(f"\n{'method':<12} {'seed':>4}  {'AUC':>6}  {'F1':>6}  {'fit s':>7}  "
-               f"{'train img/s':>11}  {'peak MB':>7}  run id")
-    for result in results:
+    results, budgets = [], []
+    for scale in scales:
+        chosen = names if scale == 1 else _trainable_among(names)
+        scaled = dataclasses.replace(
+            plan, budget_scale=scale, methods=chosen,
+            overrides={m: v for m, v in plan.overrides.items() if m in chosen},
+            tuned={m: v for m, v in plan.tuned.items() if m in chosen})
+        if len(scales) > 1:
+            click.echo(f"\n== budget {scale:g}x: {', '.join(scaled.methods)}", err=True)
+        done = run_plan(scaled)
+        results += done
+        budgets += [f"{scale:g}x"] * len(done)
+    several = len(scales) > 1
+    click.echo(f"\n{'method':<12} {'seed':>4}  " + (f"{'budget':>6}  " if several else "")
+               + f"{'AUC':>6}  {'F1':>6}  {'fit s':>7}  {'train img/s':>11}  {'peak MB':>7}  "
+               f"run id")
+    for result, budget in zip(results, budgets, strict=True):
+        head = f"{result.method:<12} {result.seed:>4}  " + (f"{budget:>6}  " if several else "")
         if result.ok:
             m = result.metrics
             done = "skipped: finished before" if result.skipped else ""
-            click.echo(f"{result.method:<12} {result.seed:>4}  {m['auc']:6.4f}  {m['f1']:6.4f}  "
+            click.echo(f"{head}{m['auc']:6.4f}  {m['f1']:6.4f}  "
                        f"{m['fit_seconds']:7.1f}  {_number(m.get('train_images_per_second')):>11}"
                        f"  {_number(m.get('peak_host_mb')):>7}  {result.run_id} {done}".rstrip())
         else:
-            click.secho(f"{result.method:<12} {result.seed:>4}  FAILED: {result.error}", fg="red")
-    click.echo(f"\nLogged to {plan.tracking_uri}. Table: bench report --dataset {dataset}")
+            click.secho(f"{head}FAILED: {result.error}", fg="red")
+    curve = (f"; AUC against training: bench report --dataset {dataset} --budget-curve"
+             if several else "")
+    click.echo(f"\nLogged to {plan.tracking_uri}. Table: bench report --dataset {dataset}"
+               f"{curve}")
     failed = [r for r in results if not r.ok]
     if failed:
         raise BenchError(f"{len(failed)} of {len(results)} runs failed (see above; the "
@@ -356,6 +408,11 @@ def run(methods: str, dataset: str, seeds: str, profile: str, device: str,
 @click.option("--exclude-tuned", is_flag=True,
               help="Leave out runs made with --set overrides (logged tuned=true). Without it "
                    "they are tabulated and their method marked ‡.")
+@click.option("--budget-curve", is_flag=True,
+              help="Instead of Table 1: validation and test AUC against training images "
+                   "seen, per iterative method and `bench run --budget-scale`, with the "
+                   "smallest budget at which every seed passed the competence checks. Written "
+                   "to results/reports/<dataset>-budget.md and .png (or --out).")
 @click.option("--no-figures", is_flag=True, help="The table only (faster; no figures).")
 @click.option("--no-log", is_flag=True, help="Do not log the report to MLflow.")
 @click.option("--metrics", "metric_names", default=None, metavar="NAME,NAME[,...]",
@@ -366,7 +423,7 @@ def run(methods: str, dataset: str, seeds: str, profile: str, device: str,
 def report(dataset: str, fmt: str, out: Path | None, profile: str | None, contaminated: bool,
            exclude_tuned: bool, no_figures: bool, no_log: bool,
            tracking_uri: str | None, datasets: str | None = None,
-           metric_names: str | None = None) -> None:
+           metric_names: str | None = None, budget_curve: bool = False) -> None:
     """Build Table 1 (a row per method: AUC mean ± std over seeds with its 95% CI and a paired
     test against the best) and the figures: ROC curves, score distributions, anomaly maps,
     cost and the paired comparison. Figures go to results/reports/<dataset>/ (beside --out)
@@ -379,6 +436,9 @@ def report(dataset: str, fmt: str, out: Path | None, profile: str | None, contam
             raise UsageError("--metrics chooses one dataset's Table 1 columns; the table "
                              "across --datasets shows AUC, its 95% CI and F1 per dataset.")
         _cross_report(datasets, fmt, out, profile, contaminated, exclude_tuned, tracking_uri)
+        return
+    if budget_curve:
+        _budget_curve_report(dataset, out, profile, contaminated, tracking_uri)
         return
     from benchmark.report import parse_metrics
 
@@ -395,6 +455,24 @@ def report(dataset: str, fmt: str, out: Path | None, profile: str | None, contam
         if not no_log:
             run_id = log_report_run(built)
             click.echo(f"Logged to MLflow run {run_id} ({built.data.uri}).", err=True)
+
+
+def _budget_curve_report(dataset: str, out: Path | None, profile: str | None,
+                         contaminated: bool, tracking_uri: str | None) -> None:
+    """`bench report --budget-curve`: AUC against training (benchmark.budget_curve)."""
+    from benchmark.budget_curve import budget_curve, to_markdown, write_budget_curve
+    from benchmark.reporting import REPORTS_DIR, card_name
+    from benchmark.tracking import resolve_tracking_uri
+
+    name = card_name(dataset)
+    curve = budget_curve(resolve_tracking_uri(tracking_uri), name, profile, contaminated)
+    if out is not None and str(out) == "-":
+        click.echo(to_markdown(curve))
+        return
+    out = out or REPORTS_DIR / f"{name}{'-contaminated' if contaminated else ''}-budget.md"
+    text_path, figure_path = write_budget_curve(curve, out)
+    click.echo(text_path.read_text())
+    click.echo(f"Written to {text_path}; figure {figure_path}", err=True)
 
 
 def _cross_report(datasets: str, fmt: str, out: Path | None, profile: str | None,

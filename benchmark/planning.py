@@ -80,6 +80,9 @@ class RunPlan:
     deterministic: bool = False
     #: Which checkpoint an iterative method keeps: "aucp" (label-free selection) or "last".
     select: str = "aucp"
+    #: Train every iterative method this many times its profile's budget (its
+    #: `budget_fields` scaled: `bench run --budget-scale`); part of the run identity.
+    budget_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -99,9 +102,21 @@ class RunSpec:
 
 
 def plan_configs(plan: RunPlan, card: Any) -> dict[str, Any]:
-    return {name: make_config(get_method(name), plan.profile, image_size=card.image_size,
-                              channels=card.channels, overrides=plan.overrides.get(name))
-            for name in plan.methods}
+    """Each method's resolved config: its profile's, the --set overrides, then the budget
+    scale (which multiplies the overridden step counts too)."""
+    configs = {}
+    for name in plan.methods:
+        method = get_method(name)
+        config = make_config(method, plan.profile, image_size=card.image_size,
+                             channels=card.channels, overrides=plan.overrides.get(name))
+        scaled = method.budget_overrides(config, plan.budget_scale)
+        configs[name] = dataclasses.replace(config, **scaled) if scaled else config
+    return configs
+
+
+def without_budget(methods: list[str]) -> list[str]:
+    """The methods a budget scale does not apply to (no iterative training)."""
+    return [name for name in methods if not get_method(name).budget_fields]
 
 
 def run_identity(method: str, config: Any, data: PreparedDataset, plan: RunPlan,
@@ -121,6 +136,7 @@ def run_identity(method: str, config: Any, data: PreparedDataset, plan: RunPlan,
                            "tuned": bool(plan.tuned.get(method)),
                            "deterministic": plan.deterministic,
                            "select": selection_rule(method, plan),
+                           "budget_scale": plan.budget_scale,
                            "provenance": provenance}, sort_keys=True, default=str)
     return hashlib.sha256(identity.encode()).hexdigest()[:16]
 
@@ -190,8 +206,9 @@ def make_specs(plan: RunPlan, configs: dict[str, Any], data: PreparedDataset,
         provenance = {**get_method(name).provenance(configs[name]), **environment,
                       "code_version": version}
         identity = run_identity(name, configs[name], data, plan, provenance)
+        scale = f" budget={plan.budget_scale:g}x" if plan.budget_scale != 1 else ""
         specs.append(RunSpec(name, seed, run_key(identity, seed),
-                             f"[{number}/{total}] {name} seed={seed}", configs[name],
+                             f"[{number}/{total}] {name} seed={seed}{scale}", configs[name],
                              identity=identity, provenance=provenance))
     return specs
 

@@ -146,7 +146,9 @@ def select_runs(uri: str, dataset: str, profile: str | None = None,
     if runs.empty:
         raise BenchError(f"no finished runs of dataset '{dataset}' in {uri}. "
                          f"Run `bench run --dataset {dataset}` first (same --tracking-uri).")
-    runs = runs[runs.contaminated == str(contaminated).lower()]
+    # Table 1 compares methods at the profile's budget; other budgets are the budget curve's.
+    runs = runs[(runs.contaminated == str(contaminated).lower())
+                & (runs.budget_scale.astype(float) == 1)]
     if profile:
         runs = runs[runs.profile == profile]
     if runs.empty:

@@ -160,6 +160,8 @@ def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, see
             # The training budget (Method.images_seen): equal for every trainable method's
             # quick profile, stated in the report's caption.
             "budget_images_seen": method_cls.images_seen(config) or "none",
+            # The multiple of the profile's budget (`bench run --budget-scale`).
+            "budget_scale": f"{plan.budget_scale:g}",
             "evaluation_unit": data.card.unit,
             **_data_params(data),
             **{f"config.{k}": v for k, v in dataclasses.asdict(config).items()},

@@ -349,6 +349,8 @@ def finished_runs(uri: str, dataset: str) -> pd.DataFrame:
                 "run_identity": params.get("run_identity", ""),
                 "warnings": params.get("warnings", ""),
                 "budget_images_seen": params.get("budget_images_seen", ""),
+                # "1" for runs logged before budget scales existed: the profile's budget.
+                "budget_scale": params.get("budget_scale", "1"),
                 "contaminated": params.get("contaminated", "false"),
                 "tuned": params.get("tuned", "false"),
                 "tuned_fields": params.get("tuned_fields", ""),

@@ -87,6 +87,7 @@ class IterativeMethod(Method):
 
     uses_selection = True
     supports_resume = True
+    budget_fields = ("iterations", "epochs")
 
     def __init__(self, config: Any = None, *, workdir: Path | str | None = None,
                  selection: str = "aucp") -> None:

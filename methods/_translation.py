@@ -192,6 +192,8 @@ class TranslationGAN(GANMethod):
 
     uses = ("normal", "unlabeled")
     output_extra = "translated"
+    budget_fields = ("iterations", "decay_iterations", "adversarial_warmup_iterations",
+                     "mask_warmup_iterations")
     config: TranslationConfig
     #: This iteration's adversarial weight (0 during the adversarial warm-up), set by the
     #: training step; None outside it: the config's lambda_adv.

@@ -67,6 +67,7 @@ class Fanogan(GANMethod):
     description = "f-AnoGAN: WGAN-GP + izi_f encoder; score = image + critic-feature residual"
     uses = ("normal",)
     output_extra = RECONSTRUCTION
+    budget_fields = ("gan_iterations", "encoder_iterations")
     Config = FanoganConfig
 
     @classmethod

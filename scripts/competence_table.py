@@ -32,11 +32,13 @@ def table(uri: str, datasets: list[str], seeds: set[int] | None) -> str:
         if runs.empty:
             continue
         runs = runs.sort_values("start_time", ascending=False).drop_duplicates(
-            ["method", "seed", "contaminated"])
-        for _, run in runs.sort_values(["method", "seed"]).iterrows():
+            ["method", "seed", "contaminated", "budget_scale"])
+        runs = runs.assign(scale=runs.budget_scale.astype(float))
+        for _, run in runs.sort_values(["method", "scale", "seed"]).iterrows():
             if seeds is not None and run.seed not in seeds:
                 continue
-            row = {"dataset": dataset, "method": run.method, "seed": run.seed,
+            row = {"dataset": dataset, "method": run.method, "budget": f"{run.scale:g}x",
+                   "seed": run.seed,
                    "competent": run.competent or "unchecked",
                    "failed": run.competence_failed if run.competence_failed != "none" else ""}
             for metric, title, fmt in COLUMNS:

@@ -1,6 +1,8 @@
 """Equal training budgets: every trained method's quick profile draws the same number of
 training images, whatever the image or data size, and the report's caption says so."""
 
+import dataclasses
+
 import pytest
 import torch
 from click.testing import CliRunner
@@ -72,3 +74,64 @@ def test_the_report_caption_states_the_budget(tracking_uri, isolated):
     assert report.exit_code == 0, report.output
     assert ("Training budget: 96 training images drawn into batches for every trained "
             "method (alocc); padim sees each training image once") in report.output
+
+
+# -- budget scales (`bench run --budget-scale`, `bench report --budget-curve`) ------------------
+
+@pytest.mark.parametrize("name", ALL)
+def test_a_budget_scale_multiplies_every_trained_methods_images_seen(name):
+    """4x the budget draws 4x the images (within a step's rounding), the schedules measured in
+    steps keep their share of the run, and a frozen-feature method has no budget to scale."""
+    cls = available_methods()[name]
+    config = make_config(cls, "quick", image_size=32, channels=1)
+    scaled = cls.budget_overrides(config, 4)
+    if cls.images_seen(config) is None:
+        assert scaled == {} and not cls.budget_fields
+        return
+    bigger = dataclasses.replace(config, **scaled)
+    assert cls.images_seen(bigger) == 4 * cls.images_seen(config)
+    for field in ("decay_iterations", "adversarial_warmup_iterations"):
+        if getattr(config, field, 0):
+            assert getattr(bigger, field) == 4 * getattr(config, field)
+    assert cls.budget_overrides(config, 1) == {}
+    tiny = dataclasses.replace(config, **cls.budget_overrides(config, 1e-6))
+    assert cls.images_seen(tiny) > 0  # at least one step of each stage
+
+
+def test_budget_scales_run_as_separate_identities_and_draw_a_curve(tracking_uri, tmp_path):
+    """Two scales give two identities of one method; Table 1 keeps the 1x runs only; the
+    budget curve has a row per scale with twice the images at 2x, written with its figure."""
+    from benchmark.budget_curve import budget_curve
+    from benchmark.report import select_runs
+    from benchmark.tracking import finished_runs
+
+    runner = CliRunner()
+    setting = ["--set", "autoencoder.iterations=4", "--set", "autoencoder.batch_size=8"]
+    result = runner.invoke(cli, ["run", "--methods", "autoencoder,padim", "--dataset", "tiny",
+                                 "--budget-scale", "1,2", "--no-progress", "--weights",
+                                 "padim=random", *setting, "--tracking-uri", tracking_uri])
+    assert result.exit_code == 0, result.output
+    runs = finished_runs(tracking_uri, "tiny")
+    assert sorted(zip(runs.method, runs.budget_scale, strict=True)) == [
+        ("autoencoder", "1"), ("autoencoder", "2"), ("padim", "1")]
+    assert runs[runs.method == "autoencoder"].run_identity.nunique() == 2
+    table1 = select_runs(tracking_uri, "tiny", statistics=False).runs
+    assert sorted(table1.budget_scale) == ["1", "1"]
+
+    curve = budget_curve(tracking_uri, "tiny").table
+    assert list(curve.scale) == [1.0, 2.0] and set(curve.method) == {"autoencoder"}
+    assert list(curve.images_seen) == [32, 64]
+    out = tmp_path / "curve.md"
+    result = runner.invoke(cli, ["report", "--dataset", "tiny", "--budget-curve", "--out",
+                                 str(out), "--tracking-uri", tracking_uri])
+    assert result.exit_code == 0, result.output
+    assert "| autoencoder | 2x" in out.read_text() and out.with_suffix(".png").stat().st_size
+
+
+@pytest.mark.parametrize("given, message", [("0,1", "positive"), ("x", "numbers"),
+                                            ("2", "train none")])
+def test_bad_budget_scales_name_the_fix(given, message):
+    methods = "padim" if given == "2" else "autoencoder"
+    result = CliRunner().invoke(cli, ["run", "--methods", methods, "--dataset", "tiny",
+                                      "--budget-scale", given])
+    assert result.exit_code != 0 and message in result.output
