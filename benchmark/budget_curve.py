@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from benchmark.disk import write_text_atomic
 from benchmark.errors import BenchError
 from benchmark.figures import method_colours, save_figure
 from benchmark.tracking import finished_runs
@@ -173,6 +174,6 @@ def curve_figure(curve: BudgetCurve) -> Figure:
 def write_budget_curve(curve: BudgetCurve, out: Path) -> tuple[Path, Path]:
     """Write the Markdown table to `out` and the figure beside it (<stem>.png)."""
     figure_path = save_figure(curve_figure(curve), out.with_suffix(".png"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(to_markdown(curve, figure_path))
+    write_text_atomic(out, to_markdown(curve, figure_path), "the budget curve",
+                      fix="Free space there, or write it elsewhere with --out")
     return out, figure_path

@@ -11,6 +11,7 @@ manager), so importing this module changes no global rcParams either.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from sklearn.metrics import auc as trapezoid_auc
 from sklearn.metrics import roc_curve
+
+from benchmark.disk import writing
 
 Colour = tuple[float, float, float]
 
@@ -373,6 +376,14 @@ def _p_colour_bar(bar: Colorbar, alpha: float) -> None:
 def save_figure(figure: Figure, path: Path, *, dpi: int = 120) -> Path:
     """Write the figure (format from the suffix), creating parent folders; returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=dpi, bbox_inches="tight")
+    with writing(path, "a figure", fix="Free space there, or write the report elsewhere "
+                 "with --out"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+        try:
+            figure.savefig(tmp, dpi=dpi, bbox_inches="tight")
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     return path

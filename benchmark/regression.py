@@ -22,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from benchmark.disk import write_text_atomic
 from benchmark.errors import BenchError
 from benchmark.report import ReportData
 
@@ -75,8 +76,9 @@ def run_environment(runs: pd.DataFrame) -> dict[str, str]:
 
 
 def write_reference(reference: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(reference, indent=2, sort_keys=False) + "\n")
+    write_text_atomic(path, json.dumps(reference, indent=2, sort_keys=False) + "\n",
+                      "the gate reference", fix="Free space there, or record it elsewhere "
+                      "with --against PATH")
 
 
 def read_reference(path: Path) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmark.disk import write_text_atomic
 from benchmark.errors import UsageError
 from benchmark.published import PublishedComparison
 from benchmark.regression import CheckOutcome
@@ -147,9 +148,8 @@ def write_report(report: Report | Any) -> Path:
     if not report.to_file:
         raise UsageError("this report is for printing only (out '-'): there is no file to "
                          "write.")
-    report.out.parent.mkdir(parents=True, exist_ok=True)
-    report.out.write_text(report.text)
-    return report.out
+    return write_text_atomic(report.out, report.text, "the report",
+                             fix="Free space there, or write it elsewhere with --out")
 
 
 def log_report_run(report: Report) -> str:

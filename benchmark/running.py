@@ -26,11 +26,12 @@ from benchmark.api import Method, Progress, TrainSet, get_method
 from benchmark.competence import OutputFollowing, failed_text
 from benchmark.data import PreparedDataset
 from benchmark.data.images import empty_like, join
+from benchmark.disk import WriteError
 from benchmark.errors import BenchError
 from benchmark.planning import RunPlan, RunResult, RunSpec, selection_rule
 from benchmark.resources import MemoryWatch, megabytes
 from benchmark.seeding import deterministic_algorithms
-from benchmark.tracking import RunLogger, environment_params
+from benchmark.tracking import RunLogger, environment_params, store_failure
 from benchmark.training import IterativeMethod, hold_out_normals
 
 logger = logging.getLogger(__name__)
@@ -129,11 +130,18 @@ def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, see
     workdir = WORK_ROOT.resolve() / data.card.name / f"{method_cls.name}-s{seed}-{key}"
     rule = selection_rule(method_cls.name, plan)
     method = make_method(method_cls, config, workdir, rule if rule != "none" else "aucp")
-    run = RunLogger(plan.tracking_uri, experiment_id, run_name=f"{method_cls.name}-s{seed}",
-                    tags={"method": method_cls.name, "dataset": data.card.name,
-                          "seed": str(seed), "profile": plan.profile,
-                          "split_hash": data.split_hash, "run_key": key,
-                          "host": socket.gethostname(), "pid": str(os.getpid())})
+    try:
+        run = RunLogger(plan.tracking_uri, experiment_id,
+                        run_name=f"{method_cls.name}-s{seed}",
+                        tags={"method": method_cls.name, "dataset": data.card.name,
+                              "seed": str(seed), "profile": plan.profile,
+                              "split_hash": data.split_hash, "run_key": key,
+                              "host": socket.gethostname(), "pid": str(os.getpid())})
+    except Exception as exc:
+        failure = store_failure(exc, plan.tracking_uri)
+        if failure is None:
+            raise
+        raise failure from exc
     progress = BarProgress(label, enabled=plan.show_progress, logger=run)
     train = training_set(method_cls, data, plan.contaminated)
     try:
@@ -226,12 +234,18 @@ def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, see
         run.finish(ok=True)
         shutil.rmtree(workdir, ignore_errors=True)  # finished: nothing to resume
         return RunResult(method_cls.name, seed, run.run_id, ok=True, metrics=values)
+    except WriteError as exc:  # the run's own files: this run fails, the grid goes on
+        _log_failure(run, exc)
+        return RunResult(method_cls.name, seed, run.run_id, ok=False, error=str(exc))
     except BenchError:
         run.finish(ok=False)
         raise
     except BaseException as exc:
-        run.json({"error": repr(exc), "traceback": traceback.format_exc()}, "error.json")
-        run.finish(ok=False)
+        failure = store_failure(exc, plan.tracking_uri)
+        if failure is not None:  # the store, not the run: no other run could be logged
+            run.heartbeat.stop()
+            raise failure from exc
+        _log_failure(run, exc)
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
         return RunResult(method_cls.name, seed, run.run_id, ok=False,
@@ -239,6 +253,20 @@ def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, see
     finally:
         run.heartbeat.stop()  # also when logging the failure itself failed
         progress.close()
+
+
+def _log_failure(run: RunLogger, exc: BaseException) -> None:
+    """Record the error with the run and mark it FAILED. Where that cannot be written either
+    (the disk that failed the run is full), say so and go on: the run stays unfinished in the
+    store, and a later `bench run` marks it dead and does it again."""
+    try:
+        run.json({"error": repr(exc), "traceback": traceback.format_exc()}, "error.json")
+    except Exception as logging_error:  # noqa: BLE001 - the run's own failure matters more
+        logger.warning("could not log the failure of run %s: %s", run.run_id, logging_error)
+    try:
+        run.finish(ok=False)
+    except Exception as logging_error:  # noqa: BLE001
+        logger.warning("could not mark run %s failed: %s", run.run_id, logging_error)
 
 
 def _log_competence(run: RunLogger, label: str,

@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
 from collections.abc import Iterator
@@ -29,7 +30,10 @@ from typing import Any
 
 import pandas as pd
 
+from benchmark.disk import writing
 from benchmark.errors import BenchError
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_STORE = Path("results") / "mlflow.db"
 DEFAULT_ARTIFACTS = Path("results") / "mlartifacts"
@@ -103,22 +107,76 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
         ) from exc
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a sqlite:/// store, else None."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:") else None
+
+
+@contextlib.contextmanager
+def store_lock(uri: str, timeout: float = 300.0) -> Iterator[None]:
+    """Hold `<database>.lock` around creating or migrating a SQLite store and its experiment.
+
+    Two `bench run` started at once on a new store (two terminals, a job array) would both
+    run MLflow's schema migration and one would die in it ("duplicate column name"); with the
+    lock the second waits and finds the store made. Other stores need nothing here: a server
+    serialises its own database."""
+    path = sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path) + ".lock")
+    try:
+        lock.acquire(timeout=timeout)
+    except Timeout as exc:
+        raise BenchError(f"another process has held {lock.lock_file} for {timeout:.0f} s while "
+                         f"creating the store {uri}. If none is running, delete that lock "
+                         f"file and run again.") from exc
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+#: Waits between tries when SQLite answers "database is locked" (another process writing).
+LOCKED_RETRY_SECONDS = (0.2, 0.5, 1, 2, 4, 8, 15)
+
+
+def retrying(call: Any, *args: Any, **kwargs: Any) -> Any:
+    """`call(*args, **kwargs)`, tried again with backoff while the store says it is locked:
+    several runs writing one SQLite file at once take turns instead of one failing."""
+    for wait in LOCKED_RETRY_SECONDS:
+        try:
+            return call(*args, **kwargs)
+        except Exception as exc:
+            if "database is locked" not in str(exc):
+                raise
+            logger.info("tracking store busy (%s); trying again in %.1f s", exc, wait)
+            time.sleep(wait)
+    return call(*args, **kwargs)
+
+
 def ensure_experiment(uri: str, dataset: str) -> str:
-    """The experiment id for `dataset`, created if needed; fails fast if the store is unusable."""
+    """The experiment id for `dataset`, created if needed; fails fast if the store is unusable.
+    Creation runs under `store_lock`, so several processes may call it at once."""
     check_server(uri)
-    client = _client(uri)
     name = experiment_name(dataset)
     try:
-        experiment = client.get_experiment_by_name(name)
-        if experiment is not None:
-            return experiment.experiment_id
-        artifact_location = None
-        if uri.startswith("sqlite:"):
-            # Keep artifacts beside the database rather than in ./mlruns of whatever folder
-            # the command ran in.
-            db_path = Path(uri.removeprefix("sqlite:///"))
-            artifact_location = (db_path.parent / DEFAULT_ARTIFACTS.name).resolve().as_uri()
-        return client.create_experiment(name, artifact_location=artifact_location)
+        with store_lock(uri):
+            client = _client(uri)
+            experiment = retrying(client.get_experiment_by_name, name)
+            if experiment is not None:
+                return experiment.experiment_id
+            artifact_location = None
+            db_path = sqlite_path(uri)
+            if db_path is not None:
+                # Keep artifacts beside the database rather than in ./mlruns of whatever
+                # folder the command ran in.
+                artifact_location = (db_path.parent / DEFAULT_ARTIFACTS.name).resolve().as_uri()
+            return retrying(client.create_experiment, name,
+                            artifact_location=artifact_location)
     except BenchError:
         raise
     except Exception as exc:
@@ -233,16 +291,45 @@ class Heartbeat:
             self._thread.join(timeout=5)
 
 
+#: Words of the errors MLflow's client raises when the store went away mid-run (an HTTP server
+#: that stopped answering) or cannot take writes (a SQLite file on a full disk).
+_UNREACHABLE = ("Connection refused", "Max retries exceeded", "ConnectionError",
+                "Connection aborted", "RemoteDisconnected")
+_STORE_FULL = ("database or disk is full", "disk I/O error")
+
+
+def store_failure(exc: BaseException, uri: str) -> BenchError | None:
+    """The user's message when `exc` means the tracking store itself failed (not the run):
+    the grid must stop, since no other run could be logged either; None otherwise."""
+    text = str(exc)
+    if any(word in text for word in _UNREACHABLE):
+        return BenchError(
+            f"lost the connection to the MLflow server at {uri} in the middle of a run "
+            f"({type(exc).__name__}). That run's numbers were not logged; runs finished before "
+            f"are safe in the store. Start the server again and run the same command: "
+            f"finished runs are skipped and the interrupted one is done again.")
+    if any(word in text for word in _STORE_FULL):
+        return BenchError(
+            f"the tracking store {uri} cannot take writes ({text.splitlines()[0][:200]}). "
+            f"Free space on its disk, then run the same command again: finished runs are "
+            f"skipped and the interrupted one is done again.")
+    return None
+
+
 class RunLogger:
     """Logs one run: params, metrics and artifacts, then marks it finished or failed. While
     the run is open a Heartbeat keeps its HEARTBEAT_TAG fresh."""
 
     def __init__(self, uri: str, experiment_id: str, run_name: str, tags: dict[str, str]) -> None:
         self.client = _client(uri)
-        run = self.client.create_run(experiment_id, run_name=run_name,
-                                     tags={**{f"{TAG_PREFIX}{k}": v for k, v in tags.items()},
-                                           HEARTBEAT_TAG: f"{time.time():.3f}"})
+        run = retrying(self.client.create_run, experiment_id, run_name=run_name,
+                       tags={**{f"{TAG_PREFIX}{k}": v for k, v in tags.items()},
+                             HEARTBEAT_TAG: f"{time.time():.3f}"})
         self.run_id = run.info.run_id
+        artifact_uri = run.info.artifact_uri or ""
+        #: Where the artifacts go (a folder for a local store; the URI otherwise).
+        self.artifact_root = (urllib.parse.unquote(urllib.parse.urlparse(artifact_uri).path)
+                              if artifact_uri.startswith("file:") else artifact_uri)
         self.heartbeat = Heartbeat(uri, self.run_id).start()
 
     def params(self, params: dict[str, Any]) -> None:
@@ -250,7 +337,7 @@ class RunLogger:
 
         items = [Param(k, _param_text(v)) for k, v in params.items()]
         for start in range(0, len(items), 100):  # MLflow's per-call limit
-            self.client.log_batch(self.run_id, params=items[start:start + 100])
+            retrying(self.client.log_batch, self.run_id, params=items[start:start + 100])
 
     def metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         self.series([(name, value, step) for name, value in metrics.items()])
@@ -264,19 +351,26 @@ class RunLogger:
         now = int(time.time() * 1000)
         items = [Metric(name, float(value), now, int(step)) for name, value, step in points]
         for start in range(0, len(items), 1000):  # MLflow's per-call limit
-            self.client.log_batch(self.run_id, metrics=items[start:start + 1000])
+            retrying(self.client.log_batch, self.run_id, metrics=items[start:start + 1000])
+
+    def _artifact(self, name: str) -> Any:
+        """Turns a full or read-only disk, under the temporary copy or the artifact store,
+        into one WriteError naming where the artifact was going."""
+        return writing(Path(self.artifact_root), f"the run's artifact {name}",
+                       fix="Free space there (the artifact store beside the tracking "
+                           "database), or log to another --tracking-uri")
 
     def figure(self, figure: Any, name: str) -> None:
         import matplotlib.pyplot as plt
 
-        with tempfile.TemporaryDirectory() as folder:
+        with self._artifact(name), tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / name
             figure.savefig(path, dpi=110)
             plt.close(figure)
             self.client.log_artifact(self.run_id, str(path))
 
     def table(self, frame: pd.DataFrame, name: str) -> None:
-        with tempfile.TemporaryDirectory() as folder:
+        with self._artifact(name), tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / name
             frame.to_csv(path, index=False)
             self.client.log_artifact(self.run_id, str(path))
@@ -285,20 +379,20 @@ class RunLogger:
         """Named numpy arrays as one compressed .npz artifact."""
         import numpy as np
 
-        with tempfile.TemporaryDirectory() as folder:
+        with self._artifact(name), tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / name
             np.savez_compressed(path, **arrays)
             self.client.log_artifact(self.run_id, str(path))
 
     def json(self, data: dict[str, Any], name: str) -> None:
-        with tempfile.TemporaryDirectory() as folder:
+        with self._artifact(name), tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / name
             path.write_text(json.dumps(data, indent=2, default=str) + "\n")
             self.client.log_artifact(self.run_id, str(path))
 
     def finish(self, ok: bool) -> None:
         self.heartbeat.stop()
-        self.client.set_terminated(self.run_id, "FINISHED" if ok else "FAILED")
+        retrying(self.client.set_terminated, self.run_id, "FINISHED" if ok else "FAILED")
 
 
 def _param_text(value: Any) -> str:

@@ -31,6 +31,7 @@ import torch
 
 from benchmark.api import Images, Method, Progress, TrainSet
 from benchmark.data.images import ImageSet
+from benchmark.disk import writing
 from benchmark.errors import BenchError
 from benchmark.metrics import aucp, debiased_aucp
 
@@ -235,8 +236,15 @@ class IterativeMethod(Method):
                         for c in self.selection_history],
         }
         tmp = path.with_suffix(".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)  # atomic: a kill mid-save leaves the previous checkpoint intact
+        with writing(path, "the training checkpoint", fix="Free space there (the work "
+                     "folder of unfinished runs), then run the same command again: the run "
+                     "resumes from its previous checkpoint"):
+            try:
+                torch.save(payload, tmp)
+                os.replace(tmp, path)  # atomic: a kill mid-save leaves the previous one intact
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
 
     def _resume(self, best: _Best) -> int:
         """Load the workdir's checkpoint if it belongs to this config; returns its step."""

@@ -6,6 +6,11 @@ Every test works in its own temp folders, so tests never touch the repository's 
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -76,3 +81,50 @@ diseased_share_mixed = 0.5
 lesion_contrast = 0.4
 lesion_size = 2.0
 """
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on loopback with its own store and artifact folder."""
+    process, uri, artifacts = start_mlflow_server(tmp_path, free_port())
+    yield uri, artifacts
+    stop_mlflow_server(process)
+
+
+def start_mlflow_server(tmp_path: Path, port: int) -> tuple[subprocess.Popen, str, Path]:
+    """`mlflow server` on 127.0.0.1:port with a store in tmp_path, once it answers /health."""
+    artifacts = tmp_path / "server-artifacts"
+    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
+               str(port), "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+               "--artifacts-destination", str(artifacts), "--workers", "1"]
+    log = (tmp_path / "server.log").open("a")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            import urllib.request
+
+            with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                break
+        except OSError:
+            if process.poll() is not None:
+                pytest.fail((tmp_path / "server.log").read_text())
+            time.sleep(0.5)
+    else:
+        pytest.fail("mlflow server did not come up")
+    log.close()
+    return process, uri, artifacts
+
+
+def stop_mlflow_server(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)

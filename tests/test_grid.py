@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from conftest import free_port
 from mlflow.tracking import MlflowClient
 
 from benchmark.cli import cli
@@ -155,43 +155,6 @@ def test_ray_executor_runs_the_grid_into_one_store(tracking_uri):
     assert len(finished_runs(tracking_uri, "tiny")) == 4
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """A real `mlflow server` on loopback with its own store and artifact folder."""
-    port = _free_port()
-    artifacts = tmp_path / "server-artifacts"
-    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
-               str(port), "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-               "--artifacts-destination", str(artifacts), "--workers", "1"]
-    log = (tmp_path / "server.log").open("w")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            import urllib.request
-
-            with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                break
-        except OSError:
-            if process.poll() is not None:
-                pytest.fail((tmp_path / "server.log").read_text())
-            time.sleep(0.5)
-    else:
-        pytest.fail("mlflow server did not come up")
-    yield uri, artifacts
-    os.killpg(process.pid, signal.SIGTERM)
-    process.wait(timeout=30)
-    log.close()
-
-
 def test_runs_and_artifacts_go_to_a_real_mlflow_server(mlflow_server, isolated):
     uri, artifacts = mlflow_server
     result = bench("run", "--methods", "padim", "--dataset", "tiny", "--no-progress",
@@ -208,7 +171,7 @@ def test_runs_and_artifacts_go_to_a_real_mlflow_server(mlflow_server, isolated):
 
 
 def test_an_unreachable_server_fails_at_once(isolated):
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     started = time.monotonic()
     result = bench("run", "--methods", "padim", "--dataset", "tiny", "--no-progress",
                    "--tracking-uri", f"http://127.0.0.1:{port}")

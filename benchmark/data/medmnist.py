@@ -40,6 +40,7 @@ from benchmark.data.build import BuildResult, Decoding
 from benchmark.data.cards import DatasetCard
 from benchmark.data.images import quantize, storage_dtype
 from benchmark.data.sources import link_outside, outside_link_error
+from benchmark.disk import preallocated_npy
 from benchmark.errors import BenchError
 
 SPLITS = ("train", "val", "test")
@@ -276,7 +277,7 @@ def write_images(card: DatasetCard, root: Path, items: pd.DataFrame, target: Pat
     records: list[dict] = []
     bar = tqdm(total=len(items), desc=label, unit="img", disable=None if show_progress else True,
                leave=False)
-    out = np.lib.format.open_memmap(target, mode="w+", dtype=dtype, shape=(len(items), *shape))
+    out = preallocated_npy(target, dtype, (len(items), *shape))
     with _open_npz(path) as archive:
         row = 0
         for split, indices in wanted.items():

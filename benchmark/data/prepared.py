@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -29,13 +30,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from numpy.lib.format import open_memmap
 
 if TYPE_CHECKING:
     from benchmark.api import TrainSet
 from tqdm.auto import tqdm
 
-from benchmark.data import build, protocol, readers, synthetic
+from benchmark.data import build, integrity, protocol, readers, synthetic
 from benchmark.data.cards import DatasetCard
 from benchmark.data.images import ImageSet, quantize, storage_dtype
 from benchmark.data.sources import ALLOW_LINKS_ENV
@@ -45,10 +45,13 @@ from benchmark.data.splits import (
     read_manifest,
     write_manifest,
 )
+from benchmark.disk import preallocated_npy, writing
 from benchmark.errors import BenchError
 
 #: Bump when the cache layout changes. 2: pixels stored as uint8 / uint16 (the card's
 #: bit_depth), not float32.
+logger = logging.getLogger(__name__)
+
 CACHE_VERSION = 2
 DEFAULT_CACHE_ROOT = Path("results") / "cache"
 
@@ -155,10 +158,53 @@ def prepare(card: DatasetCard, *, data_root: Path | None = None,
     config = synthetic_config(card)
     key = _cache_key(card, extra=str(synthetic.GENERATOR_VERSION))
     folder = cache_root / f"{card.name}-{key[:16]}"
-    if not (folder / "meta.json").is_file():
-        _build_synthetic_cache(card, config, folder, show_progress=show_progress)
-        return _open(card, folder, built=True)
-    return _open(card, folder, built=False)
+    damage = _damage(folder)
+    if damage is None:
+        return _open(card, folder, built=False)
+    _build_synthetic_cache(card, config, folder, show_progress=show_progress)
+    return _with_notes(_open(card, folder, built=True), damage)
+
+
+def _damage(folder: Path) -> list[str] | None:
+    """None when `folder` holds a complete cache whose arrays match their checksums (the whole
+    files hashed: once per grid, in the process that prepares); else what is wrong with it
+    ([] for no cache at all). A damaged cache is discarded, to be rebuilt from the source."""
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        return []
+    try:
+        meta = json.loads(meta_path.read_text())
+        if "arrays" not in meta:
+            _record_checksums(folder, meta)
+            return None
+        problems = integrity.check(folder, meta, full=True)
+    except (ValueError, OSError) as exc:  # unreadable meta.json or .npy header
+        problems = [f"it cannot be read ({exc})"]
+    if not problems:
+        return None
+    logger.warning("the cache %s is damaged: %s. Rebuilding it from the source.", folder,
+                   "; ".join(problems))
+    _discard(folder)
+    return problems
+
+
+def _record_checksums(folder: Path, meta: dict) -> None:
+    """Add the arrays' checksums to a cache built before they existed (nothing to compare
+    with: from now on a change is caught)."""
+    meta["arrays"] = integrity.records(folder)
+    tmp = folder / ".meta.json.tmp"
+    with writing(folder / "meta.json", "the cache's checksums"):
+        tmp.write_text(json.dumps(meta, indent=2) + "\n")
+        os.replace(tmp, folder / "meta.json")
+    logger.info("recorded the checksums of %s (built before caches had them)", folder)
+
+
+def _with_notes(prepared: PreparedDataset, damage: list[str]) -> PreparedDataset:
+    """The runner prints the meta's notes: say that a damaged cache was rebuilt, and why."""
+    if damage:
+        prepared.meta.setdefault("notes", []).append(
+            f"the cache was rebuilt because it was damaged: {'; '.join(damage)}")
+    return prepared
 
 
 def synthetic_config(card: DatasetCard) -> synthetic.SyntheticConfig:
@@ -244,13 +290,13 @@ def _cache_key(card: DatasetCard, extra: str = "") -> str:
 def _build_synthetic_cache(card: DatasetCard, config: synthetic.SyntheticConfig, folder: Path,
                            *, show_progress: bool) -> None:
     specs = synthetic.image_specs(config)
-    with _temporary_folder(folder) as tmp:
-        size = config.image_size
-        dtype = storage_dtype(card.bit_depth)
-        images = open_memmap(tmp / "images.npy", mode="w+", dtype=dtype,
-                             shape=(len(specs), card.channels, size, size))
-        masks = open_memmap(tmp / "masks.npy", mode="w+", dtype=np.uint8,
-                            shape=(len(specs), size, size))
+    size = config.image_size
+    dtype = storage_dtype(card.bit_depth)
+    needed = len(specs) * size * size * (card.channels * dtype.itemsize + 1)  # + masks
+    with _temporary_folder(folder, needed) as tmp:
+        images = preallocated_npy(tmp / "images.npy", dtype,
+                                  (len(specs), card.channels, size, size))
+        masks = preallocated_npy(tmp / "masks.npy", np.uint8, (len(specs), size, size))
         bar = tqdm(total=len(specs), desc=f"generating {card.name}", unit="img",
                    disable=None if show_progress else True, leave=False)
         for spec, image, mask in synthetic.iter_images(config, specs):
@@ -281,13 +327,22 @@ def _build_synthetic_cache(card: DatasetCard, config: synthetic.SyntheticConfig,
             "generator_version": synthetic.GENERATOR_VERSION,
             "generator_config": dataclasses.asdict(config),
         }
+        meta["arrays"] = integrity.records(tmp)
         # meta.json last: its presence marks a complete cache.
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def open_prepared(card: DatasetCard, folder: Path) -> PreparedDataset:
-    """A dataset already prepared in `folder` (e.g. by the parent of a worker process)."""
-    return _open(card, Path(folder), built=False)
+    """A dataset already prepared (and hashed whole) in `folder` by the parent of a worker
+    process: here only the cheap checks (size, header, sampled blocks)."""
+    folder = Path(folder)
+    meta = json.loads((folder / "meta.json").read_text())
+    problems = integrity.check(folder, meta, full=False)
+    if problems:
+        raise BenchError(f"the cache {folder} changed after this grid prepared it: "
+                         f"{'; '.join(problems)}. Something else is writing there; run the "
+                         f"same command again (it rebuilds the cache and skips finished runs).")
+    return _open(card, folder, built=False)
 
 
 def _open(card: DatasetCard, folder: Path, *, built: bool) -> PreparedDataset:
@@ -329,7 +384,8 @@ def _prepare_real(card: DatasetCard, root: Path, cache_root: Path, *, workers: i
         verification = {"files": len(hashes), **_compare_hashes(folder, hashes)}
         if verification["changed"] or not verification["recorded"]:
             _discard(folder)
-    if (folder / "meta.json").is_file():
+    damage = _damage(folder)
+    if damage is None:
         prepared = _open(card, folder, built=False)
         prepared.meta.update(links)  # this call's facts, whoever built the cache
         prepared.verification = verification
@@ -344,7 +400,10 @@ def _prepare_real(card: DatasetCard, root: Path, cache_root: Path, *, workers: i
             "protocol_scale": assignment.scale, "notes": assignment.notes,
             "unused": assignment.unused, "dropped": dropped, **links,
             "contents_verified": hashes is not None}
-    with _temporary_folder(folder) as tmp:
+    pixels = len(items) * card.image_size ** 2
+    needed = pixels * card.channels * storage_dtype(card.bit_depth).itemsize
+    needed += pixels if "mask" in items.columns else 0
+    with _temporary_folder(folder, needed) as tmp:
         if hashes is not None:
             hashes.to_csv(tmp / SOURCE_HASHES, index=False, lineterminator="\n")
         with_masks = "mask" in items.columns
@@ -363,9 +422,10 @@ def _prepare_real(card: DatasetCard, root: Path, cache_root: Path, *, workers: i
                      "n_images": len(manifest), "image_sizes": result.image_sizes,
                      "image_shape": [card.channels, card.image_size, card.image_size],
                      "image_dtype": storage_dtype(card.bit_depth).name,
-                     "cache_version": CACHE_VERSION, "reader_version": READER_VERSION})
+                     "cache_version": CACHE_VERSION, "reader_version": READER_VERSION,
+                     "arrays": integrity.records(tmp)})
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    prepared = _open(card, folder, built=True)
+    prepared = _with_notes(_open(card, folder, built=True), damage)
     prepared.verification = verification
     return prepared
 
@@ -462,16 +522,21 @@ def _tree_fingerprint(items: pd.DataFrame) -> str:
 
 
 @contextlib.contextmanager
-def _temporary_folder(folder: Path) -> Iterator[Path]:
-    """A sibling temp folder renamed to `folder` on success and deleted on any failure."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
-        yield tmp
-        if folder.exists():  # a concurrent preparation finished first; keep its copy
-            shutil.rmtree(tmp)
-        else:
-            tmp.rename(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def _temporary_folder(folder: Path, needed: int | None = None) -> Iterator[Path]:
+    """A sibling temp folder renamed to `folder` on success and deleted on any failure; a
+    full or read-only disk ends in one message naming the cache folder (`needed`: about how
+    many bytes the cache takes)."""
+    with writing(folder, "the dataset cache", needed,
+                 fix=f"Free space there, or set BENCH_CACHE_DIR to a folder on a disk with "
+                     f"room (default {DEFAULT_CACHE_ROOT}); then run the same command again"):
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        try:
+            yield tmp
+            if folder.exists():  # a concurrent preparation finished first; keep its copy
+                shutil.rmtree(tmp)
+            else:
+                tmp.rename(folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
