@@ -12,14 +12,13 @@ The contract is checked for every registered method, plug-ins included, by
 
 Methods are registered by name with `@register_method`; the built-in ones live in the top-level
 `methods` package, and other packages add theirs through the entry-point group
-`benchmark.methods` (each entry point names a Method subclass or a module that registers one).
+`medad_bench.methods` (each entry point names a Method subclass or a module that registers one).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,10 +28,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from medad_bench.data.images import ImageSet
+from medad_bench.errors import BenchError, UsageError, unknown_name
 from torch import nn
-
-from benchmark.data.images import ImageSet
-from benchmark.errors import BenchError, UsageError, unknown_name
 
 PROFILES = ("quick", "full")
 TRAINING_SETS = ("normal", "unlabeled")
@@ -213,7 +211,7 @@ class Method(ABC):
             progress: Progress | None = None) -> Method:
         """Train on `train` (the fields named in `uses`), all randomness seeded from `seed`;
         returns the fitted method."""
-        from benchmark.seeding import seed_everything
+        from medad_bench.seeding import seed_everything
 
         self.is_fitted = False
         self.networks = {}
@@ -443,12 +441,12 @@ def register_method(cls: type[Method]) -> type[Method]:
 
 
 def _discover() -> None:
-    """Import the built-in methods and every `benchmark.methods` entry point, once."""
+    """Load every `medad_bench.methods` entry point, once: the built-in methods (declared in
+    the suite's own pyproject.toml) and plug-ins alike, so the core imports no method."""
     global _DISCOVERED
     if _DISCOVERED:
         return
-    importlib.import_module("methods")
-    for entry in entry_points(group="benchmark.methods"):
+    for entry in entry_points(group="medad_bench.methods"):
         try:
             loaded = entry.load()
         except Exception as exc:  # a broken plug-in must not hide the others

@@ -18,11 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-
-from benchmark.disk import write_text_atomic
-from benchmark.errors import BenchError
-from benchmark.figures import method_colours, save_figure
-from benchmark.tracking import finished_runs
+from medad_bench.disk import write_text_atomic
+from medad_bench.errors import BenchError
+from medad_bench.figures import method_colours, save_figure
+from medad_bench.tracking import finished_runs
 
 
 @dataclass

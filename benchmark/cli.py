@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-
-from benchmark.errors import BenchError, UsageError
+from medad_bench.errors import BenchError, UsageError
 
 TRACKING_HELP = ("MLflow tracking URI: a sqlite:///file.db, a folder, or http://host:port of an "
                  "`mlflow server`. Default: $MLFLOW_TRACKING_URI, else sqlite under results/.")
@@ -36,7 +35,7 @@ class BenchGroup(click.Group):
 
 
 #: The packages whose log records the CLI shows; a third party's stay as Python leaves them.
-LOGGED_PACKAGES = ("benchmark", "methods")
+LOGGED_PACKAGES = ("medad_bench",)
 LOG_LEVEL_ENV = "BENCH_LOG_LEVEL"
 
 
@@ -93,8 +92,8 @@ def cli() -> None:
 @cli.command("list")
 def list_command() -> None:
     """List every method and dataset, with what each method trains on and its profiles."""
-    from benchmark.api import PROFILES, available_methods
-    from benchmark.data import available_cards, load_card
+    from medad_bench.api import PROFILES, available_methods
+    from medad_bench.data import available_cards, load_card
 
     click.secho("Methods", bold=True)
     for name, cls in available_methods().items():
@@ -119,7 +118,7 @@ def list_command() -> None:
 
 def _backbone_line(cls: Any, profile: str) -> str:
     """'<backbone> <layers>, <where its weights come from>' for methods with a backbone."""
-    from methods._weights import describe_setting
+    from medad_bench.methods._weights import describe_setting
 
     config = cls.profile_config(profile, image_size=64, channels=1)
     if not hasattr(config, "backbone") or not hasattr(config, "weights"):
@@ -133,7 +132,7 @@ def _backbone_line(cls: Any, profile: str) -> str:
 def check_weights_command() -> None:
     """Show that the offline backbone holds real ImageNet weights: EfficientNet-Lite0 with the
     packaged weights classifies scikit-image's sample photos (a cat; an espresso)."""
-    from methods._weights import SAMPLE_PHOTOS, classify_samples
+    from medad_bench.methods._weights import SAMPLE_PHOTOS, classify_samples
 
     failed = []
     for photo, ranking in classify_samples().items():
@@ -175,14 +174,14 @@ def _stop_cleanly_on_sigterm() -> None:
 def _has_setting(method: str, name: str) -> bool:
     import dataclasses
 
-    from benchmark.api import get_method
+    from medad_bench.api import get_method
 
     return name in {f.name for f in dataclasses.fields(get_method(method).Config)}
 
 
 def _parse_budget_scales(text: str, methods: list[str]) -> list[float]:
     """'0.25,1,4' -> [0.25, 1.0, 4.0], each positive, at least one method they apply to."""
-    from benchmark.planning import without_budget
+    from medad_bench.planning import without_budget
 
     try:
         scales = [float(item) for item in text.split(",") if item.strip()]
@@ -200,7 +199,7 @@ def _parse_budget_scales(text: str, methods: list[str]) -> list[float]:
 
 
 def _trainable_among(methods: list[str]) -> list[str]:
-    from benchmark.planning import without_budget
+    from medad_bench.planning import without_budget
 
     fixed = set(without_budget(methods))
     return [name for name in methods if name not in fixed]
@@ -309,18 +308,17 @@ def run(methods: str, dataset: str, seeds: str, profile: str, device: str,
     and done again (iterative methods resume from their last checkpoint). --force reruns
     everything.
     """
-    from benchmark.api import available_methods, get_method, parse_method_list
-    from benchmark.runner import RunPlan, run_plan
-    from benchmark.tracking import resolve_tracking_uri
-    from benchmark.training import IterativeMethod
+    from medad_bench.api import available_methods, get_method, parse_method_list
+    from medad_bench.runner import RunPlan, run_plan
+    from medad_bench.tracking import resolve_tracking_uri
+    from medad_bench.training import IterativeMethod
 
     names = parse_method_list(methods)
     scales = _parse_budget_scales(budget_scales, names)
     overrides = _parse_settings(settings, weights, names)
     if threads is not None:
         import torch
-
-        from benchmark.planning import THREADS_ENV
+        from medad_bench.planning import THREADS_ENV
 
         if executor == "ray":
             raise UsageError("--threads applies to --executor local; Ray sets each task's "
@@ -429,7 +427,7 @@ def report(dataset: str, fmt: str, out: Path | None, profile: str | None, contam
     cost and the paired comparison. Figures go to results/reports/<dataset>/ (beside --out)
     and, with the table, to an MLflow run tagged bench.kind=report. Where runs logged their
     checkpoints (selection.csv), a "Model selection" table follows Table 1."""
-    from benchmark.reporting import build_report, log_report_run, write_report
+    from medad_bench.reporting import build_report, log_report_run, write_report
 
     if datasets is not None:
         if metric_names is not None:
@@ -440,7 +438,7 @@ def report(dataset: str, fmt: str, out: Path | None, profile: str | None, contam
     if budget_curve:
         _budget_curve_report(dataset, out, profile, contaminated, tracking_uri)
         return
-    from benchmark.report import parse_metrics
+    from medad_bench.report import parse_metrics
 
     chosen = parse_metrics(metric_names)  # a bad name fails before any work
     built = build_report(tracking_uri, dataset, fmt, out, profile=profile,
@@ -460,9 +458,9 @@ def report(dataset: str, fmt: str, out: Path | None, profile: str | None, contam
 def _budget_curve_report(dataset: str, out: Path | None, profile: str | None,
                          contaminated: bool, tracking_uri: str | None) -> None:
     """`bench report --budget-curve`: AUC against training (benchmark.budget_curve)."""
-    from benchmark.budget_curve import budget_curve, to_markdown, write_budget_curve
-    from benchmark.reporting import REPORTS_DIR, card_name
-    from benchmark.tracking import resolve_tracking_uri
+    from medad_bench.budget_curve import budget_curve, to_markdown, write_budget_curve
+    from medad_bench.reporting import REPORTS_DIR, card_name
+    from medad_bench.tracking import resolve_tracking_uri
 
     name = card_name(dataset)
     curve = budget_curve(resolve_tracking_uri(tracking_uri), name, profile, contaminated)
@@ -479,8 +477,7 @@ def _cross_report(datasets: str, fmt: str, out: Path | None, profile: str | None
                   contaminated: bool, exclude_tuned: bool, tracking_uri: str | None) -> None:
     """`bench report --datasets a,b`: the one table across datasets (benchmark.cross_report)."""
     from click.core import ParameterSource
-
-    from benchmark.cross_report import build_cross_report, parse_datasets, write_cross_report
+    from medad_bench.cross_report import build_cross_report, parse_datasets, write_cross_report
 
     if click.get_current_context().get_parameter_source("dataset") != ParameterSource.DEFAULT:
         raise UsageError("give either --dataset (one dataset's Table 1) or --datasets (one "
@@ -515,9 +512,12 @@ def check(dataset: str, against: Path | None, tolerance: float | None, update: b
     newest runs as the reference. Against a published reference (--against
     results/reference/published/NAME.json): fail (exit 1) when a method's mean is outside the
     published tolerance (see --against)."""
-    from benchmark.published import is_published_reference
-    from benchmark.reporting import check_against_reference, record_reference
+    from medad_bench.published import is_published_reference
+    from medad_bench.reporting import check_against_reference, record_reference
+    from medad_bench.shipped import resolve_reference
 
+    if against is not None and not update:
+        against = resolve_reference(against)  # results/reference/... read where it shipped
     if against is not None and is_published_reference(against):
         _check_published(dataset, against, tolerance, update, profile, tracking_uri)
         return
@@ -543,7 +543,7 @@ def _check_published(dataset: str, against: Path, tolerance: float | None, updat
                      profile: str | None, tracking_uri: str | None) -> None:
     """`bench check --against` a published reference: the table, the protocol differences,
     exit 1 when a method is outside the published tolerance."""
-    from benchmark.reporting import check_against_published
+    from medad_bench.reporting import check_against_published
 
     if update:
         raise UsageError(f"{against} holds published figures: --update would overwrite them "
@@ -584,11 +584,10 @@ def perf(method: str, dataset: str, profile: str, iterations: int, repeats: int,
     import dataclasses
 
     import torch
-
-    from benchmark.api import get_method, make_config
-    from benchmark.data import load_card, prepare
-    from benchmark.perf import measure
-    from benchmark.resources import resolve_device
+    from medad_bench.api import get_method, make_config
+    from medad_bench.data import load_card, prepare
+    from medad_bench.perf import measure
+    from medad_bench.resources import resolve_device
 
     if threads:
         torch.set_num_threads(threads)
@@ -645,9 +644,9 @@ def plan(methods: str, dataset: str, seeds: str, profile: str, device: str,
     dataset's split sizes. Measure them with --calibrate on the machine that will run the
     grid; a table measured on a GPU plans a GPU grid from anywhere (--costs FILE).
     """
-    from benchmark import plan as planning
-    from benchmark.api import get_method, make_config, parse_method_list
-    from benchmark.data import load_card, prepare
+    from medad_bench import plan as planning
+    from medad_bench.api import get_method, make_config, parse_method_list
+    from medad_bench.data import load_card, prepare
 
     names = parse_method_list(methods)
     seed_list = _parse_seeds(seeds)
@@ -656,6 +655,9 @@ def plan(methods: str, dataset: str, seeds: str, profile: str, device: str,
     counts = planning.protocol_counts(card)
     if data_root is not None or counts is None:
         counts = planning.prepared_counts(prepare(card, data_root=data_root))
+    from medad_bench.shipped import resolve_reference
+
+    costs_file = resolve_reference(costs_file) if costs_file else None
     target = _plan_device(device, costs_file, calibrate)
     path = costs_file or planning.costs_path(target)
     costs = planning.load_costs(path)
@@ -704,8 +706,7 @@ def plan(methods: str, dataset: str, seeds: str, profile: str, device: str,
 def _plan_device(device: str, costs_file: Path | None, calibrate: bool) -> Any:
     """The device to plan for: a CUDA plan without a GPU here needs a measured table."""
     import torch
-
-    from benchmark.resources import resolve_device
+    from medad_bench.resources import resolve_device
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         if calibrate:
@@ -725,7 +726,7 @@ def _plan_device(device: str, costs_file: Path | None, calibrate: bool) -> Any:
 @tracking_option
 def ui(port: int, tracking_uri: str | None) -> None:
     """Open the runs in the MLflow UI (http://127.0.0.1:PORT)."""
-    from benchmark.tracking import resolve_tracking_uri
+    from medad_bench.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
@@ -788,8 +789,8 @@ def data_prepare(dataset: str, data_root: Path | None, workers: int | None,
 def data_download(dataset: str, data_root: Path | None) -> None:
     """Download a dataset that can be fetched automatically (the MedMNIST sets, through the
     medmnist package); for any other, print where to get it and how to lay it out."""
-    from benchmark.data import load_card
-    from benchmark.data.prepared import download_dataset
+    from medad_bench.data import load_card
+    from medad_bench.data.prepared import download_dataset
 
     path, fetched = download_dataset(load_card(dataset), data_root)
     click.echo(f"{'downloaded' if fetched else 'already present:'} {path}")
@@ -843,9 +844,8 @@ def data_make_fixture(fmt: str, out: Path, count: int, size: int, seed: int) -> 
 
     COVIDx trees follow the published proportions: --count 15864 gives the paper's 15,464
     training images (1,670 positive) and 400 test images, the protocol at full scale."""
+    from medad_bench.data import fixtures
     from tqdm.auto import tqdm
-
-    from benchmark.data import fixtures
 
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"--out {out} is not empty; name a new folder.")
@@ -889,8 +889,8 @@ def data_perf(counts: str, size: int, repeats: int, workers: int | None, trees: 
     workers) on COVIDx trees, beside a bare decode of the same tree with the same number of
     processes and the same preprocessing; prints the ratio of the medians (suite / bare).
     Images the protocol leaves unused are not decoded by the suite."""
-    from benchmark.data import load_card
-    from benchmark.prepare_perf import (
+    from medad_bench.data import load_card
+    from medad_bench.prepare_perf import (
         ensure_tree,
         measure_bare,
         measure_prepare,
@@ -942,7 +942,7 @@ def _number(value: float | None) -> str:
 def _prepared(dataset: str, data_root: Path | None, workers: int | None,
               show_progress: bool, *, allow_external_links: bool = False,
               verify: bool = False) -> Any:
-    from benchmark.data import load_card, prepare
+    from medad_bench.data import load_card, prepare
 
     # Not given: None, so the card's setting (or the environment) decides.
     return prepare(load_card(dataset), data_root=data_root, workers=workers,

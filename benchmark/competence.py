@@ -38,11 +38,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-
-from benchmark import metrics
+from medad_bench import metrics
 
 if TYPE_CHECKING:
-    from benchmark.api import Method
+    from medad_bench.api import Method
 
 SCORE_SPREAD_MIN = 1e-3
 OUTPUT_CORRELATION_MIN = 0.5

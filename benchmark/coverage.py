@@ -21,9 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from medad_bench import stats
 from scipy.stats import norm
-
-from benchmark import stats
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from benchmark.errors import UsageError
-from benchmark.report import ReportData
+from medad_bench.errors import UsageError
+from medad_bench.report import ReportData
 
 MISSING = "—"
 #: The column group of the ranks, after the datasets' groups.
@@ -46,7 +45,7 @@ def parse_datasets(text: str) -> list[str]:
 
 def default_cross_path(datasets: list[str], fmt: str, contaminated: bool = False) -> Path:
     """results/reports/<a>+<b>[-contaminated].md|.tex|.html"""
-    from benchmark.reporting import FORMATS, REPORTS_DIR
+    from medad_bench.reporting import FORMATS, REPORTS_DIR
 
     suffix = "-contaminated" if contaminated else ""
     return REPORTS_DIR / f"{'+'.join(datasets)}{suffix}.{FORMATS[fmt]}"
@@ -77,9 +76,9 @@ def build_cross_report(tracking_uri: str | None, datasets: list[str], fmt: str =
                        contaminated: bool = False, exclude_tuned: bool = False) -> CrossReport:
     """Select each dataset's runs (as `bench report --dataset` does, statistics included)
     and render the one table. A dataset without finished runs is a BenchError naming it."""
-    from benchmark.report import select_runs
-    from benchmark.reporting import FORMATS, card_name
-    from benchmark.tracking import resolve_tracking_uri
+    from medad_bench.report import select_runs
+    from medad_bench.reporting import FORMATS, card_name
+    from medad_bench.tracking import resolve_tracking_uri
 
     if fmt not in FORMATS:
         raise UsageError(f"unknown report format '{fmt}': one of {', '.join(FORMATS)}.")
@@ -94,7 +93,7 @@ def build_cross_report(tracking_uri: str | None, datasets: list[str], fmt: str =
 
 def write_cross_report(report: CrossReport) -> Path:
     """Write the report's text to its file (folders created); returns the path."""
-    from benchmark.reporting import write_report
+    from medad_bench.reporting import write_report
 
     return write_report(report)
 
@@ -114,7 +113,7 @@ def mean_aucs(datasets: list[ReportData], *, learned_only: bool = False) -> pd.D
     """Methods x datasets: the seed-mean test AUC (as Table 1 prints it), NaN where a method
     has no runs (and, with `learned_only`, where a run of it failed the competence checks:
     such a method is not ranked there)."""
-    from benchmark.report import unranked_methods
+    from medad_bench.report import unranked_methods
 
     columns = {}
     for data in datasets:
@@ -153,7 +152,7 @@ def _dataset_cells(data: ReportData) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One dataset's AUC, CI and F1 cells and what is bold, decided as Table 1 decides it
     (benchmark.report._auc_statistics: bold only where the best leads significantly, else a
     dagger on every method tied with it)."""
-    from benchmark.report import (
+    from medad_bench.report import (
         NOT_LEARNED_MARK,
         TUNED_MARK,
         _auc_statistics,
@@ -185,7 +184,7 @@ def _dataset_cells(data: ReportData) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def caption(datasets: list[ReportData]) -> str:
     """What the table shows, how bold and ranks are decided, and each dataset's runs."""
-    from benchmark.report import ALPHA, STATS_TEXT, TIE_MARK
+    from medad_bench.report import ALPHA, STATS_TEXT, TIE_MARK
 
     setting = (" in the contaminated setting" if any(d.contaminated for d in datasets) else "")
     per_dataset = "; ".join(
@@ -244,7 +243,7 @@ def _styled(text: pd.DataFrame, bold: pd.DataFrame) -> pd.io.formats.style.Style
 
 def to_html(datasets: list[ReportData]) -> str:
     """One self-contained page (benchmark.html_report) with the grouped table."""
-    from benchmark.html_report import render_html
+    from medad_bench.html_report import render_html
 
     text, bold = cross_cells(datasets)
     # Method names come from plug-ins and stores: escape every cell and header.
@@ -257,7 +256,7 @@ def to_html(datasets: list[ReportData]) -> str:
 
 def to_latex(datasets: list[ReportData]) -> str:
     """A booktabs table, a \\multicolumn group per dataset with a \\cmidrule under it."""
-    from benchmark.report import NOT_LEARNED_MARK, TIE_MARK, TUNED_MARK, _escape_latex
+    from medad_bench.report import NOT_LEARNED_MARK, TIE_MARK, TUNED_MARK, _escape_latex
 
     def latex_cell(cell: str) -> str:
         return (_escape_latex(cell).replace(TIE_MARK, r"$^{\dagger}$")

@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from benchmark.errors import BenchError
+from medad_bench.errors import BenchError
 
 #: errno values that mean "this place cannot take the write", as opposed to a bug.
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
@@ -105,6 +105,10 @@ def preallocated_npy(path: Path, dtype: object, shape: tuple[int, ...]) -> objec
     from numpy.lib.format import open_memmap
 
     array = open_memmap(path, mode="w+", dtype=dtype, shape=shape)
-    with open(path, "r+b") as handle:
-        os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+    try:
+        with open(path, "r+b") as handle:
+            os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+    except BaseException:
+        del array  # unmapped now, not when the traceback is dropped
+        raise
     return array

@@ -20,13 +20,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-
-from benchmark import metrics, stats
-from benchmark.api import Images, Method, Prediction
-from benchmark.competence import OutputFollowing, competence
-from benchmark.data import PreparedDataset
-from benchmark.errors import BenchError
-from benchmark.metrics import HEALTHY_PERCENTILE, PIXEL_HEALTHY_PERCENTILE, THRESHOLD_RULES
+from medad_bench import metrics, stats
+from medad_bench.api import Images, Method, Prediction
+from medad_bench.competence import OutputFollowing, competence
+from medad_bench.data import PreparedDataset
+from medad_bench.errors import BenchError
+from medad_bench.metrics import HEALTHY_PERCENTILE, PIXEL_HEALTHY_PERCENTILE, THRESHOLD_RULES
 
 #: Images predicted at once: bounds the maps held for a split without lesion masks.
 PREDICT_CHUNK = 256

@@ -19,12 +19,11 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import torch
-
-from benchmark.data import PreparedDataset, load_card
-from benchmark.data.prepared import open_prepared
-from benchmark.errors import BenchError
-from benchmark.planning import RunPlan, RunResult, RunSpec, threads_per_worker
-from benchmark.running import execute_spec
+from medad_bench.data import PreparedDataset, load_card
+from medad_bench.data.prepared import open_prepared
+from medad_bench.errors import BenchError
+from medad_bench.planning import RunPlan, RunResult, RunSpec, threads_per_worker
+from medad_bench.running import execute_spec
 
 EXECUTORS = ("local", "ray")
 #: Environment a worker needs to find the same cards, cache and store as the parent.

@@ -17,10 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-from benchmark.api import TrainSet
-from benchmark.running import BarProgress
-from methods.anomalypro import (
+from medad_bench.api import TrainSet
+from medad_bench.methods.anomalypro import (
     AnomalyPro,
     AnomalyProConfig,
     Generator,
@@ -30,6 +28,7 @@ from methods.anomalypro import (
     to_model_range,
     translate,
 )
+from medad_bench.running import BarProgress
 
 logger = logging.getLogger(__name__)
 

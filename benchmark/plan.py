@@ -35,10 +35,9 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from benchmark.api import Method, TrainSet, make_config
-from benchmark.errors import BenchError
-from benchmark.resources import MemoryWatch, megabytes
+from medad_bench.api import Method, TrainSet, make_config
+from medad_bench.errors import BenchError
+from medad_bench.resources import MemoryWatch, megabytes
 
 COSTS_DIR = Path("results") / "costs"
 #: Stand-in training images per calibration fit (feature methods: the shorter fit; the longer

@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from benchmark.api import get_method, make_config
-from benchmark.data import PreparedDataset
-from benchmark.errors import BenchError
-from benchmark.tracking import (
+from medad_bench.api import get_method, make_config
+from medad_bench.data import PreparedDataset
+from medad_bench.errors import BenchError
+from medad_bench.tracking import (
     KeyedRun,
     heartbeat_age,
     heartbeat_stale_seconds,
@@ -31,7 +30,7 @@ from benchmark.tracking import (
     mark_killed,
     runs_by_key,
 )
-from benchmark.training import IterativeMethod
+from medad_bench.training import IterativeMethod
 
 logger = logging.getLogger(__name__)
 

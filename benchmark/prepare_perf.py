@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
-
-from benchmark.data import fixtures
+from medad_bench.data import fixtures
 
 SAMPLE_SECONDS = 0.05
 
@@ -54,7 +53,7 @@ def measure_prepare(tree: Path, count: int, *, workers: int | None = None,
                     card: str = "covidx") -> PrepareMeasurement:
     """Run one cold `bench data prepare` and sample the whole process tree's memory."""
     with tempfile.TemporaryDirectory(prefix="bench-prepare-") as cache:
-        command = [sys.executable, "-m", "benchmark.cli", "data", "prepare", "--dataset", card,
+        command = [sys.executable, "-m", "medad_bench.cli", "data", "prepare", "--dataset", card,
                    "--data-root", str(tree), "--no-progress"]
         if workers:
             command += ["--workers", str(workers)]
@@ -118,9 +117,9 @@ class BareMeasurement:
 def measure_bare(tree: Path, *, workers: int | None = None, size: int = 256,
                  drop_top_fraction: float = 0.08) -> BareMeasurement:
     """One bare decode of every PNG in the tree, in a fresh process (start-up included)."""
-    from benchmark.data.build import default_workers
+    from medad_bench.data.build import default_workers
 
-    command = [sys.executable, "-m", "benchmark.prepare_perf", str(tree),
+    command = [sys.executable, "-m", "medad_bench.prepare_perf", str(tree),
                str(workers or default_workers()), str(size), str(drop_top_fraction)]
     started = time.perf_counter()
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout

@@ -27,9 +27,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from benchmark.errors import BenchError
-from benchmark.report import ReportData
+from medad_bench.errors import BenchError
+from medad_bench.report import ReportData
 
 KIND = "published"
 FORMAT_VERSION = 1
@@ -256,7 +255,7 @@ def protocol_differences(reference: dict[str, Any], data: ReportData,
                          methods: list[str]) -> list[str]:
     """What still differs between the runs and the publication: profile, seeds, split
     sizes, image size, and per method backbone, weights and the published settings."""
-    from benchmark.tracking import run_params
+    from medad_bench.tracking import run_params
 
     protocol = reference["protocol"]
     params = {m: run_params(data.uri, data.runs[data.runs.method == m].run_id.iloc[0])
@@ -303,7 +302,7 @@ def _split_differences(data: ReportData, protocol: dict[str, Any],
 def _evaluated_counts(data: ReportData) -> dict[str, str]:
     """Validation and test image counts from one run's scores.csv (every run of a report
     shares the split hash, so one run speaks for all)."""
-    from benchmark.tracking import downloaded_artifact
+    from medad_bench.tracking import downloaded_artifact
 
     run_id = data.runs.run_id.iloc[0]
     with downloaded_artifact(data.uri, run_id, ("scores.csv",)) as path:

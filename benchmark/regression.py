@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
-from benchmark.disk import write_text_atomic
-from benchmark.errors import BenchError
-from benchmark.report import ReportData
+from medad_bench.disk import write_text_atomic
+from medad_bench.errors import BenchError
+from medad_bench.report import ReportData
 
 DEFAULT_TOLERANCE = 0.02
 FORMAT_VERSION = 2

@@ -18,18 +18,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from benchmark import stats
-from benchmark.errors import BenchError, UsageError
-from benchmark.html_report import HtmlSection
-from benchmark.metrics import (
+from medad_bench import stats
+from medad_bench.errors import BenchError, UsageError
+from medad_bench.html_report import HtmlSection
+from medad_bench.metrics import (
     HEALTHY_PERCENTILE,
     METRIC_NAMES,
     SENS_AT_SPEC,
     SPEC_AT_SENS,
     THRESHOLD_RULES,
 )
-from benchmark.selection_report import (
+from medad_bench.selection_report import (
     ORACLE_FOOTNOTE,
     SECTION_TITLE,
     SelectionSummary,
@@ -38,7 +37,7 @@ from benchmark.selection_report import (
     selection_caption,
     selection_cells,
 )
-from benchmark.tracking import finished_runs
+from medad_bench.tracking import finished_runs
 
 #: Marks a column chosen with the test labels or masks (an oracle); explained in the caption.
 ORACLE_MARK = "§"
@@ -146,9 +145,7 @@ def select_runs(uri: str, dataset: str, profile: str | None = None,
     if runs.empty:
         raise BenchError(f"no finished runs of dataset '{dataset}' in {uri}. "
                          f"Run `bench run --dataset {dataset}` first (same --tracking-uri).")
-    # Table 1 compares methods at the profile's budget; other budgets are the budget curve's.
-    runs = runs[(runs.contaminated == str(contaminated).lower())
-                & (runs.budget_scale.astype(float) == 1)]
+    runs = runs[runs.contaminated == str(contaminated).lower()]
     if profile:
         runs = runs[runs.profile == profile]
     if runs.empty:
@@ -162,6 +159,14 @@ def select_runs(uri: str, dataset: str, profile: str | None = None,
         raise BenchError(f"no finished runs of '{dataset}' with split hash {split_hash}.")
     data_version = runs.iloc[0].data_version
     runs = runs[runs.data_version == data_version]
+    # Table 1 compares methods at the profile's budget; other budgets are the budget curve's
+    # (`bench report --budget-curve`), named in the notes of a method that did not learn.
+    at_profile_budget = runs.budget_scale.astype(float) == 1
+    other_budgets, runs = runs[~at_profile_budget], runs[at_profile_budget]
+    if runs.empty:
+        raise BenchError(f"no finished runs of '{dataset}' at the profile's budget (1x) in "
+                         f"{uri}; only budget-scale runs: `bench report --dataset {dataset} "
+                         f"--budget-curve` shows those.")
     tuned_notes = []
     if exclude_tuned:
         marked = is_tuned(runs)
@@ -182,7 +187,7 @@ def select_runs(uri: str, dataset: str, profile: str | None = None,
     if fallback:
         notes.append(f"{', '.join(fallback)}: backbone randomly initialised because ImageNet "
                      f"weights could not be loaded; not comparable with published figures.")
-    notes += run_warnings(latest) + competence_notes(latest)
+    notes += run_warnings(latest) + competence_notes(latest, other_budgets)
     tuned_methods = sorted(latest.loc[is_tuned(latest), "method"].unique())
     if tuned_methods:
         notes.append(f"{TUNED_MARK} {', '.join(tuned_methods)}: run with --set overrides "
@@ -251,9 +256,12 @@ def unranked_methods(runs: pd.DataFrame) -> set[str]:
     return set(runs.loc[not_competent(runs), "method"])
 
 
-def competence_notes(runs: pd.DataFrame) -> list[str]:
-    """One note per method with failed runs: the seeds and the checks that failed."""
-    from benchmark.competence import failed_text
+def competence_notes(runs: pd.DataFrame,
+                     other_budgets: pd.DataFrame | None = None) -> list[str]:
+    """One note per method with failed runs: the seeds and the checks that failed, and, where
+    the store holds runs of it at other budgets (`bench run --budget-scale`), the smallest
+    budget at which every seed passed, or that none did."""
+    from medad_bench.competence import failed_text
 
     notes = []
     for method, group in runs[not_competent(runs)].groupby("method"):
@@ -261,8 +269,30 @@ def competence_notes(runs: pd.DataFrame) -> list[str]:
                  for run in group.itertuples()]
         notes.append(f"{NOT_LEARNED_MARK} {method} did not learn (validation checks failed: "
                      f"{'; '.join(parts)}): a failed training run, not a result; never bold "
-                     f"or ranked.")
+                     f"or ranked.{_budget_text(method, other_budgets)}")
     return notes
+
+
+def _budget_text(method: str, other_budgets: pd.DataFrame | None) -> str:
+    """' Trained longer: ...' from the method's runs at other budgets, or ''."""
+    if other_budgets is None or other_budgets.empty:
+        return ""
+    mine = other_budgets[(other_budgets.method == method) & (other_budgets.competent != "")]
+    if mine.empty:
+        return ""
+    mine = mine.sort_values("start_time", ascending=False).drop_duplicates(
+        ["budget_scale", "seed"])
+    scales = mine.assign(scale=mine.budget_scale.astype(float)).groupby("scale")
+    passed = {scale: bool((group.competent == "true").all()) for scale, group in scales}
+    tried = ", ".join(f"{scale:g}x" for scale in sorted(passed))
+    learned = sorted(scale for scale, ok in passed.items() if ok and scale > 1)
+    if not learned:
+        return (f" Trained longer it did not learn either (budgets tried: {tried}; `bench "
+                f"report --budget-curve`).")
+    first = learned[0]
+    auc = mine[mine.budget_scale.astype(float) == first]["metric.auc"].astype(float).mean()
+    return (f" At {first:g}x the training budget it passes every check (test AUC {auc:.3f}; "
+            f"budgets tried: {tried}; `bench report --budget-curve`).")
 
 
 def is_tuned(runs: pd.DataFrame) -> pd.Series:
@@ -400,7 +430,7 @@ def load_test_scores(uri: str, runs: pd.DataFrame
 
 
 def _test_table(uri: str, run_id: str) -> pd.DataFrame | None:
-    from benchmark.tracking import downloaded_artifact
+    from medad_bench.tracking import downloaded_artifact
 
     with downloaded_artifact(uri, run_id, ("subject_scores.csv", "scores.csv")) as path:
         if path is None:

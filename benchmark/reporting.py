@@ -21,17 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmark.disk import write_text_atomic
-from benchmark.errors import UsageError
-from benchmark.published import PublishedComparison
-from benchmark.regression import CheckOutcome
-from benchmark.report import ReportData
+from medad_bench.disk import write_text_atomic
+from medad_bench.errors import UsageError
+from medad_bench.published import PublishedComparison
+from medad_bench.regression import CheckOutcome
+from medad_bench.report import ReportData
+from medad_bench.shipped import reference_file
 
 #: Where reports go by default: inside the git-ignored results/, so a report never dirties the
 #: checkout. The committed reports/ come from `make reports`.
 REPORTS_DIR = Path("results") / "reports"
-#: Where references live by default: results/reference/<dataset>.json.
-REFERENCE_DIR = Path("results") / "reference"
 #: Report formats and their file extensions.
 FORMATS = {"md": "md", "latex": "tex", "html": "html"}
 #: As the report's output path: print the report only (no figures, no file, nothing logged).
@@ -42,7 +41,7 @@ def card_name(dataset: str) -> str:
     """The name runs are stored under: `bench run` keeps them under the card's `name`, which a
     card path (or a card file named otherwise) does not spell. A name that is no card is kept
     as given, so runs of a card since removed can still be read."""
-    from benchmark.data import available_cards, load_card
+    from medad_bench.data import available_cards, load_card
 
     if dataset.endswith(".toml") or dataset in available_cards():
         return load_card(dataset).name
@@ -85,7 +84,7 @@ def render_report(data: ReportData, fmt: str, figures: dict[str, Path] | None = 
     """The report's text: Markdown linking `figures` relative to `out`'s folder, a LaTeX
     booktabs table, or one self-contained HTML page with the table and every figure. The
     "Model selection" section follows Table 1 in each format where the runs have one."""
-    from benchmark.report import (
+    from medad_bench.report import (
         caption,
         selection_html_section,
         to_html_table,
@@ -100,7 +99,7 @@ def render_report(data: ReportData, fmt: str, figures: dict[str, Path] | None = 
     if fmt == "latex":
         return to_latex(data)
     if fmt == "html":
-        from benchmark.html_report import render_html
+        from medad_bench.html_report import render_html
 
         section = selection_html_section(data)
         return render_html(title=f"Table 1: {data.dataset}", caption=caption(data),
@@ -121,8 +120,8 @@ def build_report(tracking_uri: str | None, dataset: str, fmt: str = "md",
     Figures (not for LaTeX) go to <out's folder>/<dataset>[-contaminated]/. `metrics`:
     Table 1's columns (benchmark.report.parse_metrics names); None: the default columns.
     """
-    from benchmark.report import select_runs
-    from benchmark.tracking import resolve_tracking_uri
+    from medad_bench.report import select_runs
+    from medad_bench.tracking import resolve_tracking_uri
 
     dataset = card_name(dataset)
     uri = resolve_tracking_uri(tracking_uri)
@@ -135,7 +134,7 @@ def build_report(tracking_uri: str | None, dataset: str, fmt: str = "md",
     figure_dir = out.parent / f"{dataset}{suffix}"
     built: dict[str, Path] = {}
     if figures and fmt != "latex" and str(out) != str(PRINT_ONLY):
-        from benchmark.report_figures import build_figures
+        from medad_bench.report_figures import build_figures
 
         built = build_figures(data, figure_dir)
     return Report(data=data, fmt=fmt, text=render_report(data, fmt, built, out), out=out,
@@ -155,7 +154,7 @@ def write_report(report: Report | Any) -> Path:
 def log_report_run(report: Report) -> str:
     """Log the written report and its figures as one MLflow run (tag bench.kind=report) in
     the dataset's experiment, beside the runs it summarises; returns the run id."""
-    from benchmark.tracking import log_report
+    from medad_bench.tracking import log_report
 
     data = report.data
     return log_report(data.uri, data.dataset, [report.out, *report.figures.values()],
@@ -164,8 +163,8 @@ def log_report_run(report: Report) -> str:
 
 
 def default_reference_path(dataset: str) -> Path:
-    """results/reference/<dataset>.json"""
-    return REFERENCE_DIR / f"{dataset}.json"
+    """results/reference/<dataset>.json of the working folder, else the shipped one."""
+    return reference_file(f"{dataset}.json")
 
 
 def record_reference(tracking_uri: str | None, dataset: str, against: Path | None = None,
@@ -174,9 +173,9 @@ def record_reference(tracking_uri: str | None, dataset: str, against: Path | Non
     """Record the newest runs of `dataset` as its reference; returns the reference and the
     file it was written to (`against`, default default_reference_path). `tolerance` None:
     benchmark.regression.DEFAULT_TOLERANCE."""
-    from benchmark.regression import DEFAULT_TOLERANCE, reference_from, write_reference
-    from benchmark.report import select_runs
-    from benchmark.tracking import resolve_tracking_uri
+    from medad_bench.regression import DEFAULT_TOLERANCE, reference_from, write_reference
+    from medad_bench.report import select_runs
+    from medad_bench.tracking import resolve_tracking_uri
 
     dataset = card_name(dataset)
     against = against or default_reference_path(dataset)
@@ -213,9 +212,9 @@ def check_against_reference(tracking_uri: str | None, dataset: str,
     (benchmark.regression.compare). `against` None: default_reference_path; `tolerance` None:
     the reference's; `profile` None: the reference's. Raises BenchError when the reference
     is missing or unreadable, UsageError when it is another dataset's."""
-    from benchmark.regression import compare, read_reference
-    from benchmark.report import select_runs
-    from benchmark.tracking import resolve_tracking_uri
+    from medad_bench.regression import compare, read_reference
+    from medad_bench.report import select_runs
+    from medad_bench.tracking import resolve_tracking_uri
 
     dataset = card_name(dataset)
     against = against or default_reference_path(dataset)
@@ -236,9 +235,9 @@ def check_against_published(tracking_uri: str | None, dataset: str, against: Pat
     deviations, plus what was not run and the protocol differences that remain. `profile`
     None: the newest run's. Raises BenchError when the file is missing or malformed (naming
     the key), UsageError when it is another dataset's."""
-    from benchmark.published import compare_published, read_published
-    from benchmark.report import select_runs
-    from benchmark.tracking import resolve_tracking_uri
+    from medad_bench.published import compare_published, read_published
+    from medad_bench.report import select_runs
+    from medad_bench.tracking import resolve_tracking_uri
 
     dataset = card_name(dataset)
     reference = read_published(against)

@@ -13,8 +13,7 @@ import sys
 from pathlib import Path
 
 import torch
-
-from benchmark.errors import UsageError
+from medad_bench.errors import UsageError
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 
-from benchmark.api import get_method
-from benchmark.data import load_card, prepare
-from benchmark.data.prepared import resolve_data_root
-from benchmark.errors import UsageError
-from benchmark.executors import execute
-from benchmark.planning import (
+from medad_bench.api import get_method
+from medad_bench.data import load_card, prepare
+from medad_bench.data.prepared import resolve_data_root
+from medad_bench.errors import UsageError
+from medad_bench.executors import execute
+from medad_bench.planning import (
     RunPlan,
     RunResult,
     make_specs,
@@ -22,9 +22,9 @@ from benchmark.planning import (
     planned_threads,
     triage,
 )
-from benchmark.resources import resolve_device
-from benchmark.seeding import prepare_determinism
-from benchmark.tracking import code_version, ensure_experiment, environment_identity
+from medad_bench.resources import resolve_device
+from medad_bench.seeding import prepare_determinism
+from medad_bench.tracking import code_version, ensure_experiment, environment_identity
 
 logger = logging.getLogger(__name__)
 

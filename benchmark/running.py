@@ -19,20 +19,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from medad_bench import evaluation, metrics
+from medad_bench.api import Method, Progress, TrainSet, get_method
+from medad_bench.competence import OutputFollowing, failed_text
+from medad_bench.data import PreparedDataset
+from medad_bench.data.images import empty_like, join
+from medad_bench.disk import WriteError
+from medad_bench.errors import BenchError
+from medad_bench.planning import RunPlan, RunResult, RunSpec, selection_rule
+from medad_bench.resources import MemoryWatch, megabytes
+from medad_bench.seeding import deterministic_algorithms
+from medad_bench.tracking import RunLogger, environment_params, store_failure
+from medad_bench.training import IterativeMethod, hold_out_normals
 from tqdm.auto import tqdm
-
-from benchmark import evaluation, metrics
-from benchmark.api import Method, Progress, TrainSet, get_method
-from benchmark.competence import OutputFollowing, failed_text
-from benchmark.data import PreparedDataset
-from benchmark.data.images import empty_like, join
-from benchmark.disk import WriteError
-from benchmark.errors import BenchError
-from benchmark.planning import RunPlan, RunResult, RunSpec, selection_rule
-from benchmark.resources import MemoryWatch, megabytes
-from benchmark.seeding import deterministic_algorithms
-from benchmark.tracking import RunLogger, environment_params, store_failure
-from benchmark.training import IterativeMethod, hold_out_normals
 
 logger = logging.getLogger(__name__)
 
@@ -252,7 +251,11 @@ def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, see
                          error=f"{type(exc).__name__}: {exc}")
     finally:
         run.heartbeat.stop()  # also when logging the failure itself failed
-        progress.close()
+        try:
+            progress.close()
+        except Exception as close_error:  # noqa: BLE001 - the store may be what failed
+            logger.warning("could not log the last training points of run %s: %s",
+                           run.run_id, str(close_error).splitlines()[0][:200])
 
 
 def _log_failure(run: RunLogger, exc: BaseException) -> None:

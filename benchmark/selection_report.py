@@ -112,7 +112,7 @@ def load_selections(uri: str, runs: pd.DataFrame) -> tuple[pd.DataFrame, list[st
 
     `runs` is the report's table of runs (benchmark.report.ReportData.runs: run_id, method,
     seed); the rule comes from each such run's params."""
-    from benchmark.tracking import downloaded_artifact, run_params
+    from medad_bench.tracking import downloaded_artifact, run_params
 
     rows, notes = [], []
     for run in runs.itertuples(index=False):

@@ -50,8 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from benchmark.api import (
+from medad_bench.api import (
     TRAINING_SETS,
     LabelledSplit,
     Method,
@@ -615,7 +614,7 @@ def _competence_details(session: _Session, config: Any, scale: int | None) -> di
     """The competence checks (benchmark/competence.py) of the lesion check's fit, on its test
     images: recorded in the result's details, so a method's conformance report says whether
     the short fit learned."""
-    from benchmark.competence import competence_of
+    from medad_bench.competence import competence_of
 
     method = session.fit("lesions", 0, scale=scale)
     values = competence_of(method, session.data.test_images, session.data.test_labels)

@@ -29,9 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
-from benchmark.disk import writing
-from benchmark.errors import BenchError
+from medad_bench.disk import writing
+from medad_bench.errors import BenchError
 
 logger = logging.getLogger(__name__)
 
@@ -205,32 +204,49 @@ def environment_params() -> dict[str, str]:
 
 #: Identity-relevant packages: another version of any of them may give another number.
 IDENTITY_PACKAGES = ("torch", "torchvision", "anomalib", "timm")
-#: What "the code" of a run is: the packages and, in a source checkout, the dataset cards and
-#: the build file. Generated reports and results are not code, so writing a report (or
-#: `make demo`) never invalidates finished runs.
-CODE_PACKAGES = ("benchmark", "methods")
-CHECKOUT_CODE = ("datasets", "pyproject.toml")
+#: What "the code" of a run is: the suite's own source and its built-in dataset cards, found
+#: through the import system (a checkout's benchmark/, methods/, datasets/ or an installed
+#: wheel's medad_bench/), never whatever else lies beside them. Generated reports and results
+#: are not code, so writing a report (or `make demo`) never invalidates finished runs.
+CODE_PACKAGES = (("medad_bench", "*.py"), ("medad_bench.methods", "*.py"),
+                 ("medad_bench.datasets", "*.toml"))
 
 
-def code_version(root: Path | None = None) -> str:
+def package_folder(package: str) -> Path:
+    """The folder a package of the suite is imported from."""
+    import importlib.resources
+
+    return Path(str(importlib.resources.files(package)))
+
+
+def code_version(folders: dict[str, Path] | None = None) -> str:
     """A hash of the code's files (not of the commit: committing a report is not a code
-    change, and an edited file is one even before it is committed)."""
-    root = root or Path(__file__).resolve().parents[1]
+    change, and an edited file is one even before it is committed). The same source gives the
+    same version from a checkout and from an installed wheel."""
     digest = hashlib.sha256()
-    for path in code_files(root):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+    for name, path in code_files(folders):
+        digest.update(name.encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
     return f"code-{digest.hexdigest()[:16]}"
 
 
-def code_files(root: Path) -> list[Path]:
-    """The files `code_version` hashes, in a fixed order."""
-    files = [p for package in CODE_PACKAGES for p in (root / package).rglob("*.py")]
-    if (root / "pyproject.toml").is_file():  # a source checkout, not site-packages
-        for name in CHECKOUT_CODE:
-            path = root / name
-            files += [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
-    return sorted(p for p in files if "__pycache__" not in p.parts and p.is_file())
+def code_files(folders: dict[str, Path] | None = None) -> list[tuple[str, Path]]:
+    """(name inside the package, path) of every file `code_version` hashes, sorted by name.
+    `folders`: package -> folder (default: where each package is imported from)."""
+    folders = folders or {package: package_folder(package) for package, _ in CODE_PACKAGES}
+    roots = set(folders.values())
+    files = []
+    for package, pattern in CODE_PACKAGES:
+        root = folders[package]
+        for path in root.rglob(pattern):
+            # A wheel nests methods/ inside medad_bench/: hash each file under its own package.
+            nested = any(other != root and other in path.parents and root in other.parents
+                         for other in roots)
+            if "__pycache__" in path.parts or nested or not path.is_file():
+                continue
+            name = f"{package.replace('.', '/')}/{path.relative_to(root).as_posix()}"
+            files.append((name, path))
+    return sorted(files)
 
 
 def environment_identity(device_type: str, threads: str) -> dict[str, str]:

@@ -28,12 +28,11 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from benchmark.api import Images, Method, Progress, TrainSet
-from benchmark.data.images import ImageSet
-from benchmark.disk import writing
-from benchmark.errors import BenchError
-from benchmark.metrics import aucp, debiased_aucp
+from medad_bench.api import Images, Method, Progress, TrainSet
+from medad_bench.data.images import ImageSet
+from medad_bench.disk import writing
+from medad_bench.errors import BenchError
+from medad_bench.metrics import aucp, debiased_aucp
 
 logger = logging.getLogger(__name__)
 

@@ -1,21 +1,9 @@
-"""The suite's built-in methods, one module each; importing this package registers them.
+"""The suite's built-in methods, one module each (imported as `medad_bench.methods`).
 
-Adding a method: write `methods/<name>.py` with a `@register_method` class, and add its import
-below. Other packages register theirs through the `benchmark.methods` entry-point group.
+Adding a method: write `methods/<name>.py` with a `@register_method` class and declare it in
+pyproject.toml's `[project.entry-points."medad_bench.methods"]`, as any plug-in does
+(docs/plugins.md); `bench list` then finds it. Shared parts: `_gan.py` (GAN chores, networks,
+losses), `_translation.py` (AnomalyPro and Brainomaly), `_autoencoder.py`, `_anomalib.py`
+(backbone methods through anomalib), `_weights.py` (pretrained weights), `_budget.py` (the
+quick profiles' equal training budget).
 """
-
-from methods import (  # noqa: F401
-    alad,
-    alocc,
-    anomalypro,
-    autoencoder,
-    brainomaly,
-    dae,
-    fanogan,
-    ganomaly,
-    padim,
-    patchcore,
-    reverse_distillation,
-    stfpm,
-    vae,
-)

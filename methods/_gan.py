@@ -18,12 +18,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from medad_bench.api import Images, TrainSet
+from medad_bench.data.images import ImageSet
+from medad_bench.training import IterativeMethod
 from torch import nn
 from torch.nn import functional as F
-
-from benchmark.api import Images, TrainSet
-from benchmark.data.images import ImageSet
-from benchmark.training import IterativeMethod
 
 
 def stages(image_size: int) -> int:

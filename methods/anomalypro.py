@@ -22,11 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
-
-from benchmark.api import Prediction, Progress, TrainSet, register_method
-from methods._gan import wgan_critic_loss
-from methods._translation import (
+from medad_bench.api import Prediction, Progress, TrainSet, register_method
+from medad_bench.methods._gan import wgan_critic_loss
+from medad_bench.methods._translation import (
     PatchDiscriminator,
     TranslationConfig,
     TranslationGAN,
@@ -34,6 +32,7 @@ from methods._translation import (
     generator_body,
     quick_translation_settings,
 )
+from torch import nn
 
 __all__ = ["AnomalyPro", "AnomalyProConfig", "Generator", "PatchDiscriminator", "critic_loss",
            "critic_layers_for", "generator_loss", "mask_diagnostics", "mask_loss",
@@ -261,7 +260,7 @@ class AnomalyPro(TranslationGAN):
                           labels: np.ndarray) -> dict[str, tuple[float, bool]]:
         """The mask must mark the diseased images more than the healthy ones and must not
         have saturated (benchmark/competence.py: MASK_MARGIN, and the saturation bounds)."""
-        from benchmark.competence import MASK_MARGIN
+        from medad_bench.competence import MASK_MARGIN
 
         if "mask M" not in extras or not 0 < int(labels.sum()) < len(labels):
             return {}
@@ -286,7 +285,7 @@ def mask_diagnostics(masks: np.ndarray, labels: np.ndarray,
                      lesions: np.ndarray | None) -> dict[str, float]:
     """Mean M on healthy and on diseased images, the share of pixels with M > 0.5, and (where
     lesion masks exist) the pixel AUROC of M itself against them."""
-    from benchmark.stats import pixel_auroc
+    from medad_bench.stats import pixel_auroc
 
     healthy, diseased = masks[labels == 0], masks[labels == 1]
     values = {"mask_mean_healthy": float(healthy.mean()) if len(healthy) else float("nan"),

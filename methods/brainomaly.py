@@ -18,16 +18,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
-
-from benchmark.api import register_method
-from methods._gan import wgan_critic_loss
-from methods._translation import (
+from medad_bench.api import register_method
+from medad_bench.methods._gan import wgan_critic_loss
+from medad_bench.methods._translation import (
     TranslationConfig,
     TranslationGAN,
     generator_body,
     quick_translation_settings,
 )
+from torch import nn
 
 
 class MapGenerator(nn.Module):

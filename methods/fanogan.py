@@ -18,10 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from benchmark.api import Prediction, TrainSet, register_method
-from methods._budget import steps_for
-from methods._gan import (
+from medad_bench.api import Prediction, TrainSet, register_method
+from medad_bench.methods._budget import steps_for
+from medad_bench.methods._gan import (
     RECONSTRUCTION,
     GANMethod,
     ImageEncoder,

@@ -10,16 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-from benchmark.api import Progress, TrainSet, register_method
-from methods._anomalib import (
+from medad_bench.api import Progress, TrainSet, register_method
+from medad_bench.methods._anomalib import (
     LITE0,
     BackboneMethod,
     backbone_input,
     chunks,
     n_batches,
 )
-from methods._budget import QUICK_IMAGES_SEEN
+from medad_bench.methods._budget import QUICK_IMAGES_SEEN
 
 #: EfficientNet-Lite0 stages at strides 4, 8 and 16 (24, 40 and 112 channels).
 LITE0_PADIM_LAYERS = ("blocks.1", "blocks.2", "blocks.4")

@@ -20,11 +20,8 @@ from functools import partial
 
 import numpy as np
 import torch
-from torch import nn
-from torch.nn import functional as F
-
-from benchmark.api import Images, Prediction, Progress, TrainSet, register_method
-from methods._anomalib import (
+from medad_bench.api import Images, Prediction, Progress, TrainSet, register_method
+from medad_bench.methods._anomalib import (
     LITE0,
     BackboneMethod,
     backbone_input,
@@ -32,7 +29,9 @@ from methods._anomalib import (
     n_batches,
     resize_maps,
 )
-from methods._budget import QUICK_IMAGES_SEEN
+from medad_bench.methods._budget import QUICK_IMAGES_SEEN
+from torch import nn
+from torch.nn import functional as F
 
 #: EfficientNet-Lite0 stages at strides 8 and 16 (40 and 112 channels).
 LITE0_PATCHCORE_LAYERS = ("blocks.2", "blocks.4")
@@ -115,8 +114,7 @@ class Patchcore(BackboneMethod):
         """Patches per image and values per patch (one forward pass), and a coreset step's
         cost: fixed seconds per step and seconds per bank row, on random banks."""
         from anomalib.models.image.patchcore.torch_model import PatchcoreModel
-
-        from benchmark.plan import timed
+        from medad_bench.plan import timed
 
         model = PatchcoreModel(layers=list(config.layers), backbone=config.backbone,
                                pre_trained=False).to(device).eval()

@@ -37,11 +37,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from medad_bench.api import TrainSet, register_method
+from medad_bench.methods._anomalib import LITE0, DistillationMethod, drop_unused_stages
+from medad_bench.methods._budget import QUICK_WORKING_SIZE, steps_for
 from torch import nn
-
-from benchmark.api import TrainSet, register_method
-from methods._anomalib import LITE0, DistillationMethod, drop_unused_stages
-from methods._budget import QUICK_WORKING_SIZE, steps_for
 
 #: EfficientNet-Lite0 stages at strides 4, 8 and 16, as resnet18's layer1-3 (24, 40, 112
 #: channels).

@@ -31,11 +31,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
-from torch.nn import functional as F
-
-from benchmark.api import register_method
-from methods._autoencoder import (
+from medad_bench.api import register_method
+from medad_bench.methods._autoencoder import (
     ConvAutoencoder,
     ReconstructionConfig,
     ReconstructionMethod,
@@ -43,6 +40,8 @@ from methods._autoencoder import (
     quick_iterations,
     quick_size,
 )
+from torch import nn
+from torch.nn import functional as F
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from benchmark.data import integrity, load_card, prepare
+from medad_bench.data import integrity, load_card, prepare
 
 
 def timed(call: object, repeats: int) -> float:

@@ -14,8 +14,7 @@ from __future__ import annotations
 import argparse
 
 import pandas as pd
-
-from benchmark.coverage import SCENARIOS, coverage
+from medad_bench.coverage import SCENARIOS, coverage
 
 
 def main() -> None:

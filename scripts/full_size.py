@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmark.data import load_card, prepare
-from benchmark.data.cards import parse_card
+from medad_bench.data import load_card, prepare
+from medad_bench.data.cards import parse_card
 
 
 def synthetic_at(size: int, cache_root: Path) -> object:

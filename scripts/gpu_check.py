@@ -23,10 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from full_size import synthetic_at  # scripts/ is on the path when a script runs
-
-from benchmark import metrics
-from benchmark.api import available_methods, get_method, make_config
-from benchmark.running import make_method, training_set
+from medad_bench import metrics
+from medad_bench.api import available_methods, get_method, make_config
+from medad_bench.running import make_method, training_set
 
 
 def shortened(cls: type, config: object, n: int) -> object:

@@ -24,12 +24,10 @@ from pathlib import Path
 
 import torch
 from full_size import synthetic_at  # scripts/ is on the path when a script runs
-
-from benchmark import metrics
-from benchmark.api import Progress
-from benchmark.running import training_set  # noqa: E402
-from methods._gan import to_model_input
-from methods.anomalypro import (
+from medad_bench import metrics
+from medad_bench.api import Progress
+from medad_bench.methods._gan import to_model_input
+from medad_bench.methods.anomalypro import (
     AnomalyPro,
     AnomalyProConfig,
     Generator,
@@ -37,6 +35,7 @@ from methods.anomalypro import (
     critic_loss,
     generator_loss,
 )
+from medad_bench.running import training_set  # noqa: E402
 
 
 class Curves(Progress):

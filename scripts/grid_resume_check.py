@@ -28,7 +28,7 @@ GRID = ["run", "--methods", "padim,anomalypro", "--dataset", "synthetic", "--see
 
 
 def bench(args: list[str], cwd: Path, uri: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "benchmark.cli", *args, "--tracking-uri", uri],
+    return subprocess.run([sys.executable, "-m", "medad_bench.cli", *args, "--tracking-uri", uri],
                           cwd=cwd, capture_output=True, text=True, env=dict(os.environ))
 
 
@@ -55,7 +55,7 @@ def scenario(folder: Path, sig: signal.Signals | None) -> tuple[str, float]:
         result = bench(GRID, folder, uri)
         assert result.returncode == 0, result.stderr
         return table(folder, uri), time.perf_counter() - started
-    process = subprocess.Popen([sys.executable, "-m", "benchmark.cli", *GRID, "--tracking-uri",
+    process = subprocess.Popen([sys.executable, "-m", "medad_bench.cli", *GRID, "--tracking-uri",
                                 uri], cwd=folder, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     while not list((folder / "results" / "runs").glob("synthetic/anomalypro-s0-*/last.pt")):

@@ -14,11 +14,10 @@ import argparse
 
 import numpy as np
 import pandas as pd
-
-from benchmark import stats
-from benchmark.coverage import image_bootstrap_means
-from benchmark.metrics import roc_auc
-from benchmark.report import N_BOOT, select_runs
+from medad_bench import stats
+from medad_bench.coverage import image_bootstrap_means
+from medad_bench.metrics import roc_auc
+from medad_bench.report import N_BOOT, select_runs
 
 
 def before(labels: np.ndarray, scores: dict[str, np.ndarray]) -> pd.DataFrame:

@@ -18,11 +18,10 @@ import statistics
 import time
 
 import torch
-
-from benchmark.api import get_method, make_config
-from benchmark.data import load_card, prepare
-from benchmark.metrics import roc_auc
-from benchmark.resources import MemoryWatch
+from medad_bench.api import get_method, make_config
+from medad_bench.data import load_card, prepare
+from medad_bench.metrics import roc_auc
+from medad_bench.resources import MemoryWatch
 
 CPU = torch.device("cpu")
 SHARES = {"1/2": 2, "1/4": 4, "1/10": 10}

@@ -14,8 +14,7 @@ import sys
 import time
 
 import psutil
-
-from benchmark.prepare_perf import _watch
+from medad_bench.prepare_perf import _watch
 
 
 def main(command: list[str]) -> int:

@@ -21,13 +21,12 @@ from functools import partial
 from pathlib import Path
 
 import torch
-
-from benchmark import plan as planning
-from benchmark.api import get_method, make_config, parse_method_list
-from benchmark.cli import _parse_settings
-from benchmark.data import load_card, prepare
-from benchmark.resources import MemoryWatch, megabytes, resolve_device
-from benchmark.running import training_set
+from medad_bench import plan as planning
+from medad_bench.api import get_method, make_config, parse_method_list
+from medad_bench.cli import _parse_settings
+from medad_bench.data import load_card, prepare
+from medad_bench.resources import MemoryWatch, megabytes, resolve_device
+from medad_bench.running import training_set
 
 
 def main() -> int:

@@ -1,16 +1,15 @@
 """PaDiM and PatchCore through real anomalib models, on tiny synthetic images."""
 
+import medad_bench.methods._anomalib as backbones
+import medad_bench.methods._weights as weights
 import numpy as np
 import pytest
 import timm
 import torch
-
-import methods._anomalib as backbones
-import methods._weights as weights
-from benchmark.api import NotFittedError, Progress, get_method, make_config
-from benchmark.data import load_card, prepare
-from benchmark.errors import BenchError
-from benchmark.metrics import roc_auc
+from medad_bench.api import NotFittedError, Progress, get_method, make_config
+from medad_bench.data import load_card, prepare
+from medad_bench.errors import BenchError
+from medad_bench.metrics import roc_auc
 
 CPU = torch.device("cpu")
 
@@ -180,7 +179,7 @@ class _FirstStep(Progress):
 def distilled():
     """Each distillation method's quick profile (packaged Lite0 teacher) fitted for 4 steps
     at 32 px on the conformance images, with its weights at the start of training."""
-    from benchmark.testing import conformance_data, conformance_train_set
+    from medad_bench.testing import conformance_data, conformance_train_set
 
     data = conformance_data(32, 1)
     fitted = {}
@@ -238,8 +237,7 @@ def test_stfpm_full_profile_is_anomalibs():
     from anomalib.data import Folder
     from anomalib.models import Stfpm as AnomalibStfpm
     from anomalib.models.components.base import AnomalibModule
-
-    from methods.stfpm import Stfpm, stfpm_model
+    from medad_bench.methods.stfpm import Stfpm, stfpm_model
 
     config = Stfpm.profile_config("full", image_size=64, channels=1)
     defaults = inspect.signature(AnomalibStfpm.__init__).parameters
@@ -265,8 +263,7 @@ def test_reverse_distillation_full_profile_is_anomalibs():
     from anomalib.models.image.reverse_distillation.torch_model import (
         ReverseDistillationModel,
     )
-
-    from methods.reverse_distillation import (
+    from medad_bench.methods.reverse_distillation import (
         ReverseDistillation,
         has_anomalib_decoder,
         rd_model,
@@ -308,7 +305,7 @@ def _assert_same_optimizer(ours, theirs):
 def test_rd_style_lite0_decoder_mirrors_the_encoder():
     """The RD-style bottleneck and decoder give back the encoder's shapes at any multiple of
     32 px, in training (loss) and scoring (map) mode."""
-    from methods.reverse_distillation import rd_model
+    from medad_bench.methods.reverse_distillation import rd_model
 
     torch.manual_seed(0)
     for size in (32, 96):
@@ -324,7 +321,7 @@ def test_rd_style_lite0_decoder_mirrors_the_encoder():
 
 
 def test_rd_working_size_and_bad_sizes():
-    from methods.reverse_distillation import working_size
+    from medad_bench.methods.reverse_distillation import working_size
 
     cls = get_method("reverse_distillation")
     # Quick works at the dataset's size capped at QUICK_WORKING_SIZE (32), rounded up to a
@@ -341,7 +338,7 @@ def test_rd_working_size_and_bad_sizes():
 
 @pytest.mark.parametrize("name", DISTILLATION)
 def test_quick_profile_is_the_equal_budget(name):
-    from methods._budget import QUICK_IMAGES_SEEN
+    from medad_bench.methods._budget import QUICK_IMAGES_SEEN
 
     cls = get_method(name)
     config = make_config(cls, "quick", image_size=64, channels=1)
@@ -355,8 +352,8 @@ def test_distillation_never_touches_the_network(monkeypatch, tiny_data):
     name lookup (the model hub is unreachable here: anything that tried would hang or fail)."""
     import socket
 
-    from methods.reverse_distillation import rd_model
-    from methods.stfpm import stfpm_model
+    from medad_bench.methods.reverse_distillation import rd_model
+    from medad_bench.methods.stfpm import stfpm_model
 
     attempts = []
 

@@ -7,15 +7,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import LEARNING_CARD
-
-from benchmark.api import Progress, TrainSet, get_method, make_config
-from benchmark.data import load_card, prepare
-from benchmark.errors import BenchError
-from benchmark.metrics import aucp, debiased_aucp, roc_auc
-from benchmark.running import training_set
-from benchmark.training import checkpoint_steps
-from methods._gan import gradient_penalty
-from methods.anomalypro import (
+from medad_bench.api import Progress, TrainSet, get_method, make_config
+from medad_bench.data import load_card, prepare
+from medad_bench.errors import BenchError
+from medad_bench.methods._gan import gradient_penalty
+from medad_bench.methods.anomalypro import (
     AnomalyPro,
     Generator,
     PatchDiscriminator,
@@ -25,6 +21,9 @@ from methods.anomalypro import (
     reconstruct,
     translate,
 )
+from medad_bench.metrics import aucp, debiased_aucp, roc_auc
+from medad_bench.running import training_set
+from medad_bench.training import checkpoint_steps
 
 CPU = torch.device("cpu")
 LEARNING_ITERATIONS = 450
@@ -229,9 +228,8 @@ def test_registered_with_both_training_sets_and_profiles():
 
 def test_a_run_logs_curves_selection_quality_and_the_figure(tracking_uri, isolated):
     from click.testing import CliRunner
+    from medad_bench.cli import cli
     from mlflow.tracking import MlflowClient
-
-    from benchmark.cli import cli
 
     result = CliRunner().invoke(cli, [
         "run", "--methods", "anomalypro", "--dataset", "tiny", "--no-progress",
@@ -293,9 +291,8 @@ def test_a_saturated_run_warns_on_screen_and_in_the_report(tracking_uri, bias, s
     """At lr 0 the mask stays as initialised: a logit bias of 6 holds M at ~1 (saturated),
     none leaves it near 0.5. The warning reaches the terminal, the run and the report."""
     from click.testing import CliRunner
-
-    from benchmark.cli import cli
-    from benchmark.report import select_runs
+    from medad_bench.cli import cli
+    from medad_bench.report import select_runs
 
     settings = {"iterations": 2, "decay_iterations": 0, "lr_g": 0,
                 "lr_d": 0, "mask_logit_bias": bias}

@@ -11,17 +11,16 @@ import math
 import numpy as np
 import pytest
 import torch
+from medad_bench.api import TrainSet, make_config
+from medad_bench.errors import UsageError
+from medad_bench.methods._autoencoder import ConvAutoencoder, gaussian_kl, quick_size
+from medad_bench.methods._budget import QUICK_IMAGES_SEEN
+from medad_bench.methods._gan import to_model_input
+from medad_bench.methods.autoencoder import Autoencoder
+from medad_bench.methods.dae import Dae, DaeConfig, UNet, coarse_noise, group_count
+from medad_bench.methods.vae import Vae
+from medad_bench.testing import add_lesions, smooth_images
 from torch.nn import functional as F
-
-from benchmark.api import TrainSet, make_config
-from benchmark.errors import UsageError
-from benchmark.testing import add_lesions, smooth_images
-from methods._autoencoder import ConvAutoencoder, gaussian_kl, quick_size
-from methods._budget import QUICK_IMAGES_SEEN
-from methods._gan import to_model_input
-from methods.autoencoder import Autoencoder
-from methods.dae import Dae, DaeConfig, UNet, coarse_noise, group_count
-from methods.vae import Vae
 
 CPU = torch.device("cpu")
 METHODS = [Autoencoder, Vae, Dae]

@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import LEARNING_CARD
-
-from benchmark.api import get_method, make_config
-from benchmark.data import load_card, prepare
-from benchmark.metrics import roc_auc
-from benchmark.running import training_set
-from benchmark.training import checkpoint_steps
-from methods.brainomaly import Brainomaly, MapGenerator
+from medad_bench.api import get_method, make_config
+from medad_bench.data import load_card, prepare
+from medad_bench.methods.brainomaly import Brainomaly, MapGenerator
+from medad_bench.metrics import roc_auc
+from medad_bench.running import training_set
+from medad_bench.training import checkpoint_steps
 
 CPU = torch.device("cpu")
 

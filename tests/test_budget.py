@@ -6,12 +6,11 @@ import dataclasses
 import pytest
 import torch
 from click.testing import CliRunner
-
-from benchmark.api import Progress, TrainSet, available_methods, make_config
-from benchmark.cli import cli
-from methods._anomalib import BackboneMethod
-from methods._budget import QUICK_IMAGES_SEEN, steps_for
-from methods.ganomaly import Ganomaly
+from medad_bench.api import Progress, TrainSet, available_methods, make_config
+from medad_bench.cli import cli
+from medad_bench.methods._anomalib import BackboneMethod
+from medad_bench.methods._budget import QUICK_IMAGES_SEEN, steps_for
+from medad_bench.methods.ganomaly import Ganomaly
 
 ALL = sorted(available_methods())
 
@@ -101,9 +100,9 @@ def test_a_budget_scale_multiplies_every_trained_methods_images_seen(name):
 def test_budget_scales_run_as_separate_identities_and_draw_a_curve(tracking_uri, tmp_path):
     """Two scales give two identities of one method; Table 1 keeps the 1x runs only; the
     budget curve has a row per scale with twice the images at 2x, written with its figure."""
-    from benchmark.budget_curve import budget_curve
-    from benchmark.report import select_runs
-    from benchmark.tracking import finished_runs
+    from medad_bench.budget_curve import budget_curve
+    from medad_bench.report import select_runs
+    from medad_bench.tracking import finished_runs
 
     runner = CliRunner()
     setting = ["--set", "autoencoder.iterations=4", "--set", "autoencoder.batch_size=8"]
@@ -135,3 +134,24 @@ def test_bad_budget_scales_name_the_fix(given, message):
     result = CliRunner().invoke(cli, ["run", "--methods", methods, "--dataset", "tiny",
                                       "--budget-scale", given])
     assert result.exit_code != 0 and message in result.output
+
+
+def test_table_1_names_the_budget_at_which_a_failed_method_learns():
+    """A method that failed the checks at 1x gets, beside its mark, the smallest larger budget
+    at which every seed passed (or that none did), from the store's budget-scale runs."""
+    import pandas as pd
+    from medad_bench.report import competence_notes
+
+    failed = pd.DataFrame({"method": ["anomalypro"], "seed": [0], "competent": ["false"],
+                           "competence_failed": ["val_auc"]})
+    longer = pd.DataFrame({"method": ["anomalypro"] * 4, "seed": [0, 1, 0, 1],
+                           "budget_scale": ["4", "4", "16", "16"], "start_time": [1, 2, 3, 4],
+                           "competent": ["true", "false", "true", "true"],
+                           "metric.auc": [0.7, 0.6, 0.8, 0.9]})
+    (note,) = competence_notes(failed, longer)
+    assert "At 16x the training budget it passes every check (test AUC 0.850" in note
+    assert "budgets tried: 4x, 16x" in note
+    (never,) = competence_notes(failed, longer.assign(competent="false"))
+    assert "did not learn either (budgets tried: 4x, 16x" in never
+    (plain,) = competence_notes(failed, None)
+    assert plain.endswith("never bold or ranked.")

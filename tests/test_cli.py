@@ -10,9 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from medad_bench.cli import cli
 from mlflow.tracking import MlflowClient
-
-from benchmark.cli import cli
 
 FAST = ["--dataset", "tiny", "--no-progress", "--weights", "padim=random",
         "--weights", "patchcore=random"]

@@ -8,13 +8,12 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-from benchmark import evaluation
-from benchmark.api import Method, Prediction, TrainSet
-from benchmark.cli import cli
-from benchmark.competence import OUTPUT_CORRELATION_MIN, OutputFollowing, competence
-from benchmark.data import load_card, prepare
-from benchmark.report import select_runs
+from medad_bench import evaluation
+from medad_bench.api import Method, Prediction, TrainSet
+from medad_bench.cli import cli
+from medad_bench.competence import OUTPUT_CORRELATION_MIN, OutputFollowing, competence
+from medad_bench.data import load_card, prepare
+from medad_bench.report import select_runs
 
 
 @pytest.fixture
@@ -145,7 +144,7 @@ def test_a_run_that_did_not_learn_is_marked_never_bold_never_ranked(tracking_uri
 
 
 def test_anomalypro_fails_when_its_mask_does_not_mark_the_diseased_images():
-    from methods.anomalypro import AnomalyPro
+    from medad_bench.methods.anomalypro import AnomalyPro
 
     labels = np.array([0] * 10 + [1] * 10)
     rng = np.random.default_rng(0)

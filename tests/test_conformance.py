@@ -17,9 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from benchmark.api import Method, Prediction, available_methods
-from benchmark.testing import CHECKS, check_method
+from medad_bench.api import Method, Prediction, available_methods
+from medad_bench.testing import CHECKS, check_method
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,7 +48,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from benchmark.api import Method, Prediction
+from medad_bench.api import Method, Prediction
 
 
 @dataclass(frozen=True)
@@ -80,14 +79,14 @@ class MeanDistance(Method):
 
 
 def write_plugin(root: Path) -> None:
-    """A module and its distribution's metadata, with the `benchmark.methods` entry point:
+    """A module and its distribution's metadata, with the `medad_bench.methods` entry point:
     what `pip install` of a plug-in package leaves in site-packages."""
     (root / "meanplug_pkg.py").write_text(PLUGIN_MODULE)
     info = root / f"{PLUGIN_NAME}-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {PLUGIN_NAME}\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text(
-        f"[benchmark.methods]\n{PLUGIN_NAME} = meanplug_pkg:MeanDistance\n")
+        f"[medad_bench.methods]\n{PLUGIN_NAME} = meanplug_pkg:MeanDistance\n")
 
 
 def test_an_installed_plugin_is_discovered_and_checked(tmp_path: Path) -> None:

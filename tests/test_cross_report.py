@@ -13,9 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-
-from benchmark.cli import cli
-from benchmark.cross_report import (
+from medad_bench.cli import cli
+from medad_bench.cross_report import (
     MISSING,
     build_cross_report,
     default_cross_path,
@@ -23,8 +22,8 @@ from benchmark.cross_report import (
     rank_table,
     write_cross_report,
 )
-from benchmark.errors import BenchError, UsageError
-from benchmark.tracking import RunLogger, ensure_experiment, finished_runs
+from medad_bench.errors import BenchError, UsageError
+from medad_bench.tracking import RunLogger, ensure_experiment, finished_runs
 
 
 def bench(*args: str) -> object:

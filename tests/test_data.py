@@ -3,11 +3,10 @@ import dataclasses
 import numpy as np
 import pandas as pd
 import pytest
-
-from benchmark.data import load_card, prepare
-from benchmark.data.splits import check_subject_disjoint, manifest_hash
-from benchmark.data.synthetic import SyntheticConfig, generate_image, image_specs
-from benchmark.errors import BenchError, UsageError
+from medad_bench.data import load_card, prepare
+from medad_bench.data.splits import check_subject_disjoint, manifest_hash
+from medad_bench.data.synthetic import SyntheticConfig, generate_image, image_specs
+from medad_bench.errors import BenchError, UsageError
 
 
 def test_generation_is_deterministic_and_seed_dependent():

@@ -26,13 +26,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import free_port, start_mlflow_server, stop_mlflow_server
+from medad_bench.cli import cli
+from medad_bench.data import load_card, prepare
+from medad_bench.data.prepared import open_prepared
+from medad_bench.errors import BenchError
+from medad_bench.tracking import experiment_name, finished_runs
 from mlflow.tracking import MlflowClient
-
-from benchmark.cli import cli
-from benchmark.data import load_card, prepare
-from benchmark.data.prepared import open_prepared
-from benchmark.errors import BenchError
-from benchmark.tracking import experiment_name, finished_runs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,8 +68,8 @@ def mounted(*args: str) -> Iterator[bool]:
     try:
         yield done
     finally:
-        if done:
-            subprocess.run(["umount", target], check=False)
+        if done:  # lazy: a map still held by a traceback must not keep the mount busy
+            subprocess.run(["umount", "-l", target], check=False)
 
 
 # -- the cache checks itself -----------------------------------------------------------------
@@ -223,7 +222,7 @@ n_test = 300
 
 def test_a_killed_preparation_leaves_no_cache_and_the_next_one_is_whole(isolated):
     (isolated / "cards" / "big.toml").write_text(BIG_CARD)
-    command = [sys.executable, "-m", "benchmark.cli", "data", "prepare", "--dataset", "big",
+    command = [sys.executable, "-m", "medad_bench.cli", "data", "prepare", "--dataset", "big",
                "--no-progress"]
     process = subprocess.Popen(command, cwd=isolated, env=os.environ | {"PYTHONPATH": str(REPO)},
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -249,7 +248,7 @@ def test_four_runs_started_at_once_on_a_new_store_are_all_logged(isolated):
     prepare(load_card("tiny"), show_progress=False)  # the cache is not what is tested here
     env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     processes = [subprocess.Popen(
-        [sys.executable, "-m", "benchmark.cli", "run", "--methods", "autoencoder", "--dataset",
+        [sys.executable, "-m", "medad_bench.cli", "run", "--methods", "autoencoder", "--dataset",
          "tiny", "--seeds", str(seed), "--set", "autoencoder.iterations=3", "--no-progress",
          "--tracking-uri", uri], cwd=isolated, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True) for seed in range(4)]
@@ -270,7 +269,7 @@ def test_a_server_lost_mid_run_stops_the_grid_with_one_message(tmp_path, isolate
         env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
                             "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
                             "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
-        command = [sys.executable, "-m", "benchmark.cli", "run", "--methods", "autoencoder",
+        command = [sys.executable, "-m", "medad_bench.cli", "run", "--methods", "autoencoder",
                    "--dataset", "tiny", "--no-progress", "--tracking-uri", uri,
                    "--set", "autoencoder.log_every=1"]
         first = subprocess.run([*command, "--seeds", "0", "--set",
@@ -293,7 +292,7 @@ def test_a_server_lost_mid_run_stops_the_grid_with_one_message(tmp_path, isolate
         output = process.communicate(timeout=120)[0]
         assert process.returncode == 1, output
         assert f"lost the connection to the MLflow server at {uri}" in output
-        assert "runs finished before are safe" in output and "Traceback" not in output
+        assert "runs finished before are safe" in output and "Traceback" not in output, output
 
         server, uri, _ = start_mlflow_server(tmp_path, port)  # same store, same port
         after = finished_runs(uri, "tiny")

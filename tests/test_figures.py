@@ -8,9 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.figure import Figure
+from medad_bench import figures, html_report
 from PIL import Image
-
-from benchmark import figures, html_report
 
 LABELS = np.r_[np.zeros(30, int), np.ones(20, int)]
 
@@ -167,7 +166,7 @@ def test_paired_comparison_orders_by_auc_and_marks_significance():
 
 
 def test_paired_comparison_with_stats_output(curves):
-    from benchmark import stats
+    from medad_bench import stats
 
     summary, p = stats.seed_mean_comparison(
         LABELS, {name: scores[None] for name, (_, scores) in curves.items()}, n_boot=200)

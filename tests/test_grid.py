@@ -20,10 +20,9 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 from conftest import free_port
+from medad_bench.cli import cli
+from medad_bench.tracking import experiment_name, finished_runs
 from mlflow.tracking import MlflowClient
-
-from benchmark.cli import cli
-from benchmark.tracking import experiment_name, finished_runs
 
 SLOW_ANOMALYPRO = ["--set", "anomalypro.iterations=300", "--set", "anomalypro.log_every=10",
                    "--set", "anomalypro.decay_iterations=10"]
@@ -77,7 +76,7 @@ def test_a_changed_config_is_a_new_run_key(tracking_uri):
 
 
 def _start_grid(uri: str, workdir: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "benchmark.cli", "run", "--methods", "padim,anomalypro",
+    command = [sys.executable, "-m", "medad_bench.cli", "run", "--methods", "padim,anomalypro",
                "--dataset", "tiny", "--seeds", "0", "--no-progress", "--tracking-uri", uri,
                *SLOW_ANOMALYPRO]
     return subprocess.Popen(command, cwd=workdir, env=dict(os.environ),
@@ -117,7 +116,7 @@ def test_a_killed_grid_resumes_where_it_stopped(tracking_uri, isolated, sig):
         assert runs.loc[runs.method == "anomalypro", "status"].tolist() == ["RUNNING"]
     # The same command again: padim is skipped, anomalypro is rerun and resumes.
     restart = subprocess.run(
-        [sys.executable, "-m", "benchmark.cli", "run", "--methods", "padim,anomalypro",
+        [sys.executable, "-m", "medad_bench.cli", "run", "--methods", "padim,anomalypro",
          "--dataset", "tiny", "--seeds", "0", "--no-progress", "--tracking-uri", tracking_uri,
          *SLOW_ANOMALYPRO], cwd=isolated, capture_output=True, text=True, timeout=600)
     assert restart.returncode == 0, restart.stdout + restart.stderr
@@ -261,7 +260,7 @@ def test_a_run_alive_on_another_host_is_left_alone_until_its_heartbeat_stops(
 
 def test_a_running_run_keeps_its_heartbeat_fresh_and_stops_when_it_ends(tracking_uri,
                                                                          monkeypatch):
-    from benchmark.tracking import HEARTBEAT_TAG, RunLogger, ensure_experiment
+    from medad_bench.tracking import HEARTBEAT_TAG, RunLogger, ensure_experiment
 
     monkeypatch.setenv("BENCH_HEARTBEAT_SECONDS", "0.2")
     client = MlflowClient(tracking_uri)

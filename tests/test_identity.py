@@ -5,15 +5,13 @@ never counts as a code change."""
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import torch
 from click.testing import CliRunner
-
-from benchmark.cli import cli
-from benchmark.report import select_runs
-from benchmark.tracking import code_files, code_version
+from medad_bench.cli import cli
+from medad_bench.report import select_runs
+from medad_bench.tracking import code_files, code_version
 
 BASE = ["run", "--methods", "padim", "--dataset", "tiny", "--no-progress"]
 
@@ -51,32 +49,61 @@ def test_another_thread_count_is_another_run(tracking_uri):
     assert "skipped: finished before" in same.output
 
 
-def _tree(root: Path) -> Path:
-    for relative in ("benchmark/a.py", "methods/b.py", "datasets/c.toml", "pyproject.toml",
-                     "reports/synthetic.md", "results/mlflow.db", "tests/test_x.py"):
-        path = root / relative
+def _tree(root: Path, layout: dict[str, str]) -> dict[str, Path]:
+    """Files of the suite's packages and beside them; returns the package -> folder mapping."""
+    folders = {package: root / folder for package, folder in layout.items()}
+    files = [(folders["medad_bench"], "a.py"), (folders["medad_bench.methods"], "b.py"),
+             (folders["medad_bench.datasets"], "c.toml"), (root, "pyproject.toml"),
+             (root, "reports/synthetic.md"), (root, "results/mlflow.db"),
+             (root, "tests/test_x.py")]
+    for folder, name in files:
+        path = folder / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(relative)
-    return root
+        path.write_text(name)
+    return folders
+
+
+CHECKOUT = {"medad_bench": "benchmark", "medad_bench.methods": "methods",
+            "medad_bench.datasets": "datasets"}
+WHEEL = {"medad_bench": "medad_bench", "medad_bench.methods": "medad_bench/methods",
+         "medad_bench.datasets": "medad_bench/datasets"}
 
 
 def test_code_version_covers_code_and_cards_but_not_reports_or_results(tmp_path):
-    root = _tree(tmp_path / "repo")
-    hashed = {p.relative_to(root).as_posix() for p in code_files(root)}
-    assert hashed == {"benchmark/a.py", "methods/b.py", "datasets/c.toml", "pyproject.toml"}
-    before = code_version(root)
+    root = tmp_path / "repo"
+    folders = _tree(root, CHECKOUT)
+    hashed = {name for name, _ in code_files(folders)}
+    assert hashed == {"medad_bench/a.py", "medad_bench/methods/b.py",
+                      "medad_bench/datasets/c.toml"}
+    before = code_version(folders)
     (root / "reports" / "synthetic.md").write_text("a regenerated report")
     (root / "results" / "new.db").write_text("runs")
-    shutil.rmtree(root / "tests")
-    assert code_version(root) == before
-    (root / "datasets" / "c.toml").write_text("image_size = 32")
-    assert re.fullmatch(r"code-[0-9a-f]{16}", code_version(root)) and code_version(root) != before
+    (root / "pyproject.toml").write_text("not the package's code")
+    assert code_version(folders) == before
+    (folders["medad_bench.datasets"] / "c.toml").write_text("image_size = 32")
+    changed = code_version(folders)
+    assert re.fullmatch(r"code-[0-9a-f]{16}", changed) and changed != before
+
+
+def test_the_same_source_has_one_code_version_in_a_checkout_and_in_a_wheel(tmp_path):
+    """A wheel nests methods/ and datasets/ inside medad_bench/: each file is hashed under its
+    package's name once, so both layouts name the same code."""
+    checkout = _tree(tmp_path / "repo", CHECKOUT)
+    wheel = _tree(tmp_path / "site-packages", WHEEL)
+    assert code_files(wheel)[0][0] == code_files(checkout)[0][0]
+    assert code_version(wheel) == code_version(checkout)
+
+
+def test_the_installed_suite_hashes_its_own_files():
+    names = {name for name, _ in code_files()}
+    assert "medad_bench/tracking.py" in names and "medad_bench/methods/padim.py" in names
+    assert "medad_bench/datasets/synthetic.toml" in names
+    assert not any("test_" in name or name.endswith(".db") for name in names)
 
 
 def test_a_tuned_run_says_so_and_is_never_reused_as_the_untuned_run(tracking_uri):
+    from medad_bench.tracking import experiment_name, finished_runs
     from mlflow.tracking import MlflowClient
-
-    from benchmark.tracking import experiment_name, finished_runs
 
     both = ["run", "--methods", "padim,patchcore", "--dataset", "tiny", "--no-progress",
             "--weights", "padim=random", "--weights", "patchcore=random",
@@ -105,9 +132,8 @@ def test_a_tuned_run_says_so_and_is_never_reused_as_the_untuned_run(tracking_uri
 
 
 def test_deterministic_runs_log_it_reach_workers_and_are_another_run(tracking_uri):
+    from medad_bench.tracking import finished_runs
     from mlflow.tracking import MlflowClient
-
-    from benchmark.tracking import finished_runs
 
     both = ["run", "--methods", "padim,ganomaly", "--dataset", "tiny", "--no-progress",
             "--weights", "padim=random", "--set", "ganomaly.iterations=20",

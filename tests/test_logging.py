@@ -6,9 +6,8 @@ import logging
 import click
 import pytest
 from click.testing import CliRunner
-
-from benchmark.cli import LOGGED_PACKAGES, cli, configure_logging
-from benchmark.errors import UsageError
+from medad_bench.cli import LOGGED_PACKAGES, cli, configure_logging
+from medad_bench.errors import UsageError
 
 
 @pytest.fixture(autouse=True)
@@ -28,9 +27,9 @@ def logging_command(monkeypatch):
 
     @click.command()
     def emit() -> None:
-        logging.getLogger("benchmark.somewhere").info("note (card): an info line")
-        logging.getLogger("methods.something").warning("WARNING m: a warning line")
-        logging.getLogger("benchmark.somewhere").debug("a debug line")
+        logging.getLogger("medad_bench.somewhere").info("note (card): an info line")
+        logging.getLogger("medad_bench.methods.something").warning("WARNING m: a warning line")
+        logging.getLogger("medad_bench.somewhere").debug("a debug line")
 
     monkeypatch.setitem(cli.commands, "emit-logs", emit)
     return "emit-logs"
@@ -72,7 +71,7 @@ def test_bad_log_level_is_a_clear_error(logging_command, monkeypatch):
 def test_records_reach_capsys_and_caplog(capsys, caplog, monkeypatch):
     monkeypatch.delenv("BENCH_LOG_LEVEL", raising=False)
     configure_logging()
-    with caplog.at_level(logging.INFO, logger="benchmark"):
-        logging.getLogger("benchmark.data").info("a note")
+    with caplog.at_level(logging.INFO, logger="medad_bench"):
+        logging.getLogger("medad_bench.data").info("a note")
     assert capsys.readouterr().err == "a note\n"
     assert [r.getMessage() for r in caplog.records] == ["a note"]

@@ -10,15 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-
-from benchmark.cli import cli
-from benchmark.data import load_card, prepare
-from benchmark.data.cards import parse_card
-from benchmark.data.images import quantize
-from benchmark.data.pixels import fit_to_square
-from benchmark.data.prepared import download_dataset
-from benchmark.data.protocol import assign_splits
-from benchmark.errors import BenchError
+from medad_bench.cli import cli
+from medad_bench.data import load_card, prepare
+from medad_bench.data.cards import parse_card
+from medad_bench.data.images import quantize
+from medad_bench.data.pixels import fit_to_square
+from medad_bench.data.prepared import download_dataset
+from medad_bench.data.protocol import assign_splits
+from medad_bench.errors import BenchError
 
 REPO = Path(__file__).resolve().parents[1]
 COUNTS = {"train": 60, "val": 20, "test": 24}

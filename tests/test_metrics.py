@@ -2,6 +2,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from medad_bench import metrics
+from medad_bench.api import Method, Prediction
 from sklearn.metrics import (
     accuracy_score,
     confusion_matrix,
@@ -10,9 +12,6 @@ from sklearn.metrics import (
     recall_score,
     roc_auc_score,
 )
-
-from benchmark import metrics
-from benchmark.api import Method, Prediction
 
 
 @pytest.fixture
@@ -221,9 +220,9 @@ def _healthy_validation(data):
 
 
 def test_validation_without_diseased_images_uses_the_healthy_percentile():
-    from benchmark import evaluation, stats
-    from benchmark.data import load_card
-    from benchmark.data.prepared import prepare
+    from medad_bench import evaluation, stats
+    from medad_bench.data import load_card
+    from medad_bench.data.prepared import prepare
 
     data = _healthy_validation(prepare(load_card("tiny"), show_progress=False))
     assert set(data.labels_of("val")) == {0} and data.masks_of("val").sum() == 0
@@ -248,8 +247,8 @@ def test_validation_without_diseased_images_uses_the_healthy_percentile():
 
 
 def test_validation_with_both_classes_keeps_youden_and_none_healthy_is_refused():
-    from benchmark import evaluation
-    from benchmark.errors import BenchError
+    from medad_bench import evaluation
+    from medad_bench.errors import BenchError
 
     labels, scores = np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])
     assert evaluation.image_threshold(labels, scores) == (

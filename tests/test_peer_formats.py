@@ -17,11 +17,10 @@ import mlflow
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from medad_bench.cli import cli
+from medad_bench.data import fixtures, load_card, prepare
+from medad_bench.tracking import experiment_name
 from PIL import Image
-
-from benchmark.cli import cli
-from benchmark.data import fixtures, load_card, prepare
-from benchmark.tracking import experiment_name
 
 BUILTIN = Path(__file__).resolve().parents[1] / "datasets"
 SIZE = 32

@@ -8,11 +8,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from PIL import Image, ImageFile
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-from benchmark.data.pixels import (
+from medad_bench.data.pixels import (
     IMAGE_SUFFIXES,
     VOLUME_SUFFIXES,
     ImageReadError,
@@ -21,7 +17,10 @@ from benchmark.data.pixels import (
     read_image,
     read_volume_slices,
 )
-from benchmark.errors import BenchError
+from medad_bench.errors import BenchError
+from PIL import Image, ImageFile
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 # --------------------------------------------------------------------------------------------
 # PNG / JPEG

@@ -7,9 +7,8 @@ import json
 
 import torch
 from click.testing import CliRunner
-
-from benchmark.cli import cli
-from benchmark.report import select_runs
+from medad_bench.cli import cli
+from medad_bench.report import select_runs
 
 
 def bench(*args: str, code: int = 0):

@@ -12,17 +12,16 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
-from benchmark.cli import cli
-from benchmark.errors import BenchError, UsageError
-from benchmark.published import (
+from medad_bench.cli import cli
+from medad_bench.errors import BenchError, UsageError
+from medad_bench.published import (
     K_SD,
     is_published_reference,
     read_published,
     tolerance,
 )
-from benchmark.reporting import check_against_published
-from benchmark.tracking import finished_runs
+from medad_bench.reporting import check_against_published
+from medad_bench.tracking import finished_runs
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = REPO / "results" / "reference" / "published"
@@ -180,7 +179,7 @@ def test_runs_beside_published_figures(tracking_uri, isolated):
 def test_bmad_fixture_run_against_the_published_bmad_figures(tracking_uri, isolated):
     """End to end on a BMAD tree (benchmark.data.fixtures.write_bmad) read by the bmad-rsna
     card, at 32 px so it takes seconds (the card's 224 px then shows as a difference)."""
-    from benchmark.data.fixtures import write_bmad
+    from medad_bench.data.fixtures import write_bmad
 
     card = (REPO / "datasets" / "bmad-rsna.toml").read_text()
     assert "image_size = 224" in card

@@ -11,16 +11,15 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from medad_bench import plan as planning
+from medad_bench.api import TrainSet, available_methods, get_method, make_config
+from medad_bench.cli import cli
+from medad_bench.data import fixtures, load_card, pixels, prepare
+from medad_bench.data.build import Decoding, decode_item, decode_stored
+from medad_bench.data.images import ImageSet, dequantize, quantize
+from medad_bench.methods import patchcore as pc
+from medad_bench.resources import MemoryWatch
 from PIL import Image
-
-from benchmark import plan as planning
-from benchmark.api import TrainSet, available_methods, get_method, make_config
-from benchmark.cli import cli
-from benchmark.data import fixtures, load_card, pixels, prepare
-from benchmark.data.build import Decoding, decode_item, decode_stored
-from benchmark.data.images import ImageSet, dequantize, quantize
-from benchmark.resources import MemoryWatch
-from methods import patchcore as pc
 
 CPU = torch.device("cpu")
 
@@ -64,7 +63,7 @@ def test_bit_depth_16_gives_uint16_rows_and_another_data_version(tiny, tmp_path)
 
 
 def test_bad_bit_depth_in_a_card_is_one_clear_error(tiny, tmp_path):
-    from benchmark.errors import BenchError
+    from medad_bench.errors import BenchError
 
     (tmp_path / "bad.toml").write_text(tiny.card.text.replace("channels = 1",
                                                               "channels = 1\nbit_depth = 12"))
@@ -166,7 +165,7 @@ def test_greedy_coreset_picks_the_farthest_point_each_step():
 
 
 def planning_progress():
-    from benchmark.api import Progress
+    from medad_bench.api import Progress
 
     return Progress()
 
@@ -181,7 +180,7 @@ def patchcore(tiny, **overrides):
 
 
 def test_patchcore_scoring_equals_anomalib_forward_when_nothing_is_dropped(tiny):
-    from methods._anomalib import backbone_input
+    from medad_bench.methods._anomalib import backbone_input
 
     method = patchcore(tiny, max_patches=None, distance_chunk=500)
     assert method.run_info["patches_kept"] == method.run_info["patches_total"]

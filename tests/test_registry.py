@@ -3,10 +3,9 @@ import textwrap
 
 import numpy as np
 import pytest
-
-from benchmark import api
-from benchmark.api import TrainSet, available_methods, get_method, make_config, parse_method_list
-from benchmark.errors import UsageError
+from medad_bench import api
+from medad_bench.api import TrainSet, available_methods, get_method, make_config, parse_method_list
+from medad_bench.errors import UsageError
 
 
 def test_builtin_methods_are_registered_with_both_profiles():
@@ -61,7 +60,7 @@ def test_entry_point_plugins_are_discovered(tmp_path, monkeypatch):
     (tmp_path / "bench_plugin_demo.py").write_text(textwrap.dedent('''
         from dataclasses import dataclass
         import numpy as np
-        from benchmark.api import Method
+        from medad_bench.api import Method
 
         @dataclass(frozen=True)
         class Cfg:
@@ -87,7 +86,7 @@ def test_entry_point_plugins_are_discovered(tmp_path, monkeypatch):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: bench-plugin-demo\n"
                                    "Version: 0.1\n")
     (dist / "entry_points.txt").write_text(
-        "[benchmark.methods]\nmean-intensity = bench_plugin_demo:MeanIntensity\n")
+        "[medad_bench.methods]\nmean-intensity = bench_plugin_demo:MeanIntensity\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(api, "_DISCOVERED", False)
     monkeypatch.setattr(api, "_REGISTRY", dict(api._REGISTRY))

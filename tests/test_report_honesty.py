@@ -6,10 +6,9 @@ from __future__ import annotations
 import re
 
 from click.testing import CliRunner
-
-from benchmark.cli import cli
-from benchmark.html_report import render_html
-from benchmark.report import caption, select_runs, to_html_table
+from medad_bench.cli import cli
+from medad_bench.html_report import render_html
+from medad_bench.report import caption, select_runs, to_html_table
 
 HOSTILE = '<img src=x onerror="alert(1)">'
 

@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from mlflow.tracking import MlflowClient
-
-from benchmark.errors import BenchError, UsageError
-from benchmark.reporting import (
+from medad_bench.errors import BenchError, UsageError
+from medad_bench.reporting import (
     PRINT_ONLY,
     build_report,
     card_name,
@@ -22,7 +20,8 @@ from benchmark.reporting import (
     record_reference,
     write_report,
 )
-from benchmark.tracking import RunLogger, ensure_experiment
+from medad_bench.tracking import RunLogger, ensure_experiment
+from mlflow.tracking import MlflowClient
 
 
 def log_run(uri: str, method: str, seed: int, auc: float) -> None:
@@ -165,8 +164,7 @@ def test_default_columns_with_intervals_pixel_metrics_and_the_oracle(tracking_ur
 
 def test_bench_report_metrics_chooses_the_columns(tracking_uri):
     from click.testing import CliRunner
-
-    from benchmark.cli import cli
+    from medad_bench.cli import cli
 
     for seed in (0, 1):
         log_run_with_new_metrics(tracking_uri, "padim", seed, 0.9, pixel=False)

@@ -11,17 +11,16 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-
-from benchmark.cli import cli
-from benchmark.html_report import render_html
-from benchmark.report import caption, select_runs, selection_html_section, to_html_table
-from benchmark.selection_report import (
+from medad_bench.cli import cli
+from medad_bench.html_report import render_html
+from medad_bench.report import caption, select_runs, selection_html_section, to_html_table
+from medad_bench.selection_report import (
     ORACLE_FOOTNOTE,
     checkpoint_aucs,
     normalise_selection,
     run_rule,
 )
-from benchmark.tracking import RunLogger, ensure_experiment
+from medad_bench.tracking import RunLogger, ensure_experiment
 
 HOSTILE = '<img src=x onerror="alert(1)">'
 N_TEST = 20

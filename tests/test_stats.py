@@ -1,9 +1,8 @@
 import numpy as np
 import pytest
+from medad_bench import stats
 from scipy.stats import t as student_t
 from sklearn.metrics import roc_auc_score
-
-from benchmark import stats
 
 
 def test_auc_matches_sklearn_with_ties():
@@ -97,7 +96,7 @@ def test_youden_threshold_on_a_subsample(separable):
 
 
 def test_seed_mean_comparison_matches_single_seed_auc_and_flags_clear_winner():
-    from benchmark.stats import seed_mean_comparison
+    from medad_bench.stats import seed_mean_comparison
 
     rng = np.random.default_rng(3)
     labels = np.r_[np.zeros(100, int), np.ones(100, int)]
@@ -200,7 +199,7 @@ def test_ties_with_the_best_are_decided_on_holm_adjusted_p_values():
 def test_coverage_simulation_two_level_covers_and_the_old_interval_does_not():
     """The report's 95% interval against a known truth, with training-seed noise and several
     look-alike images per patient (benchmark/coverage.py; scripts/ci_coverage.py runs more)."""
-    from benchmark.coverage import SCENARIOS, coverage
+    from medad_bench.coverage import SCENARIOS, coverage
 
     result = coverage(SCENARIOS[0], repetitions=300, n_boot=300, seed=3)
     by_kind = result.set_index("interval").coverage
@@ -333,7 +332,7 @@ def test_healthy_pixel_threshold_ignores_lesion_pixels():
 
 
 def test_weighted_image_metrics_equal_the_metrics_of_the_expanded_resample():
-    from benchmark import metrics
+    from medad_bench import metrics
 
     rng = np.random.default_rng(4)
     labels = np.r_[np.zeros(40, int), np.ones(25, int)]
@@ -352,7 +351,7 @@ def test_weighted_image_metrics_equal_the_metrics_of_the_expanded_resample():
 
 
 def test_seed_mean_intervals_use_the_aucs_resamples():
-    from benchmark import metrics
+    from medad_bench import metrics
 
     rng = np.random.default_rng(9)
     labels = np.r_[np.zeros(60, int), np.ones(40, int)]

@@ -7,10 +7,9 @@ from collections import OrderedDict
 import pytest
 import timm
 import torch
-
-from benchmark.api import get_method, make_config
-from benchmark.errors import BenchError
-from methods import _weights as weights
+from medad_bench.api import get_method, make_config
+from medad_bench.errors import BenchError
+from medad_bench.methods import _weights as weights
 
 
 def test_packaged_lite0_weights_are_real_imagenet_weights():
@@ -82,8 +81,7 @@ def test_position_mapping_refuses_a_file_that_does_not_line_up(tmp_path, damage,
 
 def test_check_weights_command_prints_classes_and_probabilities():
     from click.testing import CliRunner
-
-    from benchmark.cli import cli
+    from medad_bench.cli import cli
 
     result = CliRunner().invoke(cli, ["check-weights"])
     assert result.exit_code == 0, result.output

@@ -10,13 +10,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from medad_bench.data import folder, load_card, prepare
+from medad_bench.data.cards import parse_card
+from medad_bench.data.protocol import assign_splits
+from medad_bench.errors import BenchError
+from medad_bench.published import read_published
 from PIL import Image
-
-from benchmark.data import folder, load_card, prepare
-from benchmark.data.cards import parse_card
-from benchmark.data.protocol import assign_splits
-from benchmark.errors import BenchError
-from benchmark.published import read_published
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = REPO / "results" / "reference" / "published" / "zhanglab.json"

@@ -6,14 +6,14 @@ and should not pay for torch (which `PreparedDataset.train_set` needs) in every 
 
 from typing import Any
 
-from benchmark.data.cards import DatasetCard, available_cards, load_card
+from medad_bench.data.cards import DatasetCard, available_cards, load_card
 
 __all__ = ["DatasetCard", "PreparedDataset", "available_cards", "load_card", "prepare"]
 
 
 def __getattr__(name: str) -> Any:
     if name in ("PreparedDataset", "prepare"):
-        from benchmark.data import prepared
+        from medad_bench.data import prepared
 
         return getattr(prepared, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

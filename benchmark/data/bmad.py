@@ -23,17 +23,16 @@ import os
 from pathlib import Path
 
 import pandas as pd
-
-from benchmark.data.cards import DatasetCard
-from benchmark.data.folder import _subject, _subject_rule
-from benchmark.data.sources import (
+from medad_bench.data.cards import DatasetCard
+from medad_bench.data.folder import _subject, _subject_rule
+from medad_bench.data.sources import (
     check_table,
     image_files,
     link_outside,
     outside_link_error,
     source_table,
 )
-from benchmark.errors import BenchError
+from medad_bench.errors import BenchError
 
 #: BMAD's class folders and the label each means.
 CLASSES = (("good", 0), ("Ungood", 1))

@@ -15,9 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-
-from benchmark.data.cards import DatasetCard
-from benchmark.data.sources import (
+from medad_bench.data.cards import DatasetCard
+from medad_bench.data.sources import (
     cell,
     check_table,
     image_files,
@@ -25,7 +24,7 @@ from benchmark.data.sources import (
     require_files,
     source_table,
 )
-from benchmark.errors import BenchError
+from medad_bench.errors import BenchError
 
 SPLITS = ("train", "val", "test", "train_mixed", "train_normal")
 SLICE_SEPARATOR = "__"

@@ -13,15 +13,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from benchmark.errors import BenchError, unknown_name
+from medad_bench.errors import BenchError, unknown_name
+from medad_bench.shipped import builtin_cards
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-#: The suite's own cards (next to the `benchmark` package in a source checkout).
-BUILTIN_CARDS = Path(__file__).resolve().parents[2] / "datasets"
+#: The suite's own cards: package data (medad_bench.datasets; datasets/ in a checkout).
+BUILTIN_CARDS = builtin_cards()
 
 KNOWN_FORMATS = ("synthetic", "covidx", "chestxray14", "brain_mri", "folder", "bmad",
                  "medianomaly", "medmnist")

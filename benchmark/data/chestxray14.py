@@ -11,9 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-
-from benchmark.data.sources import check_table, require_files, source_table, walk_files
-from benchmark.errors import BenchError
+from medad_bench.data.sources import check_table, require_files, source_table, walk_files
+from medad_bench.errors import BenchError
 
 from .cards import DatasetCard
 

@@ -16,16 +16,15 @@ import pickle
 from pathlib import Path
 
 import pandas as pd
-
-from benchmark.data.cards import DatasetCard
-from benchmark.data.sources import (
+from medad_bench.data.cards import DatasetCard
+from medad_bench.data.sources import (
     check_table,
     map_label,
     require_files,
     resolve_inside,
     source_table,
 )
-from benchmark.errors import BenchError
+from medad_bench.errors import BenchError
 
 DEFAULT_LABEL_MAP = {"positive": 1, "negative": 0, "COVID-19": 1, "normal": 0,
                      "pneumonia": None}

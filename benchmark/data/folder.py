@@ -27,9 +27,8 @@ import re
 from pathlib import Path
 
 import pandas as pd
-
-from benchmark.data.cards import DatasetCard
-from benchmark.data.sources import (
+from medad_bench.data.cards import DatasetCard
+from medad_bench.data.sources import (
     cell,
     check_table,
     image_files,
@@ -38,7 +37,7 @@ from benchmark.data.sources import (
     resolve_inside,
     source_table,
 )
-from benchmark.errors import BenchError
+from medad_bench.errors import BenchError
 
 DEFAULT_LABEL_MAP = {"normal": 0, "healthy": 0, "0": 0, "abnormal": 1, "diseased": 1, "1": 1}
 SPLITS = ("train", "val", "test", "train_mixed", "train_normal")

@@ -22,16 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
-from benchmark.data.cards import DatasetCard
-from benchmark.data.folder import _subject, _subject_rule
-from benchmark.data.sources import (
+from medad_bench.data.cards import DatasetCard
+from medad_bench.data.folder import _subject, _subject_rule
+from medad_bench.data.sources import (
     check_table,
     require_files,
     resolve_inside,
     source_table,
 )
-from benchmark.errors import BenchError
+from medad_bench.errors import BenchError
 
 #: Where each list of data.json goes: (keys, pool, label). Pool "train" feeds val and set A.
 LISTS = ((("train", "0"), "train_normal", 0),

@@ -33,15 +33,14 @@ from typing import IO, Any
 
 import numpy as np
 import pandas as pd
+from medad_bench.data import pixels
+from medad_bench.data.build import BuildResult, Decoding
+from medad_bench.data.cards import DatasetCard
+from medad_bench.data.images import quantize, storage_dtype
+from medad_bench.data.sources import link_outside, outside_link_error
+from medad_bench.disk import preallocated_npy
+from medad_bench.errors import BenchError
 from tqdm.auto import tqdm
-
-from benchmark.data import pixels
-from benchmark.data.build import BuildResult, Decoding
-from benchmark.data.cards import DatasetCard
-from benchmark.data.images import quantize, storage_dtype
-from benchmark.data.sources import link_outside, outside_link_error
-from benchmark.disk import preallocated_npy
-from benchmark.errors import BenchError
 
 SPLITS = ("train", "val", "test")
 SIZES = (28, 64, 128, 224)

@@ -32,21 +32,20 @@ import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
-    from benchmark.api import TrainSet
-from tqdm.auto import tqdm
-
-from benchmark.data import build, integrity, protocol, readers, synthetic
-from benchmark.data.cards import DatasetCard
-from benchmark.data.images import ImageSet, quantize, storage_dtype
-from benchmark.data.sources import ALLOW_LINKS_ENV
-from benchmark.data.splits import (
+    from medad_bench.api import TrainSet
+from medad_bench.data import build, integrity, protocol, readers, synthetic
+from medad_bench.data.cards import DatasetCard
+from medad_bench.data.images import ImageSet, quantize, storage_dtype
+from medad_bench.data.sources import ALLOW_LINKS_ENV
+from medad_bench.data.splits import (
     check_subject_disjoint,
     manifest_hash,
     read_manifest,
     write_manifest,
 )
-from benchmark.disk import preallocated_npy, writing
-from benchmark.errors import BenchError
+from medad_bench.disk import preallocated_npy, writing
+from medad_bench.errors import BenchError
+from tqdm.auto import tqdm
 
 #: Bump when the cache layout changes. 2: pixels stored as uint8 / uint16 (the card's
 #: bit_depth), not float32.
@@ -108,7 +107,7 @@ class PreparedDataset:
                   with_validation: bool = False) -> TrainSet:
         """Training images; with_selection adds the unlabelled test images for AUCp,
         with_validation the labelled validation split."""
-        from benchmark.api import LabelledSplit, TrainSet  # torch: not needed to prepare data
+        from medad_bench.api import LabelledSplit, TrainSet  # torch: not needed to prepare data
 
         validation = None
         if with_validation:
@@ -270,7 +269,7 @@ def download_dataset(card: DatasetCard, data_root: Path | None) -> tuple[Path, b
             f"sets only; most hosts of the others need a login or a licence agreement). Get it "
             f"from: {card.download or 'see ' + str(card.path)}\n"
             f"Put it there laid out as:\n{card.layout.rstrip()}")
-    from benchmark.data import medmnist
+    from medad_bench.data import medmnist
 
     given = data_root or os.environ.get(root_env_name(card))
     shipped = bundled_root(card)

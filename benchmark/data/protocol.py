@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-
-from benchmark.data.splits import check_subject_disjoint
-from benchmark.errors import BenchError
+from medad_bench.data.splits import check_subject_disjoint
+from medad_bench.errors import BenchError
 
 SPLITS = ("train_mixed", "train_normal", "val", "test")
 QUOTA_KEYS = ("mixed_positive", "mixed_healthy", "val_positive", "val_healthy",

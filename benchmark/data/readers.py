@@ -7,8 +7,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pandas as pd
-
-from benchmark.data import (
+from medad_bench.data import (
     bmad,
     brain_mri,
     chestxray14,
@@ -17,7 +16,7 @@ from benchmark.data import (
     medianomaly,
     medmnist,
 )
-from benchmark.data.cards import DatasetCard
+from medad_bench.data.cards import DatasetCard
 
 READERS: dict[str, ModuleType] = {"covidx": covidx, "chestxray14": chestxray14,
                                   "brain_mri": brain_mri, "folder": folder, "bmad": bmad,

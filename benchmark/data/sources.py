@@ -26,9 +26,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pandas as pd
-
-from benchmark.data.pixels import IMAGE_SUFFIXES, VOLUME_SUFFIXES
-from benchmark.errors import BenchError
+from medad_bench.data.pixels import IMAGE_SUFFIXES, VOLUME_SUFFIXES
+from medad_bench.errors import BenchError
 
 SOURCE_COLUMNS = ("image_id", "path", "label", "subject_id", "pool", "kind")
 LABEL_NAMES = {0: "healthy", 1: "diseased"}
