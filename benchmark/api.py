@@ -28,9 +28,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from torch import nn
+
 from medad_bench.data.images import ImageSet
 from medad_bench.errors import BenchError, UsageError, unknown_name
-from torch import nn
 
 PROFILES = ("quick", "full")
 TRAINING_SETS = ("normal", "unlabeled")

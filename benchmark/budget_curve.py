@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+
 from medad_bench.disk import write_text_atomic
 from medad_bench.errors import BenchError
 from medad_bench.figures import method_colours, save_figure

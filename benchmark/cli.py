@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+
 from medad_bench.errors import BenchError, UsageError
 
 TRACKING_HELP = ("MLflow tracking URI: a sqlite:///file.db, a folder, or http://host:port of an "
@@ -118,7 +119,7 @@ def list_command() -> None:
 
 def _backbone_line(cls: Any, profile: str) -> str:
     """'<backbone> <layers>, <where its weights come from>' for methods with a backbone."""
-    from medad_bench.methods._weights import describe_setting
+    from medad_bench.weights import describe_setting
 
     config = cls.profile_config(profile, image_size=64, channels=1)
     if not hasattr(config, "backbone") or not hasattr(config, "weights"):
@@ -132,7 +133,7 @@ def _backbone_line(cls: Any, profile: str) -> str:
 def check_weights_command() -> None:
     """Show that the offline backbone holds real ImageNet weights: EfficientNet-Lite0 with the
     packaged weights classifies scikit-image's sample photos (a cat; an espresso)."""
-    from medad_bench.methods._weights import SAMPLE_PHOTOS, classify_samples
+    from medad_bench.weights import SAMPLE_PHOTOS, classify_samples
 
     failed = []
     for photo, ranking in classify_samples().items():
@@ -318,6 +319,7 @@ def run(methods: str, dataset: str, seeds: str, profile: str, device: str,
     overrides = _parse_settings(settings, weights, names)
     if threads is not None:
         import torch
+
         from medad_bench.planning import THREADS_ENV
 
         if executor == "ray":
@@ -477,6 +479,7 @@ def _cross_report(datasets: str, fmt: str, out: Path | None, profile: str | None
                   contaminated: bool, exclude_tuned: bool, tracking_uri: str | None) -> None:
     """`bench report --datasets a,b`: the one table across datasets (benchmark.cross_report)."""
     from click.core import ParameterSource
+
     from medad_bench.cross_report import build_cross_report, parse_datasets, write_cross_report
 
     if click.get_current_context().get_parameter_source("dataset") != ParameterSource.DEFAULT:
@@ -584,6 +587,7 @@ def perf(method: str, dataset: str, profile: str, iterations: int, repeats: int,
     import dataclasses
 
     import torch
+
     from medad_bench.api import get_method, make_config
     from medad_bench.data import load_card, prepare
     from medad_bench.perf import measure
@@ -706,6 +710,7 @@ def plan(methods: str, dataset: str, seeds: str, profile: str, device: str,
 def _plan_device(device: str, costs_file: Path | None, calibrate: bool) -> Any:
     """The device to plan for: a CUDA plan without a GPU here needs a measured table."""
     import torch
+
     from medad_bench.resources import resolve_device
 
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -844,8 +849,9 @@ def data_make_fixture(fmt: str, out: Path, count: int, size: int, seed: int) -> 
 
     COVIDx trees follow the published proportions: --count 15864 gives the paper's 15,464
     training images (1,670 positive) and 400 test images, the protocol at full scale."""
-    from medad_bench.data import fixtures
     from tqdm.auto import tqdm
+
+    from medad_bench.data import fixtures
 
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"--out {out} is not empty; name a new folder.")

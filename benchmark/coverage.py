@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from medad_bench import stats
 from scipy.stats import norm
+
+from medad_bench import stats
 
 
 @dataclass(frozen=True)

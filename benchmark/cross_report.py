@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from medad_bench.errors import UsageError
 from medad_bench.report import ReportData
 

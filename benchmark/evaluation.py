@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
 from medad_bench import metrics, stats
 from medad_bench.api import Images, Method, Prediction
 from medad_bench.competence import OutputFollowing, competence

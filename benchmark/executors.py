@@ -19,6 +19,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import torch
+
 from medad_bench.data import PreparedDataset, load_card
 from medad_bench.data.prepared import open_prepared
 from medad_bench.errors import BenchError

@@ -23,9 +23,10 @@ from matplotlib.colorbar import Colorbar
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
-from medad_bench.disk import writing
 from sklearn.metrics import auc as trapezoid_auc
 from sklearn.metrics import roc_curve
+
+from medad_bench.disk import writing
 
 Colour = tuple[float, float, float]
 

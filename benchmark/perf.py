@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
 from medad_bench.api import TrainSet
 from medad_bench.methods.anomalypro import (
     AnomalyPro,

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from medad_bench.api import Method, TrainSet, make_config
 from medad_bench.errors import BenchError
 from medad_bench.resources import MemoryWatch, megabytes

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from medad_bench.api import get_method, make_config
 from medad_bench.data import PreparedDataset
 from medad_bench.errors import BenchError

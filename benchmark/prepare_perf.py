@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+
 from medad_bench.data import fixtures
 
 SAMPLE_SECONDS = 0.05

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from medad_bench.errors import BenchError
 from medad_bench.report import ReportData
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
 from medad_bench.disk import write_text_atomic
 from medad_bench.errors import BenchError
 from medad_bench.report import ReportData

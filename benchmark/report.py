@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from medad_bench import stats
 from medad_bench.errors import BenchError, UsageError
 from medad_bench.html_report import HtmlSection

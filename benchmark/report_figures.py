@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_auc_score
+
 from medad_bench import figures
 from medad_bench.report import ALPHA, ReportData
 from medad_bench.tracking import downloaded_artifact
-from sklearn.metrics import roc_auc_score
 
 MAP_ROWS = ("input", "anomaly map", "ground truth", "translated", "mask M")
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import torch
+
 from medad_bench.errors import UsageError
 
 _STATUS = Path("/proc/self/status")

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
+
 from medad_bench import evaluation, metrics
 from medad_bench.api import Method, Progress, TrainSet, get_method
 from medad_bench.competence import OutputFollowing, failed_text
@@ -31,7 +33,6 @@ from medad_bench.resources import MemoryWatch, megabytes
 from medad_bench.seeding import deterministic_algorithms
 from medad_bench.tracking import RunLogger, environment_params, store_failure
 from medad_bench.training import IterativeMethod, hold_out_normals
-from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from medad_bench import metrics
-from medad_bench.metrics import _check_scores, youden_threshold
 from scipy import ndimage
 from scipy.optimize import brentq
 from scipy.stats import norm, rankdata
 from scipy.stats import t as student_t
+
+from medad_bench import metrics
+from medad_bench.metrics import _check_scores, youden_threshold
 
 # Image weights of this many (resamples x images) per block in `weighted_aucs`, to bound memory.
 _BOOT_BLOCK = 2_000_000

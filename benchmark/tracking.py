@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
 from medad_bench.disk import writing
 from medad_bench.errors import BenchError
 

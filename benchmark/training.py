@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from medad_bench.api import Images, Method, Progress, TrainSet
 from medad_bench.data.images import ImageSet
 from medad_bench.disk import writing

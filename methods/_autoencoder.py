@@ -37,6 +37,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn import functional as F
+
 from medad_bench.api import Prediction, TrainSet
 from medad_bench.methods._budget import steps_for
 from medad_bench.methods._gan import (
@@ -46,8 +49,6 @@ from medad_bench.methods._gan import (
     image_extra,
     optimizer_step,
 )
-from torch import nn
-from torch.nn import functional as F
 
 #: Stride-2 stages of the AE's encoder (and the DAE's U-Net has depth - 1 = 4 poolings):
 #: the working size must be a multiple of 2^4.

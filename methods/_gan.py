@@ -18,11 +18,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn import functional as F
+
 from medad_bench.api import Images, TrainSet
 from medad_bench.data.images import ImageSet
 from medad_bench.training import IterativeMethod
-from torch import nn
-from torch.nn import functional as F
 
 
 def stages(image_size: int) -> int:

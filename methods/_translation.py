@@ -16,11 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn import functional as F
+
 from medad_bench.api import Prediction, TrainSet
 from medad_bench.methods._budget import steps_for
 from medad_bench.methods._gan import GANMethod, optimizer_step
-from torch import nn
-from torch.nn import functional as F
 
 # ----------------------------------------------------------------------------- networks
 

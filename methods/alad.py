@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
 from medad_bench.api import Prediction, TrainSet, register_method
 from medad_bench.methods._budget import steps_for
 from medad_bench.methods._gan import (
@@ -27,7 +29,6 @@ from medad_bench.methods._gan import (
     image_extra,
     optimizer_step,
 )
-from torch import nn
 
 
 @dataclass(frozen=True)

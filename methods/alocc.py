@@ -14,6 +14,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn import functional as F
+
 from medad_bench.api import Prediction, TrainSet, register_method
 from medad_bench.methods._budget import steps_for
 from medad_bench.methods._gan import (
@@ -26,8 +29,6 @@ from medad_bench.methods._gan import (
     optimizer_step,
     up_stack,
 )
-from torch import nn
-from torch.nn import functional as F
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
+
 from medad_bench.api import Prediction, Progress, TrainSet, register_method
 from medad_bench.methods._gan import wgan_critic_loss
 from medad_bench.methods._translation import (
@@ -32,7 +34,6 @@ from medad_bench.methods._translation import (
     generator_body,
     quick_translation_settings,
 )
-from torch import nn
 
 __all__ = ["AnomalyPro", "AnomalyProConfig", "Generator", "PatchDiscriminator", "critic_loss",
            "critic_layers_for", "generator_loss", "mask_diagnostics", "mask_loss",

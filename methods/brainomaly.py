@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+
 from medad_bench.api import register_method
 from medad_bench.methods._gan import wgan_critic_loss
 from medad_bench.methods._translation import (
@@ -26,7 +28,6 @@ from medad_bench.methods._translation import (
     generator_body,
     quick_translation_settings,
 )
-from torch import nn
 
 
 class MapGenerator(nn.Module):

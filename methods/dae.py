@@ -44,6 +44,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+from torch.nn import functional as F
+
 from medad_bench.api import register_method
 from medad_bench.methods._autoencoder import (
     ReconstructionConfig,
@@ -51,8 +54,6 @@ from medad_bench.methods._autoencoder import (
     quick_iterations,
     quick_size,
 )
-from torch import nn
-from torch.nn import functional as F
 
 #: Levels of MedIAnomaly's U-Net (depth 5: four poolings, so sizes are multiples of 16).
 DEPTH = 5

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from medad_bench.api import Prediction, TrainSet, register_method
 from medad_bench.methods._budget import steps_for
 from medad_bench.methods._gan import RECONSTRUCTION, GANMethod, image_extra, optimizer_step

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from medad_bench.api import Progress, TrainSet, register_method
 from medad_bench.methods._anomalib import (
     LITE0,

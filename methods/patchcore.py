@@ -20,6 +20,9 @@ from functools import partial
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn import functional as F
+
 from medad_bench.api import Images, Prediction, Progress, TrainSet, register_method
 from medad_bench.methods._anomalib import (
     LITE0,
@@ -30,8 +33,6 @@ from medad_bench.methods._anomalib import (
     resize_maps,
 )
 from medad_bench.methods._budget import QUICK_IMAGES_SEEN
-from torch import nn
-from torch.nn import functional as F
 
 #: EfficientNet-Lite0 stages at strides 8 and 16 (40 and 112 channels).
 LITE0_PATCHCORE_LAYERS = ("blocks.2", "blocks.4")
@@ -114,6 +115,7 @@ class Patchcore(BackboneMethod):
         """Patches per image and values per patch (one forward pass), and a coreset step's
         cost: fixed seconds per step and seconds per bank row, on random banks."""
         from anomalib.models.image.patchcore.torch_model import PatchcoreModel
+
         from medad_bench.plan import timed
 
         model = PatchcoreModel(layers=list(config.layers), backbone=config.backbone,

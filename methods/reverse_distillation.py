@@ -45,10 +45,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
+
 from medad_bench.api import TrainSet, register_method
 from medad_bench.methods._anomalib import LITE0, DistillationMethod, drop_unused_stages
 from medad_bench.methods._budget import QUICK_WORKING_SIZE, steps_for
-from torch import nn
 
 #: EfficientNet-Lite0 stages at strides 4, 8 and 16, as wide_resnet50_2's layer1-3.
 LITE0_RD_LAYERS = ("blocks.1", "blocks.2", "blocks.4")

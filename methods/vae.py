@@ -31,6 +31,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+from torch.nn import functional as F
+
 from medad_bench.api import register_method
 from medad_bench.methods._autoencoder import (
     ConvAutoencoder,
@@ -40,8 +43,6 @@ from medad_bench.methods._autoencoder import (
     quick_iterations,
     quick_size,
 )
-from torch import nn
-from torch.nn import functional as F
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from medad_bench.competence import competence_of
 from medad_bench.data.cards import load_card
 from medad_bench.data.prepared import prepare

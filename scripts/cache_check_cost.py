@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from medad_bench.data import integrity, load_card, prepare
 
 

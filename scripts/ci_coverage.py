@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 import pandas as pd
+
 from medad_bench.coverage import SCENARIOS, coverage
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 import pandas as pd
+
 from medad_bench.tracking import finished_runs
 
 COLUMNS = (("competence_score_spread", "spread", "{:.3f}"),

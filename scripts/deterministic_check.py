@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from full_size import synthetic_at  # noqa: E402  (scripts/ is on the path when a script runs)
 from gpu_check import shortened  # noqa: E402
+
 from medad_bench.api import get_method, make_config, parse_method_list  # noqa: E402
 from medad_bench.running import make_method, training_set  # noqa: E402
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from full_size import synthetic_at  # scripts/ is on the path when a script runs
+
 from medad_bench import metrics
 from medad_bench.api import available_methods, get_method, make_config
 from medad_bench.running import make_method, training_set

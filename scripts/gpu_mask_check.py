@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from full_size import synthetic_at  # scripts/ is on the path when a script runs
+
 from medad_bench import metrics
 from medad_bench.api import Progress
 from medad_bench.methods._gan import to_model_input

@@ -14,6 +14,7 @@ import argparse
 
 import numpy as np
 import pandas as pd
+
 from medad_bench import stats
 from medad_bench.coverage import image_bootstrap_means
 from medad_bench.metrics import roc_auc

@@ -18,6 +18,7 @@ import statistics
 import time
 
 import torch
+
 from medad_bench.api import get_method, make_config
 from medad_bench.data import load_card, prepare
 from medad_bench.metrics import roc_auc

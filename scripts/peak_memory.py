@@ -14,6 +14,7 @@ import sys
 import time
 
 import psutil
+
 from medad_bench.prepare_perf import _watch
 
 

@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+
 from medad_bench import plan as planning
 from medad_bench.api import get_method, make_config, parse_method_list
 from medad_bench.cli import _parse_settings

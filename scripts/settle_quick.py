@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from anomalypro_sweep import read_rows  # scripts/ is on the path when a script runs
+
 from medad_bench import metrics
 from medad_bench.api import get_method, make_config
 from medad_bench.data.cards import load_card

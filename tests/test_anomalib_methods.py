@@ -1,11 +1,12 @@
 """PaDiM and PatchCore through real anomalib models, on tiny synthetic images."""
 
-import medad_bench.methods._anomalib as backbones
-import medad_bench.methods._weights as weights
 import numpy as np
 import pytest
 import timm
 import torch
+
+import medad_bench.methods._anomalib as backbones
+import medad_bench.weights as weights
 from medad_bench.api import NotFittedError, Progress, get_method, make_config
 from medad_bench.data import load_card, prepare
 from medad_bench.errors import BenchError
@@ -237,6 +238,7 @@ def test_stfpm_full_profile_is_anomalibs():
     from anomalib.data import Folder
     from anomalib.models import Stfpm as AnomalibStfpm
     from anomalib.models.components.base import AnomalibModule
+
     from medad_bench.methods.stfpm import Stfpm, stfpm_model
 
     config = Stfpm.profile_config("full", image_size=64, channels=1)
@@ -263,6 +265,7 @@ def test_reverse_distillation_full_profile_is_anomalibs():
     from anomalib.models.image.reverse_distillation.torch_model import (
         ReverseDistillationModel,
     )
+
     from medad_bench.methods.reverse_distillation import (
         ReverseDistillation,
         has_anomalib_decoder,

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import LEARNING_CARD
+
 from medad_bench.api import Progress, TrainSet, get_method, make_config
 from medad_bench.data import load_card, prepare
 from medad_bench.errors import BenchError
@@ -228,8 +229,9 @@ def test_registered_with_both_training_sets_and_profiles():
 
 def test_a_run_logs_curves_selection_quality_and_the_figure(tracking_uri, isolated):
     from click.testing import CliRunner
-    from medad_bench.cli import cli
     from mlflow.tracking import MlflowClient
+
+    from medad_bench.cli import cli
 
     result = CliRunner().invoke(cli, [
         "run", "--methods", "anomalypro", "--dataset", "tiny", "--no-progress",
@@ -291,6 +293,7 @@ def test_a_saturated_run_warns_on_screen_and_in_the_report(tracking_uri, bias, s
     """At lr 0 the mask stays as initialised: a logit bias of 6 holds M at ~1 (saturated),
     none leaves it near 0.5. The warning reaches the terminal, the run and the report."""
     from click.testing import CliRunner
+
     from medad_bench.cli import cli
     from medad_bench.report import select_runs
 

@@ -11,6 +11,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
+
 from medad_bench.api import TrainSet, make_config
 from medad_bench.errors import UsageError
 from medad_bench.methods._autoencoder import ConvAutoencoder, gaussian_kl, quick_size
@@ -20,7 +22,6 @@ from medad_bench.methods.autoencoder import Autoencoder
 from medad_bench.methods.dae import Dae, DaeConfig, UNet, coarse_noise, group_count
 from medad_bench.methods.vae import Vae
 from medad_bench.testing import add_lesions, smooth_images
-from torch.nn import functional as F
 
 CPU = torch.device("cpu")
 METHODS = [Autoencoder, Vae, Dae]

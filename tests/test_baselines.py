@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
 from medad_bench.api import Progress, TrainSet, config_from_params, get_method, make_config
 from medad_bench.cli import cli
 from medad_bench.data import load_card, prepare
 from medad_bench.training import hold_out_normals
-from mlflow.tracking import MlflowClient
 
 CPU = torch.device("cpu")
 BASELINES = ["fanogan", "alad", "alocc", "ganomaly"]

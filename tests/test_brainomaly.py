@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import LEARNING_CARD
+
 from medad_bench.api import get_method, make_config
 from medad_bench.data import load_card, prepare
 from medad_bench.methods.brainomaly import Brainomaly, MapGenerator

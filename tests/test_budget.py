@@ -6,6 +6,7 @@ import dataclasses
 import pytest
 import torch
 from click.testing import CliRunner
+
 from medad_bench.api import Progress, TrainSet, available_methods, make_config
 from medad_bench.cli import cli
 from medad_bench.methods._anomalib import BackboneMethod
@@ -140,6 +141,7 @@ def test_table_1_names_the_budget_at_which_a_failed_method_learns():
     """A method that failed the checks at 1x gets, beside its mark, the smallest larger budget
     at which every seed passed (or that none did), from the store's budget-scale runs."""
     import pandas as pd
+
     from medad_bench.report import competence_notes
 
     failed = pd.DataFrame({"method": ["anomalypro"], "seed": [0], "competent": ["false"],

@@ -10,8 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from medad_bench.cli import cli
 from mlflow.tracking import MlflowClient
+
+from medad_bench.cli import cli
 
 FAST = ["--dataset", "tiny", "--no-progress", "--weights", "padim=random",
         "--weights", "patchcore=random"]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 from click.testing import CliRunner
+
 from medad_bench import evaluation
 from medad_bench.api import Method, Prediction, TrainSet
 from medad_bench.cli import cli

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from medad_bench.api import Method, Prediction, available_methods
 from medad_bench.testing import CHECKS, check_method
 

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+
 from medad_bench.cli import cli
 from medad_bench.cross_report import (
     MISSING,

@@ -3,6 +3,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 import pytest
+
 from medad_bench.data import load_card, prepare
 from medad_bench.data.splits import check_subject_disjoint, manifest_hash
 from medad_bench.data.synthetic import SyntheticConfig, generate_image, image_specs

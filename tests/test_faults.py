@@ -26,12 +26,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import free_port, start_mlflow_server, stop_mlflow_server
+from mlflow.tracking import MlflowClient
+
 from medad_bench.cli import cli
 from medad_bench.data import load_card, prepare
 from medad_bench.data.prepared import open_prepared
 from medad_bench.errors import BenchError
 from medad_bench.tracking import experiment_name, finished_runs
-from mlflow.tracking import MlflowClient
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.figure import Figure
-from medad_bench import figures, html_report
 from PIL import Image
+
+from medad_bench import figures, html_report
 
 LABELS = np.r_[np.zeros(30, int), np.ones(20, int)]
 

@@ -20,9 +20,10 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 from conftest import free_port
+from mlflow.tracking import MlflowClient
+
 from medad_bench.cli import cli
 from medad_bench.tracking import experiment_name, finished_runs
-from mlflow.tracking import MlflowClient
 
 SLOW_ANOMALYPRO = ["--set", "anomalypro.iterations=300", "--set", "anomalypro.log_every=10",
                    "--set", "anomalypro.decay_iterations=10"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from click.testing import CliRunner
+
 from medad_bench.cli import cli
 from medad_bench.report import select_runs
 from medad_bench.tracking import code_files, code_version
@@ -102,8 +103,9 @@ def test_the_installed_suite_hashes_its_own_files():
 
 
 def test_a_tuned_run_says_so_and_is_never_reused_as_the_untuned_run(tracking_uri):
-    from medad_bench.tracking import experiment_name, finished_runs
     from mlflow.tracking import MlflowClient
+
+    from medad_bench.tracking import experiment_name, finished_runs
 
     both = ["run", "--methods", "padim,patchcore", "--dataset", "tiny", "--no-progress",
             "--weights", "padim=random", "--weights", "patchcore=random",
@@ -132,8 +134,9 @@ def test_a_tuned_run_says_so_and_is_never_reused_as_the_untuned_run(tracking_uri
 
 
 def test_deterministic_runs_log_it_reach_workers_and_are_another_run(tracking_uri):
-    from medad_bench.tracking import finished_runs
     from mlflow.tracking import MlflowClient
+
+    from medad_bench.tracking import finished_runs
 
     both = ["run", "--methods", "padim,ganomaly", "--dataset", "tiny", "--no-progress",
             "--weights", "padim=random", "--set", "ganomaly.iterations=20",

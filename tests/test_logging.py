@@ -6,6 +6,7 @@ import logging
 import click
 import pytest
 from click.testing import CliRunner
+
 from medad_bench.cli import LOGGED_PACKAGES, cli, configure_logging
 from medad_bench.errors import UsageError
 

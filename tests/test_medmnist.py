@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+
 from medad_bench.cli import cli
 from medad_bench.data import load_card, prepare
 from medad_bench.data.cards import parse_card

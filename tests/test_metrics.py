@@ -2,8 +2,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from medad_bench import metrics
-from medad_bench.api import Method, Prediction
 from sklearn.metrics import (
     accuracy_score,
     confusion_matrix,
@@ -12,6 +10,9 @@ from sklearn.metrics import (
     recall_score,
     roc_auc_score,
 )
+
+from medad_bench import metrics
+from medad_bench.api import Method, Prediction
 
 
 @pytest.fixture

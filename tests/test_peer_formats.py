@@ -17,10 +17,11 @@ import mlflow
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
+
 from medad_bench.cli import cli
 from medad_bench.data import fixtures, load_card, prepare
 from medad_bench.tracking import experiment_name
-from PIL import Image
 
 BUILTIN = Path(__file__).resolve().parents[1] / "datasets"
 SIZE = 32

@@ -8,6 +8,10 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from PIL import Image, ImageFile
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
 from medad_bench.data.pixels import (
     IMAGE_SUFFIXES,
     VOLUME_SUFFIXES,
@@ -18,9 +22,6 @@ from medad_bench.data.pixels import (
     read_volume_slices,
 )
 from medad_bench.errors import BenchError
-from PIL import Image, ImageFile
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 # --------------------------------------------------------------------------------------------
 # PNG / JPEG

@@ -7,6 +7,7 @@ import json
 
 import torch
 from click.testing import CliRunner
+
 from medad_bench.cli import cli
 from medad_bench.report import select_runs
 

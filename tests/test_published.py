@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+
 from medad_bench.cli import cli
 from medad_bench.errors import BenchError, UsageError
 from medad_bench.published import (

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from PIL import Image
+
 from medad_bench import plan as planning
 from medad_bench.api import TrainSet, available_methods, get_method, make_config
 from medad_bench.cli import cli
@@ -19,7 +21,6 @@ from medad_bench.data.build import Decoding, decode_item, decode_stored
 from medad_bench.data.images import ImageSet, dequantize, quantize
 from medad_bench.methods import patchcore as pc
 from medad_bench.resources import MemoryWatch
-from PIL import Image
 
 CPU = torch.device("cpu")
 

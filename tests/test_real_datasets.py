@@ -16,12 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from PIL import Image
+
 from medad_bench.cli import cli
 from medad_bench.data import fixtures, load_card, prepare
 from medad_bench.data.covidx import read_name_list
 from medad_bench.errors import BenchError
 from medad_bench.evaluation import evaluation_units
-from PIL import Image
 
 BUILTIN = Path(__file__).resolve().parents[1] / "datasets"
 SIZE = 32  # cache size of the test cards: the real cards' text with a smaller image_size

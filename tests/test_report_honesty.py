@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 from click.testing import CliRunner
+
 from medad_bench.cli import cli
 from medad_bench.html_report import render_html
 from medad_bench.report import caption, select_runs, to_html_table

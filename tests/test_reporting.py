@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from mlflow.tracking import MlflowClient
+
 from medad_bench.errors import BenchError, UsageError
 from medad_bench.reporting import (
     PRINT_ONLY,
@@ -21,7 +23,6 @@ from medad_bench.reporting import (
     write_report,
 )
 from medad_bench.tracking import RunLogger, ensure_experiment
-from mlflow.tracking import MlflowClient
 
 
 def log_run(uri: str, method: str, seed: int, auc: float) -> None:
@@ -164,6 +165,7 @@ def test_default_columns_with_intervals_pixel_metrics_and_the_oracle(tracking_ur
 
 def test_bench_report_metrics_chooses_the_columns(tracking_uri):
     from click.testing import CliRunner
+
     from medad_bench.cli import cli
 
     for seed in (0, 1):

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+
 from medad_bench.cli import cli
 from medad_bench.html_report import render_html
 from medad_bench.report import caption, select_runs, selection_html_section, to_html_table

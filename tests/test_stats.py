@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
-from medad_bench import stats
 from scipy.stats import t as student_t
 from sklearn.metrics import roc_auc_score
+
+from medad_bench import stats
 
 
 def test_auc_matches_sklearn_with_ties():

@@ -17,12 +17,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from PIL import Image
+
 from medad_bench.cli import cli
 from medad_bench.data import fixtures, load_card, prepare
 from medad_bench.data.protocol import assign_splits
 from medad_bench.data.sources import ALLOW_LINKS_ENV
 from medad_bench.errors import BenchError
-from PIL import Image
 
 BUILTIN = Path(__file__).resolve().parents[1] / "datasets"
 
@@ -168,8 +169,9 @@ def test_bench_run_passes_allow_external_links_to_the_preparation(cards, tmp_pat
     assert result.exit_code == 0, result.output
     assert re.search(r"padim\s+0\s+\d\.\d{4}", result.output)
     assert ALLOW_LINKS_ENV not in os.environ  # the flag does not outlive the command
-    from medad_bench.tracking import finished_runs
     from mlflow.tracking import MlflowClient
+
+    from medad_bench.tracking import finished_runs
 
     run_id = finished_runs(tracking_uri, "covidx").run_id.iloc[0]
     params = MlflowClient(tracking_uri).get_run(run_id).data.params

@@ -7,9 +7,10 @@ from collections import OrderedDict
 import pytest
 import timm
 import torch
+
+from medad_bench import weights
 from medad_bench.api import get_method, make_config
 from medad_bench.errors import BenchError
-from medad_bench.methods import _weights as weights
 
 
 def test_packaged_lite0_weights_are_real_imagenet_weights():
@@ -81,6 +82,7 @@ def test_position_mapping_refuses_a_file_that_does_not_line_up(tmp_path, damage,
 
 def test_check_weights_command_prints_classes_and_probabilities():
     from click.testing import CliRunner
+
     from medad_bench.cli import cli
 
     result = CliRunner().invoke(cli, ["check-weights"])

@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 
 import pandas as pd
+
 from medad_bench.data.cards import DatasetCard
 from medad_bench.data.folder import _subject, _subject_rule
 from medad_bench.data.sources import (

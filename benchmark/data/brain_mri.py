@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+
 from medad_bench.data.cards import DatasetCard
 from medad_bench.data.sources import (
     cell,

@@ -22,10 +22,11 @@ from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
-from medad_bench.data import pixels
-from medad_bench.data.images import quantize, storage_dtype
 from PIL import Image
 from tqdm.auto import tqdm
+
+from medad_bench.data import pixels
+from medad_bench.data.images import quantize, storage_dtype
 
 #: Below this many items a pool costs more (worker start-up) than it saves.
 MIN_ITEMS_FOR_POOL = 64

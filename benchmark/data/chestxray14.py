@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+
 from medad_bench.data.sources import check_table, require_files, source_table, walk_files
 from medad_bench.errors import BenchError
 

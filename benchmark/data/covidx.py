@@ -16,6 +16,7 @@ import pickle
 from pathlib import Path
 
 import pandas as pd
+
 from medad_bench.data.cards import DatasetCard
 from medad_bench.data.sources import (
     check_table,

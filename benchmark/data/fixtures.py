@@ -12,8 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from medad_bench.data import synthetic
 from PIL import Image
+
+from medad_bench.data import synthetic
 
 FIXTURE_FORMATS = ("covidx", "chestxray14", "brain_mri", "bmad", "bmad-brats", "medianomaly")
 

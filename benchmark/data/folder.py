@@ -27,6 +27,7 @@ import re
 from pathlib import Path
 
 import pandas as pd
+
 from medad_bench.data.cards import DatasetCard
 from medad_bench.data.sources import (
     cell,

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
 from medad_bench.data.cards import DatasetCard
 from medad_bench.data.folder import _subject, _subject_rule
 from medad_bench.data.sources import (

@@ -33,6 +33,8 @@ from typing import IO, Any
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
+
 from medad_bench.data import pixels
 from medad_bench.data.build import BuildResult, Decoding
 from medad_bench.data.cards import DatasetCard
@@ -40,7 +42,6 @@ from medad_bench.data.images import quantize, storage_dtype
 from medad_bench.data.sources import link_outside, outside_link_error
 from medad_bench.disk import preallocated_npy
 from medad_bench.errors import BenchError
-from tqdm.auto import tqdm
 
 SPLITS = ("train", "val", "test")
 SIZES = (28, 64, 128, 224)

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from medad_bench.errors import BenchError
 from PIL import Image, UnidentifiedImageError
+
+from medad_bench.errors import BenchError
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset

@@ -33,6 +33,8 @@ import pandas as pd
 
 if TYPE_CHECKING:
     from medad_bench.api import TrainSet
+from tqdm.auto import tqdm
+
 from medad_bench.data import build, integrity, protocol, readers, synthetic
 from medad_bench.data.cards import DatasetCard
 from medad_bench.data.images import ImageSet, quantize, storage_dtype
@@ -45,7 +47,6 @@ from medad_bench.data.splits import (
 )
 from medad_bench.disk import preallocated_npy, writing
 from medad_bench.errors import BenchError
-from tqdm.auto import tqdm
 
 #: Bump when the cache layout changes. 2: pixels stored as uint8 / uint16 (the card's
 #: bit_depth), not float32.

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+
 from medad_bench.data.splits import check_subject_disjoint
 from medad_bench.errors import BenchError
 

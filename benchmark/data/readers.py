@@ -7,6 +7,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pandas as pd
+
 from medad_bench.data import (
     bmad,
     brain_mri,

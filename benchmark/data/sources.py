@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pandas as pd
+
 from medad_bench.data.pixels import IMAGE_SUFFIXES, VOLUME_SUFFIXES
 from medad_bench.errors import BenchError
 

