@@ -22,6 +22,14 @@ from the validation split only (never the test split), after the method has scor
     healthy validation images' outputs, minus the PSNR the trivial model gets by returning the
     mean healthy validation image for each: above 0 dB, the model reconstructs healthy
     images better than knowing nothing about the input would.
+  - `diseased_structure`: diseased inputs keep their anatomy. For each diseased validation
+    image, the Pearson correlation over its pixels between input and output; the median must
+    reach DISEASED_STRUCTURE_MIN = 0.5. A healthy-looking version (or a reconstruction) of a
+    chest keeps its lungs, ribs and outline, so the two correlate strongly (AnomalyPro's quick
+    translation: about 0.9); a generator that returns healthy inputs unchanged but breaks
+    every diseased one into a noise texture passes the two checks above and is caught here.
+    Such a model scores well by failing, not by translating (issue 24: Brainomaly with
+    resize upsampling on PneumoniaMNIST).
 
 - Method-specific checks (`Method.competence_checks`): AnomalyPro's mask M must be higher on
   diseased than on healthy images (`mask_follows_input`, by MASK_MARGIN) and not saturated
@@ -46,13 +54,14 @@ if TYPE_CHECKING:
 
 SCORE_SPREAD_MIN = 1e-3
 OUTPUT_CORRELATION_MIN = 0.5
+DISEASED_STRUCTURE_MIN = 0.5
 PSNR_GAIN_MIN_DB = 0.0
 #: Mean M on diseased minus healthy validation images that counts as "higher": a mask marking
 #: only the lesions raises the diseased mean by about the lesions' share of the image (1-2% on
 #: the synthetic set); a difference of 1e-4 between two near-constant masks is noise.
 MASK_MARGIN = 0.005
 CHECKS = ("score_spread", "val_auc", "output_correlation", "healthy_psnr_gain_db",
-          "mask_follows_input", "mask_not_saturated")
+          "diseased_structure", "mask_follows_input", "mask_not_saturated")
 #: What each failed check means, for reports and logs.
 CHECK_TEXT = {
     "score_spread": "the scores barely vary across inputs",
@@ -61,6 +70,8 @@ CHECK_TEXT = {
                            f"< {OUTPUT_CORRELATION_MIN})"),
     "healthy_psnr_gain_db": ("healthy inputs come back no closer to themselves than the mean "
                              "healthy image"),
+    "diseased_structure": (f"diseased inputs lose their anatomy in the output (median "
+                           f"per-image correlation < {DISEASED_STRUCTURE_MIN})"),
     "mask_follows_input": (f"the mask M is not higher on diseased than on healthy images (by "
                            f"{MASK_MARGIN})"),
     "mask_not_saturated": "the mask M saturated (0 or 1 almost everywhere on healthy images)",
@@ -76,6 +87,8 @@ class OutputFollowing:
     count: int = 0
     sums: dict[str, np.ndarray] = field(default_factory=dict)
     squared_errors: list[np.ndarray] = field(default_factory=list)
+    #: Each image's Pearson correlation between input and output over its pixels.
+    image_correlations: list[np.ndarray] = field(default_factory=list)
 
     def add(self, inputs: np.ndarray, outputs: np.ndarray) -> None:
         x = np.asarray(inputs, dtype=np.float64)
@@ -85,6 +98,7 @@ class OutputFollowing:
         for name, value in (("x", x), ("y", y), ("xx", x * x), ("yy", y * y), ("xy", x * y)):
             self.sums[name] = self.sums.get(name, 0.0) + value.sum(axis=0)
         self.squared_errors.append(((x - y) ** 2).reshape(len(x), -1).mean(axis=1))
+        self.image_correlations.append(_per_image_correlation(x, y))
         self.count += len(x)
 
     def correlation(self) -> float:
@@ -102,6 +116,20 @@ class OutputFollowing:
 
     def squared_error(self) -> np.ndarray:
         return np.concatenate(self.squared_errors) if self.squared_errors else np.zeros(0)
+
+    def per_image_correlation(self) -> np.ndarray:
+        return (np.concatenate(self.image_correlations) if self.image_correlations
+                else np.zeros(0))
+
+
+def _per_image_correlation(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson correlation over each image's pixels; 0 where either image is flat."""
+    x = x.reshape(len(x), -1)
+    y = y.reshape(len(y), -1)
+    x = x - x.mean(axis=1, keepdims=True)
+    y = y - y.mean(axis=1, keepdims=True)
+    norms = np.sqrt((x * x).sum(axis=1) * (y * y).sum(axis=1))
+    return np.where(norms > 0, (x * y).sum(axis=1) / np.where(norms > 0, norms, 1), 0.0)
 
 
 def score_spread(scores: np.ndarray) -> float:
@@ -153,6 +181,11 @@ def competence(scores: np.ndarray, labels: np.ndarray, *, inputs: np.ndarray | N
                 inputs, labels, outputs.squared_error())
             if not values["healthy_psnr_gain_db"] > PSNR_GAIN_MIN_DB:
                 failed.append("healthy_psnr_gain_db")
+        diseased = outputs.per_image_correlation()[np.asarray(labels) == 1]
+        if diseased.size:
+            values["diseased_structure"] = float(np.median(diseased))
+            if not values["diseased_structure"] >= DISEASED_STRUCTURE_MIN:
+                failed.append("diseased_structure")
     for name, (value, passed) in (method_checks or {}).items():
         values[name] = value
         if not passed:

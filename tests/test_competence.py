@@ -96,6 +96,22 @@ class Copier(OneImageForAll):
                           {"translated": grey.copy()} if extras else {})
 
 
+class BreaksOnLesions(OneImageForAll):
+    """Gives the dimmer half of the inputs back unchanged and turns the brighter half (where
+    the lesions are) into one checkerboard: it scores by breaking, not by translating."""
+
+    name = "breaks-on-lesions"
+
+    def _predict(self, images: np.ndarray, *, maps: bool, extras: bool) -> Prediction:
+        grey = images.mean(axis=1)
+        brightness = grey.mean(axis=(1, 2))
+        broken = brightness > np.median(brightness)
+        board = (np.indices(grey.shape[1:]).sum(axis=0) % 2).astype(grey.dtype)
+        output = np.where(broken[:, None, None], board, grey)
+        return Prediction(brightness.astype(np.float64), None,
+                          {"translated": output} if extras else {})
+
+
 def _checks(method: Method, data) -> dict:
     method.fit(data.train_set(), seed=0)
     follow = OutputFollowing()
@@ -114,6 +130,16 @@ def test_a_method_that_outputs_one_image_for_every_input_is_flagged(tiny):
     assert copier["output_correlation"] == pytest.approx(1.0)
     assert copier["healthy_psnr_gain_db"] == np.inf or copier["healthy_psnr_gain_db"] > 20
     assert "output_correlation" not in copier["competence_failed"]
+    assert copier["diseased_structure"] == pytest.approx(1.0)
+
+
+def test_a_method_that_breaks_diseased_inputs_into_noise_is_flagged(tiny):
+    """What it makes of the broken inputs has nothing of their anatomy left; the copier above
+    keeps all of it (1.0)."""
+    broken = _checks(BreaksOnLesions(), tiny)
+    assert broken["diseased_structure"] < 0.5
+    assert "diseased_structure" in broken["competence_failed"].split(",")
+    assert not broken["competent"]
 
 
 def _report(uri: str) -> str:
