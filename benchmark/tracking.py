@@ -30,7 +30,7 @@ from typing import Any
 
 import pandas as pd
 
-from medad_bench.disk import writing
+from medad_bench.disk import write_error, writing
 from medad_bench.errors import BenchError
 
 logger = logging.getLogger(__name__)
@@ -179,6 +179,14 @@ def ensure_experiment(uri: str, dataset: str) -> str:
                             artifact_location=artifact_location)
     except BenchError:
         raise
+    except OSError as exc:  # the store's folder is full or read-only
+        path = sqlite_path(uri) or Path(uri)
+        refused = write_error(exc, path, "the tracking store",
+                              fix="Make its folder writable or free space there, or log "
+                                  "elsewhere with --tracking-uri")
+        if refused is None:
+            raise
+        raise refused from exc
     except Exception as exc:
         raise BenchError(
             f"cannot use the MLflow tracking store {uri}: {exc}. Check --tracking-uri / "

@@ -200,6 +200,12 @@ def test_a_read_only_folder_refuses_reports_and_references_with_one_message(
                           str(locked / "ref.json"), "--tracking-uri", tracking_uri)
         assert reference.exit_code == 1
         assert "could not write the gate reference" in reference.output
+        stored = bench("run", "--methods", "padim", "--dataset", "tiny", "--no-progress",
+                       "--tracking-uri", f"sqlite:///{locked / 'mlflow.db'}")
+        if real:  # the lock file is the first write; a patched mkstemp is not reached
+            assert stored.exit_code == 1
+            assert "could not write the tracking store" in stored.output
+            assert "not writable" in stored.output and "--tracking-uri" in stored.output
     assert (locked / "tiny.md").read_text() == "the old report\n"
     assert not (locked / "ref.json").exists()
 
