@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from medad_bench.disk import write_text_atomic
 from medad_bench.errors import BenchError
 from medad_bench.figures import method_colours, save_figure
+from medad_bench.report import newest_identity
 from medad_bench.tracking import finished_runs
 
 
@@ -67,13 +68,8 @@ def budget_curve(uri: str, dataset: str, profile: str | None = None,
 
 def _newest_identity_per_scale(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Per (method, scale), the runs of its newest identity, latest per seed (as Table 1)."""
-    runs = runs.sort_values("start_time", ascending=False)
-    newest = runs.groupby(["method", "scale"]).run_identity.transform("first")
-    kept = runs[runs.run_identity == newest]
-    notes = []
-    if len(kept) < len(runs):
-        notes.append(f"left out {len(runs) - len(kept)} older run(s) made with another code "
-                     f"or config than the newest of their method and budget.")
+    kept, notes = newest_identity(runs, by=("method", "scale"))
+    kept = kept.sort_values("start_time", ascending=False)
     return kept.drop_duplicates(["method", "scale", "seed"]), notes
 
 

@@ -182,7 +182,7 @@ def _has_setting(method: str, name: str) -> bool:
 
 def _parse_budget_scales(text: str, methods: list[str]) -> list[float]:
     """'0.25,1,4' -> [0.25, 1.0, 4.0], each positive, at least one method they apply to."""
-    from medad_bench.planning import without_budget
+    from medad_bench.planning import with_budget
 
     try:
         scales = [float(item) for item in text.split(",") if item.strip()]
@@ -192,18 +192,11 @@ def _parse_budget_scales(text: str, methods: list[str]) -> list[float]:
     if not scales or any(not scale > 0 for scale in scales):
         raise UsageError(f"--budget-scale needs positive multiples of the profile's budget "
                          f"(e.g. 0.25,1,4), got '{text}'.")
-    if any(scale != 1 for scale in scales) and len(without_budget(methods)) == len(methods):
+    if any(scale != 1 for scale in scales) and not with_budget(methods):
         raise UsageError(f"--budget-scale scales iterative training; {', '.join(methods)} "
                          f"train none (they see each training image once). Add an iterative "
                          f"method to --methods, or drop --budget-scale.")
     return list(dict.fromkeys(scales))
-
-
-def _trainable_among(methods: list[str]) -> list[str]:
-    from medad_bench.planning import without_budget
-
-    fixed = set(without_budget(methods))
-    return [name for name in methods if name not in fixed]
 
 
 def _parse_settings(items: tuple[str, ...], weights: tuple[str, ...],
@@ -310,6 +303,7 @@ def run(methods: str, dataset: str, seeds: str, profile: str, device: str,
     everything.
     """
     from medad_bench.api import available_methods, get_method, parse_method_list
+    from medad_bench.planning import with_budget
     from medad_bench.runner import RunPlan, run_plan
     from medad_bench.tracking import resolve_tracking_uri
     from medad_bench.training import IterativeMethod
@@ -351,7 +345,7 @@ def run(methods: str, dataset: str, seeds: str, profile: str, device: str,
     _stop_cleanly_on_sigterm()
     results, budgets = [], []
     for scale in scales:
-        chosen = names if scale == 1 else _trainable_among(names)
+        chosen = names if scale == 1 else with_budget(names)
         scaled = dataclasses.replace(
             plan, budget_scale=scale, methods=chosen,
             overrides={m: v for m, v in plan.overrides.items() if m in chosen},

@@ -114,9 +114,9 @@ def plan_configs(plan: RunPlan, card: Any) -> dict[str, Any]:
     return configs
 
 
-def without_budget(methods: list[str]) -> list[str]:
-    """The methods a budget scale does not apply to (no iterative training)."""
-    return [name for name in methods if not get_method(name).budget_fields]
+def with_budget(methods: list[str]) -> list[str]:
+    """The methods a budget scale applies to (iterative training), in their order."""
+    return [name for name in methods if get_method(name).budget_fields]
 
 
 def run_identity(method: str, config: Any, data: PreparedDataset, plan: RunPlan,

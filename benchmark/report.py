@@ -220,13 +220,15 @@ STATS_TEXT = (f"95% CI of the seed-mean AUC and paired p-values from two levels 
               f"p-values against the best are Holm-adjusted over the comparisons with it")
 
 
-def newest_identity(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """Per method, only the runs of its newest identity (code, config, weights, device,
-    threads, package versions): a row never averages runs that different things produced.
-    Returns the kept runs and a note naming what was left out."""
+def newest_identity(runs: pd.DataFrame, by: tuple[str, ...] = ("method",)
+                    ) -> tuple[pd.DataFrame, list[str]]:
+    """Per method (or per `by` group: the budget curve's method and scale), only the runs of
+    its newest identity (code, config, weights, device, threads, package versions): a row
+    never averages runs that different things produced. Returns the kept runs and a note
+    naming what was left out."""
     newest = (runs.sort_values("start_time", ascending=False)
-              .groupby("method").run_identity.first())
-    keep = runs.run_identity == runs.method.map(newest)
+              .groupby(list(by)).run_identity.transform("first"))
+    keep = runs.run_identity == newest.reindex(runs.index)
     left_out = runs[~keep]
     notes = []
     if not left_out.empty:

@@ -20,18 +20,32 @@ from pathlib import Path
 LOCAL_REFERENCES = Path("results") / "reference"
 
 
-def _folder(package: str) -> Path:
-    return Path(str(importlib.resources.files(package)))
+#: The checkout folders of the data packages. They hold no `__init__.py` on purpose: a
+#: top-level `datasets` package would shadow Hugging Face's (docs/design.md section 2). In an
+#: installed wheel they are namespace folders inside medad_bench/, found by importlib.resources;
+#: an editable install's finder cannot import such folders, so a checkout is read directly.
+CHECKOUT_FOLDERS = {"medad_bench.datasets": "datasets",
+                    "medad_bench.references": "results/reference"}
+
+
+def package_folder(package: str) -> Path:
+    """The folder a package of the suite (code or package data) is read from."""
+    try:
+        return Path(str(importlib.resources.files(package)))
+    except ModuleNotFoundError:
+        if package not in CHECKOUT_FOLDERS:
+            raise
+        return Path(__file__).resolve().parents[1] / CHECKOUT_FOLDERS[package]
 
 
 def builtin_cards() -> Path:
     """The folder of the built-in dataset cards."""
-    return _folder("medad_bench.datasets")
+    return package_folder("medad_bench.datasets")
 
 
 def shipped_references() -> Path:
     """The folder of the shipped references (gate, published/, costs/)."""
-    return _folder("medad_bench.references")
+    return package_folder("medad_bench.references")
 
 
 def reference_file(relative: str | Path) -> Path:

@@ -32,6 +32,7 @@ import pandas as pd
 
 from medad_bench.disk import write_error, writing
 from medad_bench.errors import BenchError
+from medad_bench.shipped import package_folder
 
 logger = logging.getLogger(__name__)
 
@@ -219,13 +220,6 @@ IDENTITY_PACKAGES = ("torch", "torchvision", "anomalib", "timm")
 #: are not code, so writing a report (or `make demo`) never invalidates finished runs.
 CODE_PACKAGES = (("medad_bench", "*.py"), ("medad_bench.methods", "*.py"),
                  ("medad_bench.datasets", "*.toml"))
-
-
-def package_folder(package: str) -> Path:
-    """The folder a package of the suite is imported from."""
-    import importlib.resources
-
-    return Path(str(importlib.resources.files(package)))
 
 
 def code_version(folders: dict[str, Path] | None = None) -> str:

@@ -45,7 +45,7 @@ from medad_bench.data.splits import (
     read_manifest,
     write_manifest,
 )
-from medad_bench.disk import preallocated_npy, writing
+from medad_bench.disk import preallocated_npy, write_text_atomic, writing
 from medad_bench.errors import BenchError
 
 #: Bump when the cache layout changes. 2: pixels stored as uint8 / uint16 (the card's
@@ -192,10 +192,8 @@ def _record_checksums(folder: Path, meta: dict) -> None:
     """Add the arrays' checksums to a cache built before they existed (nothing to compare
     with: from now on a change is caught)."""
     meta["arrays"] = integrity.records(folder)
-    tmp = folder / ".meta.json.tmp"
-    with writing(folder / "meta.json", "the cache's checksums"):
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
-        os.replace(tmp, folder / "meta.json")
+    write_text_atomic(folder / "meta.json", json.dumps(meta, indent=2) + "\n",
+                      "the cache's checksums")
     logger.info("recorded the checksums of %s (built before caches had them)", folder)
 
 
