@@ -1,4 +1,4 @@
-"""The files the suite ships as package data, found through `importlib.resources`.
+"""The files the suite ships as package data, found through their packages' `__path__`.
 
 - the built-in dataset cards and the data they bundle (`datasets/`, imported as
   `medad_bench.datasets`);
@@ -13,7 +13,7 @@ and are looked at first.
 
 from __future__ import annotations
 
-import importlib.resources
+import importlib
 from pathlib import Path
 
 #: Where a user's own references live, relative to the working folder.
@@ -22,7 +22,7 @@ LOCAL_REFERENCES = Path("results") / "reference"
 
 #: The checkout folders of the data packages. They hold no `__init__.py` on purpose: a
 #: top-level `datasets` package would shadow Hugging Face's (docs/design.md section 2). In an
-#: installed wheel they are namespace folders inside medad_bench/, found by importlib.resources;
+#: installed wheel they are namespace folders inside medad_bench/, found by import;
 #: an editable install's finder cannot import such folders, so a checkout is read directly.
 CHECKOUT_FOLDERS = {"medad_bench.datasets": "datasets",
                     "medad_bench.references": "results/reference"}
@@ -30,8 +30,10 @@ CHECKOUT_FOLDERS = {"medad_bench.datasets": "datasets",
 
 def package_folder(package: str) -> Path:
     """The folder a package of the suite (code or package data) is read from."""
+    # A package's __path__, not importlib.resources.files(): for a namespace folder the latter
+    # is a MultiplexedPath, whose str() on Python 3.11 is its repr, not a path.
     try:
-        return Path(str(importlib.resources.files(package)))
+        return Path(next(iter(importlib.import_module(package).__path__)))
     except ModuleNotFoundError:
         if package not in CHECKOUT_FOLDERS:
             raise
