@@ -56,12 +56,15 @@ SCORE_SPREAD_MIN = 1e-3
 OUTPUT_CORRELATION_MIN = 0.5
 DISEASED_STRUCTURE_MIN = 0.5
 PSNR_GAIN_MIN_DB = 0.0
+#: The most of a model's change (output - input) that may be one pattern shared by every image.
+COMMON_CHANGE_MAX = 0.9
 #: Mean M on diseased minus healthy validation images that counts as "higher": a mask marking
 #: only the lesions raises the diseased mean by about the lesions' share of the image (1-2% on
 #: the synthetic set); a difference of 1e-4 between two near-constant masks is noise.
 MASK_MARGIN = 0.005
 CHECKS = ("score_spread", "val_auc", "output_correlation", "healthy_psnr_gain_db",
-          "diseased_structure", "mask_follows_input", "mask_not_saturated")
+          "diseased_structure", "common_change_share", "mask_follows_input",
+          "mask_not_saturated")
 #: What each failed check means, for reports and logs.
 CHECK_TEXT = {
     "score_spread": "the scores barely vary across inputs",
@@ -72,6 +75,8 @@ CHECK_TEXT = {
                              "healthy image"),
     "diseased_structure": (f"diseased inputs lose their anatomy in the output (median "
                            f"per-image correlation < {DISEASED_STRUCTURE_MIN})"),
+    "common_change_share": (f"the output is the input plus one pattern, the same for every "
+                            f"image (>= {COMMON_CHANGE_MAX:.0%} of the change is shared)"),
     "mask_follows_input": (f"the mask M is not higher on diseased than on healthy images (by "
                            f"{MASK_MARGIN})"),
     "mask_not_saturated": "the mask M saturated (0 or 1 almost everywhere on healthy images)",
@@ -95,7 +100,9 @@ class OutputFollowing:
         y = np.asarray(outputs, dtype=np.float64)
         if x.shape != y.shape:
             raise ValueError(f"outputs {y.shape} and inputs {x.shape} differ in shape")
-        for name, value in (("x", x), ("y", y), ("xx", x * x), ("yy", y * y), ("xy", x * y)):
+        d = y - x
+        for name, value in (("x", x), ("y", y), ("xx", x * x), ("yy", y * y), ("xy", x * y),
+                            ("d", d), ("dd", d * d)):
             self.sums[name] = self.sums.get(name, 0.0) + value.sum(axis=0)
         self.squared_errors.append(((x - y) ** 2).reshape(len(x), -1).mean(axis=1))
         self.image_correlations.append(_per_image_correlation(x, y))
@@ -113,6 +120,19 @@ class OutputFollowing:
         if var_x <= 0 or var_y <= 1e-12 * max(var_x, 1e-12):
             return 0.0
         return float(cov / np.sqrt(var_x * var_y))
+
+    def common_change_share(self) -> float:
+        """The share of the change (output - input) that is the same for every image: the
+        energy of the mean change over the mean energy of each image's change, pooled over
+        pixels. 1 when the model adds one fixed pattern to every input; 0 when its changes
+        average out across images; nan when nothing changes."""
+        n, s = self.count, self.sums
+        if n < 2:
+            return float("nan")
+        total = float((s["dd"] / n).sum())
+        if total <= 0:
+            return float("nan")
+        return float(((s["d"] / n) ** 2).sum() / total)
 
     def squared_error(self) -> np.ndarray:
         return np.concatenate(self.squared_errors) if self.squared_errors else np.zeros(0)
@@ -181,6 +201,9 @@ def competence(scores: np.ndarray, labels: np.ndarray, *, inputs: np.ndarray | N
                 inputs, labels, outputs.squared_error())
             if not values["healthy_psnr_gain_db"] > PSNR_GAIN_MIN_DB:
                 failed.append("healthy_psnr_gain_db")
+        values["common_change_share"] = outputs.common_change_share()
+        if values["common_change_share"] >= COMMON_CHANGE_MAX:  # nan (no change) passes
+            failed.append("common_change_share")
         diseased = outputs.per_image_correlation()[np.asarray(labels) == 1]
         if diseased.size:
             values["diseased_structure"] = float(np.median(diseased))

@@ -76,11 +76,11 @@ def reconstruct(x: torch.Tensor, b_int: torch.Tensor, mask: torch.Tensor) -> tor
 # ----------------------------------------------------------------------------- losses
 
 
-def mask_loss(mask: torch.Tensor) -> torch.Tensor:
-    """Keeps the mask small and decided: (mean M)^2 plus a focus term that is 0 where M is 0 or
-    1 and largest (1/0.01 - 1/0.51) at M = 0.5."""
+def mask_loss(mask: torch.Tensor, focus_weight: float = 1.0) -> torch.Tensor:
+    """Keeps the mask small and decided: (mean M)^2 plus `focus_weight` times a focus term that
+    is 0 where M is 0 or 1 and largest (1/0.01 - 1/0.51) at M = 0.5."""
     focus = torch.mean(1.0 / (torch.abs(mask - 0.5) + 0.01)) - 1.0 / 0.51
-    return torch.mean(mask) ** 2 + focus
+    return torch.mean(mask) ** 2 + focus_weight * focus
 
 
 def critic_loss(generator: Generator, critic: nn.Module, a: torch.Tensor, b: torch.Tensor,
@@ -105,7 +105,10 @@ def generator_loss(generator: Generator, critic: nn.Module, a: torch.Tensor, b: 
     lambda_adv = cfg.lambda_adv if lambda_adv is None else lambda_adv
     b_int_a, mask_a = generator(a)
     b_int_b, mask_b = generator(b)
-    identity = torch.mean(torch.abs(b - b_int_b))
+    if warmup or cfg.identity_on == "intermediate":
+        identity = torch.mean(torch.abs(b - b_int_b))
+    else:
+        identity = torch.mean(torch.abs(b - translate(b, b_int_b, mask_b)))
     if warmup:
         adversarial = -critic(b_int_a).mean() - critic(b_int_b).mean()
         loss = lambda_adv * adversarial + cfg.lambda_id * identity
@@ -113,7 +116,8 @@ def generator_loss(generator: Generator, critic: nn.Module, a: torch.Tensor, b: 
     adversarial = -critic(translate(a, b_int_a, mask_a)).mean() \
         - critic(translate(b, b_int_b, mask_b)).mean()
     reconstruction = torch.mean(torch.abs(a - reconstruct(a, b_int_a, mask_a)))
-    masks = 0.5 * (mask_loss(mask_a) + mask_loss(mask_b))
+    masks = 0.5 * (mask_loss(mask_a, cfg.lambda_mask_focus)
+                   + mask_loss(mask_b, cfg.lambda_mask_focus))
     loss = (lambda_adv * adversarial + cfg.lambda_id * identity
             + cfg.lambda_rec * reconstruction + cfg.lambda_mask * masks)
     return loss, {"g_adv": adversarial, "g_id": identity, "g_rec": reconstruction,
@@ -135,9 +139,20 @@ class AnomalyProConfig(TranslationConfig):
     #: reconstruction and mask terms switch on after, and only later checkpoints may be kept.
     #: 0 in HealthyGAN.
     mask_warmup_iterations: int = 0
+    #: What the identity term holds to a healthy input b: "intermediate" (B_int(b), as in
+    #: HealthyGAN) or "translation" (B0(b)). Holding B_int to the input makes B_int a copy of
+    #: the input, and M then gets no gradient (dB0/dM = B_int - input); on B0, B_int is free
+    #: to become a healthy version wherever M is 0, and M can learn where to use it.
+    identity_on: str = "intermediate"
+    #: Weight of the mask's focus (zero-one) term against its size term (1 in HealthyGAN). The
+    #: focus term drives M to 0 or 1 within the first iterations, where its tanh saturates
+    #: and stops learning: 0 lets M stay soft until the adversarial term shapes it.
+    lambda_mask_focus: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.identity_on not in ("intermediate", "translation"):
+            raise ValueError("identity_on must be 'intermediate' or 'translation'")
         if not 0 <= self.mask_warmup_iterations < self.iterations:
             raise ValueError("mask_warmup_iterations must be within [0, iterations)")
 

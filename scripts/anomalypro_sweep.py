@@ -70,6 +70,14 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "resize + adv 0.1": {"upsample": "resize", "lambda_adv": 0.1},
     "resize + adv warm-up 1/2": {"upsample": "resize", "adversarial_warmup_fraction": 0.5},
     "critic 1 step": {"critic_steps_per_g": 1},
+    "identity on B0": {"identity_on": "translation"},
+    "identity on B0 + adv 1": {"identity_on": "translation", "lambda_adv": 1.0},
+    "identity on B0 + adv 0.3": {"identity_on": "translation", "lambda_adv": 0.3},
+    "critic 5 steps": {"critic_steps_per_g": 5},
+    "identity on B0 + critic 5 steps": {"identity_on": "translation", "critic_steps_per_g": 5},
+    "no mask focus": {"lambda_mask_focus": 0.0},
+    "no mask focus + identity on B0": {"lambda_mask_focus": 0.0, "identity_on": "translation"},
+    "no mask focus + adv 1": {"lambda_mask_focus": 0.0, "lambda_adv": 1.0},
 }
 
 #: Keys of a candidate that are not config fields.

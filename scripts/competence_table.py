@@ -21,6 +21,7 @@ COLUMNS = (("competence_score_spread", "spread", "{:.3f}"),
            ("competence_output_correlation", "output corr", "{:.3f}"),
            ("competence_healthy_psnr_gain_db", "healthy PSNR gain dB", "{:+.2f}"),
            ("competence_diseased_structure", "diseased structure", "{:.3f}"),
+           ("competence_common_change_share", "shared change", "{:.3f}"),
            ("competence_mask_follows_input", "M diseased - healthy", "{:+.4f}"),
            ("competence_mask_not_saturated", "mean M healthy", "{:.3f}"),
            ("auc", "test AUC", "{:.3f}"))

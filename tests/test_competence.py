@@ -112,6 +112,21 @@ class BreaksOnLesions(OneImageForAll):
                           {"translated": output} if extras else {})
 
 
+class AddsOnePattern(OneImageForAll):
+    """Gives every input back plus one faint fixed dot lattice (Brainomaly at lambda_adv 0.1
+    on PneumoniaMNIST, issue 24): the output follows the input, healthy inputs come back
+    close, anatomy is kept, and yet the model changed nothing about any particular image."""
+
+    name = "adds-one-pattern"
+
+    def _predict(self, images: np.ndarray, *, maps: bool, extras: bool) -> Prediction:
+        grey = images.mean(axis=1)
+        rows, cols = np.indices(grey.shape[1:])
+        dots = ((rows % 4 == 0) & (cols % 4 == 0)).astype(grey.dtype) * 0.05
+        return Prediction(grey.mean(axis=(1, 2)).astype(np.float64), None,
+                          {"translated": grey + dots} if extras else {})
+
+
 def _checks(method: Method, data) -> dict:
     method.fit(data.train_set(), seed=0)
     follow = OutputFollowing()
@@ -187,3 +202,14 @@ def test_anomalypro_fails_when_its_mask_does_not_mark_the_diseased_images():
     assert checks["mask_follows_input"][1] and checks["mask_not_saturated"][1]
     saturated = AnomalyPro().competence_checks({"mask M": np.ones((20, 8, 8))}, labels)
     assert saturated["mask_not_saturated"][1] is False
+
+
+def test_a_method_that_adds_one_fixed_pattern_to_every_input_is_flagged(tiny):
+    """Only the shared-change check catches it; the copier changes nothing (no share: passes)."""
+    patterned = _checks(AddsOnePattern(), tiny)
+    assert patterned["common_change_share"] == pytest.approx(1.0)
+    assert patterned["competence_failed"].split(",") == ["common_change_share"]
+    assert not patterned["competent"]
+    copier = _checks(Copier(), tiny)
+    assert np.isnan(copier["common_change_share"])
+    assert "common_change_share" not in copier["competence_failed"]
