@@ -93,7 +93,7 @@ def cli() -> None:
 @cli.command("list")
 def list_command() -> None:
     """List every method and dataset, with what each method trains on and its profiles."""
-    from medad_bench.api import PROFILES, available_methods
+    from medad_bench.api.contract import PROFILES, available_methods
     from medad_bench.data import available_cards, load_card
 
     click.secho("Methods", bold=True)
@@ -175,14 +175,14 @@ def _stop_cleanly_on_sigterm() -> None:
 def _has_setting(method: str, name: str) -> bool:
     import dataclasses
 
-    from medad_bench.api import get_method
+    from medad_bench.api.contract import get_method
 
     return name in {f.name for f in dataclasses.fields(get_method(method).Config)}
 
 
 def _parse_budget_scales(text: str, methods: list[str]) -> list[float]:
     """'0.25,1,4' -> [0.25, 1.0, 4.0], each positive, at least one method they apply to."""
-    from medad_bench.planning import with_budget
+    from medad_bench.engine.grid import with_budget
 
     try:
         scales = [float(item) for item in text.split(",") if item.strip()]
@@ -302,11 +302,11 @@ def run(methods: str, dataset: str, seeds: str, profile: str, device: str,
     and done again (iterative methods resume from their last checkpoint). --force reruns
     everything.
     """
-    from medad_bench.api import available_methods, get_method, parse_method_list
-    from medad_bench.planning import with_budget
-    from medad_bench.runner import RunPlan, run_plan
+    from medad_bench.api.contract import available_methods, get_method, parse_method_list
+    from medad_bench.api.training import IterativeMethod
+    from medad_bench.engine.grid import with_budget
+    from medad_bench.engine.launch import RunPlan, run_plan
     from medad_bench.tracking import resolve_tracking_uri
-    from medad_bench.training import IterativeMethod
 
     names = parse_method_list(methods)
     scales = _parse_budget_scales(budget_scales, names)
@@ -314,7 +314,7 @@ def run(methods: str, dataset: str, seeds: str, profile: str, device: str,
     if threads is not None:
         import torch
 
-        from medad_bench.planning import THREADS_ENV
+        from medad_bench.engine.grid import THREADS_ENV
 
         if executor == "ray":
             raise UsageError("--threads applies to --executor local; Ray sets each task's "
@@ -423,7 +423,7 @@ def report(dataset: str, fmt: str, out: Path | None, profile: str | None, contam
     cost and the paired comparison. Figures go to results/reports/<dataset>/ (beside --out)
     and, with the table, to an MLflow run tagged bench.kind=report. Where runs logged their
     checkpoints (selection.csv), a "Model selection" table follows Table 1."""
-    from medad_bench.reporting import build_report, log_report_run, write_report
+    from medad_bench.report.document import build_report, log_report_run, write_report
 
     if datasets is not None:
         if metric_names is not None:
@@ -434,7 +434,7 @@ def report(dataset: str, fmt: str, out: Path | None, profile: str | None, contam
     if budget_curve:
         _budget_curve_report(dataset, out, profile, contaminated, tracking_uri)
         return
-    from medad_bench.report import parse_metrics
+    from medad_bench.report.table import parse_metrics
 
     chosen = parse_metrics(metric_names)  # a bad name fails before any work
     built = build_report(tracking_uri, dataset, fmt, out, profile=profile,
@@ -453,9 +453,9 @@ def report(dataset: str, fmt: str, out: Path | None, profile: str | None, contam
 
 def _budget_curve_report(dataset: str, out: Path | None, profile: str | None,
                          contaminated: bool, tracking_uri: str | None) -> None:
-    """`bench report --budget-curve`: AUC against training (benchmark.budget_curve)."""
-    from medad_bench.budget_curve import budget_curve, to_markdown, write_budget_curve
-    from medad_bench.reporting import REPORTS_DIR, card_name
+    """`bench report --budget-curve`: AUC against training (benchmark.report.budget_curve)."""
+    from medad_bench.report.budget_curve import budget_curve, to_markdown, write_budget_curve
+    from medad_bench.report.document import REPORTS_DIR, card_name
     from medad_bench.tracking import resolve_tracking_uri
 
     name = card_name(dataset)
@@ -471,10 +471,15 @@ def _budget_curve_report(dataset: str, out: Path | None, profile: str | None,
 
 def _cross_report(datasets: str, fmt: str, out: Path | None, profile: str | None,
                   contaminated: bool, exclude_tuned: bool, tracking_uri: str | None) -> None:
-    """`bench report --datasets a,b`: the one table across datasets (benchmark.cross_report)."""
+    """`bench report --datasets a,b`: the one table across datasets
+    (benchmark.report.cross_dataset)."""
     from click.core import ParameterSource
 
-    from medad_bench.cross_report import build_cross_report, parse_datasets, write_cross_report
+    from medad_bench.report.cross_dataset import (
+        build_cross_report,
+        parse_datasets,
+        write_cross_report,
+    )
 
     if click.get_current_context().get_parameter_source("dataset") != ParameterSource.DEFAULT:
         raise UsageError("give either --dataset (one dataset's Table 1) or --datasets (one "
@@ -509,8 +514,8 @@ def check(dataset: str, against: Path | None, tolerance: float | None, update: b
     newest runs as the reference. Against a published reference (--against
     results/reference/published/NAME.json): fail (exit 1) when a method's mean is outside the
     published tolerance (see --against)."""
-    from medad_bench.published import is_published_reference
-    from medad_bench.reporting import check_against_reference, record_reference
+    from medad_bench.check.gate import check_against_reference, record_reference
+    from medad_bench.check.published import is_published_reference
     from medad_bench.shipped import resolve_reference
 
     if against is not None and not update:
@@ -540,7 +545,7 @@ def _check_published(dataset: str, against: Path, tolerance: float | None, updat
                      profile: str | None, tracking_uri: str | None) -> None:
     """`bench check --against` a published reference: the table, the protocol differences,
     exit 1 when a method is outside the published tolerance."""
-    from medad_bench.reporting import check_against_published
+    from medad_bench.check.published import check_against_published
 
     if update:
         raise UsageError(f"{against} holds published figures: --update would overwrite them "
@@ -582,10 +587,10 @@ def perf(method: str, dataset: str, profile: str, iterations: int, repeats: int,
 
     import torch
 
-    from medad_bench.api import get_method, make_config
+    from medad_bench.api.contract import get_method, make_config
     from medad_bench.data import load_card, prepare
-    from medad_bench.perf import measure
-    from medad_bench.resources import resolve_device
+    from medad_bench.engine.resources import resolve_device
+    from medad_bench.perf.throughput import measure
 
     if threads:
         torch.set_num_threads(threads)
@@ -642,9 +647,9 @@ def plan(methods: str, dataset: str, seeds: str, profile: str, device: str,
     dataset's split sizes. Measure them with --calibrate on the machine that will run the
     grid; a table measured on a GPU plans a GPU grid from anywhere (--costs FILE).
     """
-    from medad_bench import plan as planning
-    from medad_bench.api import get_method, make_config, parse_method_list
+    from medad_bench.api.contract import get_method, make_config, parse_method_list
     from medad_bench.data import load_card, prepare
+    from medad_bench.engine import cost_plan as planning
 
     names = parse_method_list(methods)
     seed_list = _parse_seeds(seeds)
@@ -705,7 +710,7 @@ def _plan_device(device: str, costs_file: Path | None, calibrate: bool) -> Any:
     """The device to plan for: a CUDA plan without a GPU here needs a measured table."""
     import torch
 
-    from medad_bench.resources import resolve_device
+    from medad_bench.engine.resources import resolve_device
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         if calibrate:
@@ -890,7 +895,7 @@ def data_perf(counts: str, size: int, repeats: int, workers: int | None, trees: 
     processes and the same preprocessing; prints the ratio of the medians (suite / bare).
     Images the protocol leaves unused are not decoded by the suite."""
     from medad_bench.data import load_card
-    from medad_bench.prepare_perf import (
+    from medad_bench.perf.preparation import (
         ensure_tree,
         measure_bare,
         measure_prepare,

@@ -120,7 +120,7 @@ def measure_bare(tree: Path, *, workers: int | None = None, size: int = 256,
     """One bare decode of every PNG in the tree, in a fresh process (start-up included)."""
     from medad_bench.data.build import default_workers
 
-    command = [sys.executable, "-m", "medad_bench.prepare_perf", str(tree),
+    command = [sys.executable, "-m", "medad_bench.perf.preparation", str(tree),
                str(workers or default_workers()), str(size), str(drop_top_fraction)]
     started = time.perf_counter()
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout

@@ -27,7 +27,6 @@ import math
 import platform
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -36,9 +35,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from medad_bench.api import Method, TrainSet, make_config
+from medad_bench.api.contract import Method, TrainSet, make_config, timed
+from medad_bench.engine.resources import MemoryWatch, megabytes
 from medad_bench.errors import BenchError
-from medad_bench.resources import MemoryWatch, megabytes
 
 COSTS_DIR = Path("results") / "costs"
 #: Stand-in training images per calibration fit (feature methods: the shorter fit; the longer
@@ -181,20 +180,6 @@ def calibrate(method_cls: type[Method], profile: str, *, image_size: int, channe
                       peak_gpu_mb=megabytes(watch.peak_gpu_bytes()),
                       extra=method_cls.calibrate_extra(base, device),
                       measured=time.strftime("%Y-%m-%d %H:%M"), first_fit_seconds=first_fit)
-
-
-def timed(work: Callable[[], object], device: torch.device) -> float:
-    """Seconds `work()` takes, queued GPU work included (synchronised before and after)."""
-    _synchronise(device)
-    started = time.perf_counter()
-    work()
-    _synchronise(device)
-    return time.perf_counter() - started
-
-
-def _synchronise(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # -------------------------------------------------------------------------------- estimates

@@ -21,18 +21,19 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from medad_bench import evaluation, metrics
-from medad_bench.api import Method, Progress, TrainSet, get_method
-from medad_bench.competence import OutputFollowing, failed_text
+from medad_bench.api.contract import Method, Progress, TrainSet, get_method
+from medad_bench.api.seeding import deterministic_algorithms
+from medad_bench.api.training import IterativeMethod, hold_out_normals
 from medad_bench.data import PreparedDataset
 from medad_bench.data.images import empty_like, join
 from medad_bench.disk import WriteError
+from medad_bench.engine import evaluation
+from medad_bench.engine.grid import RunPlan, RunResult, RunSpec, selection_rule
+from medad_bench.engine.resources import MemoryWatch, megabytes
 from medad_bench.errors import BenchError
-from medad_bench.planning import RunPlan, RunResult, RunSpec, selection_rule
-from medad_bench.resources import MemoryWatch, megabytes
-from medad_bench.seeding import deterministic_algorithms
+from medad_bench.stats import image_metrics as metrics
+from medad_bench.stats.competence import OutputFollowing, failed_text
 from medad_bench.tracking import RunLogger, environment_params, store_failure
-from medad_bench.training import IterativeMethod, hold_out_normals
 
 logger = logging.getLogger(__name__)
 

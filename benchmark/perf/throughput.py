@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from medad_bench.api import TrainSet
+from medad_bench.api.contract import TrainSet
+from medad_bench.engine.run import BarProgress
 from medad_bench.methods.anomalypro import (
     AnomalyPro,
     AnomalyProConfig,
@@ -29,7 +30,6 @@ from medad_bench.methods.anomalypro import (
     to_model_range,
     translate,
 )
-from medad_bench.running import BarProgress
 
 logger = logging.getLogger(__name__)
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 
-from medad_bench.api import get_method
+from medad_bench.api.contract import get_method
+from medad_bench.api.seeding import prepare_determinism
 from medad_bench.data import load_card, prepare
 from medad_bench.data.prepared import resolve_data_root
-from medad_bench.errors import UsageError
-from medad_bench.executors import execute
-from medad_bench.planning import (
+from medad_bench.engine.executors import execute
+from medad_bench.engine.grid import (
     RunPlan,
     RunResult,
     make_specs,
@@ -22,8 +22,8 @@ from medad_bench.planning import (
     planned_threads,
     triage,
 )
-from medad_bench.resources import resolve_device
-from medad_bench.seeding import prepare_determinism
+from medad_bench.engine.resources import resolve_device
+from medad_bench.errors import UsageError
 from medad_bench.tracking import code_version, ensure_experiment, environment_identity
 
 logger = logging.getLogger(__name__)
