@@ -1,4 +1,5 @@
-"""Running one planned run: train, predict once, evaluate, log to MLflow.
+"""Running one planned run: open it, compute its result (train, predict once, evaluate), log
+the result to MLflow in one place (run_one).
 
 The test labels are read only after the method has predicted both splits; the decision
 threshold comes from the labelled validation split (Youden's J), never from the test split.
@@ -13,6 +14,7 @@ import shutil
 import socket
 import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -126,115 +128,33 @@ def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, see
             device: torch.device, plan: RunPlan, experiment_id: str, label: str,
             key: str, identity: str = "", provenance: dict[str, str] | None = None
             ) -> RunResult:
-    """Train, predict, evaluate and log one run. A failure inside the method marks the MLflow
-    run FAILED and is returned (the grid goes on); a BenchError stops everything."""
+    """One run in three steps: open it (the MLflow run, its tags and params), compute its
+    result (fit, predict, evaluate into a RunOutcome; nothing logged), then log the outcome
+    in one place. A failure inside the method marks the MLflow run FAILED and is returned (the
+    grid goes on); a write error of the run's own files fails the run alone; a BenchError
+    stops everything. A run that fails half-way logs what it computed before failing."""
     workdir = WORK_ROOT.resolve() / data.card.name / f"{method_cls.name}-s{seed}-{key}"
     rule = selection_rule(method_cls.name, plan)
     method = make_method(method_cls, config, workdir, rule if rule != "none" else "aucp")
-    try:
-        run = RunLogger(plan.tracking_uri, experiment_id,
-                        run_name=f"{method_cls.name}-s{seed}",
-                        tags={"method": method_cls.name, "dataset": data.card.name,
-                              "seed": str(seed), "profile": plan.profile,
-                              "split_hash": data.split_hash, "run_key": key,
-                              "host": socket.gethostname(), "pid": str(os.getpid())})
-    except Exception as exc:
-        failure = store_failure(exc, plan.tracking_uri)
-        if failure is None:
-            raise
-        raise failure from exc
+    run = open_run(method_cls.name, data, seed=seed, plan=plan, experiment_id=experiment_id,
+                   key=key)
     progress = BarProgress(label, enabled=plan.show_progress, logger=run)
     train = training_set(method_cls, data, plan.contaminated)
     try:
-        run.params({
-            "method": method_cls.name, "dataset": data.card.name, "seed": seed,
-            "profile": plan.profile, "device": str(device), "split_hash": data.split_hash,
-            "data_version": data.data_version, "contaminated": str(plan.contaminated).lower(),
-            "run_key": key, "run_identity": identity,
-            **{f"identity.{k}": v for k, v in (provenance or {}).items()},
-            **_tuning_params(plan.tuned.get(method_cls.name, [])),
-            # What this process really runs under, so a worker that missed the setting shows.
-            "deterministic": str(torch.are_deterministic_algorithms_enabled()).lower(),
-            **({"cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG", "unset")}
-               if plan.deterministic else {}),
-            "trained_on": ",".join(s for s in ("normal", "unlabeled")
-                                   if len(getattr(train, s))),
-            # aucp: the checkpoint with the highest label-free AUCp (held-out normals vs the
-            # unlabelled test images); last: the last checkpoint; none: no checkpoints.
-            "model_selection": rule,
-            "n_train_normal": len(train.normal), "n_train_unlabeled": len(train.unlabeled),
-            "n_selection_normals": (len(train.selection_normals)
-                                    if train.selection_normals is not None else 0),
-            "threshold_rule": "youden_j_on_val",
-            # The training budget (Method.images_seen): equal for every trainable method's
-            # quick profile, stated in the report's caption.
-            "budget_images_seen": method_cls.images_seen(config) or "none",
-            # The multiple of the profile's budget (`bench run --budget-scale`).
-            "budget_scale": f"{plan.budget_scale:g}",
-            "evaluation_unit": data.card.unit,
-            **_data_params(data),
-            **{f"config.{k}": v for k, v in dataclasses.asdict(config).items()},
-            **environment_params(),
-        })
+        run.params(run_params(method_cls, config, data, train, seed=seed, device=device,
+                              plan=plan, rule=rule, key=key, identity=identity,
+                              provenance=provenance))
         run.json(method.config_dict(), "config.json")
-
-        watch = MemoryWatch(device).start()
-        started = time.perf_counter()
-        method.fit(train, seed=seed, device=device, progress=progress)
-        fit_seconds = time.perf_counter() - started
-        fit_peak_host, fit_peak_gpu = watch.peak_host_bytes(), watch.peak_gpu_bytes()
-        run.params(dict(method.run_info))
-        if method.run_metrics:
-            run.metrics(method.run_metrics)
-        if method.warnings:
-            for warning in method.warnings:
-                logger.warning("WARNING %s: %s", label, warning)
-            run.params({"warnings": " | ".join(method.warnings)})
-
-        # One pass per split; labels are read only afterwards, by evaluation.evaluate.
-        progress.stage("predict")
-        started = time.perf_counter()
-        has_masks = data.masks_of("val") is not None
-        follow = OutputFollowing() if method.output_extra else None
-        val_images = data.images_of("val")
-        val = evaluation.predict_split(method, val_images, keep_maps=has_masks, follow=follow)
-        test_images = data.images_of("test")
-        samples = evaluation.sample_rows(data.labels_of("test"))
-        test = evaluation.predict_split(method, test_images, keep_maps=has_masks,
-                                        samples=samples)
-        score_seconds = time.perf_counter() - started
-
-        values = evaluation.evaluate(method, data, val, test)
-        values.update(_log_competence(run, label, evaluation.competence_values(
-            method, data, val, val_images, follow)))
-        values.update({
-            "fit_seconds": fit_seconds,
-            "score_seconds": score_seconds,
-            "score_images_per_second": (len(val.scores) + len(test.scores)) / score_seconds,
-            **cost_metrics(method_cls, config, train, fit_seconds, watch,
-                           fit_peak_host, fit_peak_gpu),
-        })
-        selection = evaluation.selection_table(method, data)
-        if selection is not None:
-            values.update(evaluation.selection_metrics(selection))
-            run.series([("checkpoint_test_auc", row.test_auc, row.step)
-                        for row in selection.itertuples()])
-            run.table(selection, "selection.csv")
-        run.metrics(values)
-        run.table(evaluation.scores_table(data, val.scores, test.scores), "scores.csv")
-        if data.card.unit == "subject":
-            run.table(evaluation.subject_table(data, val.scores, test.scores),
-                      "subject_scores.csv")
-        test_labels, test_units = evaluation.evaluation_units(data, "test", test.scores)
-        run.table(pd.DataFrame(metrics.roc_points(test_labels, test_units)), "roc.csv")
-        if test.samples is not None:
-            _log_figure(run, method, test_images[samples], test.samples)
-            run.arrays(evaluation.map_samples(data, test_images, samples, test.samples),
-                       "map_samples.npz")
+        outcome = RunOutcome()
+        try:
+            compute_result(method, config, data, train, seed=seed, device=device,
+                           progress=progress, outcome=outcome)
+        finally:
+            log_outcome(run, label, method, outcome)
         progress.flush()
         run.finish(ok=True)
         shutil.rmtree(workdir, ignore_errors=True)  # finished: nothing to resume
-        return RunResult(method_cls.name, seed, run.run_id, ok=True, metrics=values)
+        return RunResult(method_cls.name, seed, run.run_id, ok=True, metrics=outcome.values)
     except WriteError as exc:  # the run's own files: this run fails, the grid goes on
         _log_failure(run, exc)
         return RunResult(method_cls.name, seed, run.run_id, ok=False, error=str(exc))
@@ -260,6 +180,186 @@ def run_one(method_cls: type[Method], config: Any, data: PreparedDataset, *, see
                            run.run_id, str(close_error).splitlines()[0][:200])
 
 
+# -- step 1: open the run --------------------------------------------------------------------
+
+
+def open_run(method: str, data: PreparedDataset, *, seed: int, plan: RunPlan,
+             experiment_id: str, key: str) -> RunLogger:
+    """The MLflow run, RUNNING with its heartbeat, tagged with what finds it again (run_key:
+    resume). A store that cannot take it ends the grid (store_failure's BenchError)."""
+    try:
+        return RunLogger(plan.tracking_uri, experiment_id,
+                         run_name=f"{method}-s{seed}",
+                         tags={"method": method, "dataset": data.card.name,
+                               "seed": str(seed), "profile": plan.profile,
+                               "split_hash": data.split_hash, "run_key": key,
+                               "host": socket.gethostname(), "pid": str(os.getpid())})
+    except Exception as exc:
+        failure = store_failure(exc, plan.tracking_uri)
+        if failure is None:
+            raise
+        raise failure from exc
+
+
+def run_params(method_cls: type[Method], config: Any, data: PreparedDataset,
+               train: TrainSet, *, seed: int, device: torch.device, plan: RunPlan,
+               rule: str, key: str, identity: str,
+               provenance: dict[str, str] | None) -> dict[str, Any]:
+    """What the run is, logged as params when it opens (a run that dies still says it)."""
+    return {
+        "method": method_cls.name, "dataset": data.card.name, "seed": seed,
+        "profile": plan.profile, "device": str(device), "split_hash": data.split_hash,
+        "data_version": data.data_version, "contaminated": str(plan.contaminated).lower(),
+        "run_key": key, "run_identity": identity,
+        **{f"identity.{k}": v for k, v in (provenance or {}).items()},
+        **_tuning_params(plan.tuned.get(method_cls.name, [])),
+        # What this process really runs under, so a worker that missed the setting shows.
+        "deterministic": str(torch.are_deterministic_algorithms_enabled()).lower(),
+        **({"cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG", "unset")}
+           if plan.deterministic else {}),
+        "trained_on": ",".join(s for s in ("normal", "unlabeled")
+                               if len(getattr(train, s))),
+        # aucp: the checkpoint with the highest label-free AUCp (held-out normals vs the
+        # unlabelled test images); last: the last checkpoint; none: no checkpoints.
+        "model_selection": rule,
+        "n_train_normal": len(train.normal), "n_train_unlabeled": len(train.unlabeled),
+        "n_selection_normals": (len(train.selection_normals)
+                                if train.selection_normals is not None else 0),
+        "threshold_rule": "youden_j_on_val",
+        # The training budget (Method.images_seen): equal for every trainable method's
+        # quick profile, stated in the report's caption.
+        "budget_images_seen": method_cls.images_seen(config) or "none",
+        # The multiple of the profile's budget (`bench run --budget-scale`).
+        "budget_scale": f"{plan.budget_scale:g}",
+        "evaluation_unit": data.card.unit,
+        **_data_params(data),
+        **{f"config.{k}": v for k, v in dataclasses.asdict(config).items()},
+        **environment_params(),
+    }
+
+
+# -- step 2: compute the result --------------------------------------------------------------
+
+
+@dataclass
+class RunOutcome:
+    """What one run computed, nothing logged yet. Filled step by step (None: not reached), so
+    that a run failing half-way logs what it had, as it always has."""
+
+    fitted: bool = False
+    run_info: dict[str, Any] = field(default_factory=dict)  # Method.run_info: params
+    run_metrics: dict[str, float] = field(default_factory=dict)  # Method.run_metrics
+    warnings: list[str] = field(default_factory=list)  # Method.warnings
+    #: The competence checks on the validation split (`competent`, `competence_failed`, ...).
+    competence: dict[str, float | str | bool] | None = None
+    #: Checkpoint selection rows (iterative methods): logged as a series and selection.csv.
+    selection: pd.DataFrame | None = None
+    #: Every metric of the run (image, pixel, competence, cost, selection).
+    values: dict[str, float] | None = None
+    scores: pd.DataFrame | None = None  # scores.csv
+    subject_scores: pd.DataFrame | None = None  # subject_scores.csv (subject-level cards)
+    roc: pd.DataFrame | None = None  # roc.csv
+    #: The sample test images and their predictions (the method's figure, map_samples.npz).
+    sample_images: np.ndarray | None = None
+    sample_prediction: Any = None
+    map_samples: dict[str, np.ndarray] | None = None
+
+
+def compute_result(method: Method, config: Any, data: PreparedDataset, train: TrainSet, *,
+                   seed: int, device: torch.device, progress: Progress,
+                   outcome: RunOutcome) -> RunOutcome:
+    """Fit, predict each split once, evaluate: into `outcome` (returned), logging nothing.
+    The test labels are read only after both splits are predicted."""
+    watch = MemoryWatch(device).start()
+    started = time.perf_counter()
+    method.fit(train, seed=seed, device=device, progress=progress)
+    fit_seconds = time.perf_counter() - started
+    fit_peak_host, fit_peak_gpu = watch.peak_host_bytes(), watch.peak_gpu_bytes()
+    outcome.fitted = True
+    outcome.run_info = dict(method.run_info)
+    outcome.run_metrics = dict(method.run_metrics)
+    outcome.warnings = list(method.warnings)
+
+    # One pass per split; labels are read only afterwards, by evaluation.evaluate.
+    progress.stage("predict")
+    started = time.perf_counter()
+    has_masks = data.masks_of("val") is not None
+    follow = OutputFollowing() if method.output_extra else None
+    val_images = data.images_of("val")
+    val = evaluation.predict_split(method, val_images, keep_maps=has_masks, follow=follow)
+    test_images = data.images_of("test")
+    samples = evaluation.sample_rows(data.labels_of("test"))
+    test = evaluation.predict_split(method, test_images, keep_maps=has_masks, samples=samples)
+    score_seconds = time.perf_counter() - started
+
+    values = evaluation.evaluate(method, data, val, test)
+    outcome.competence = evaluation.competence_values(method, data, val, val_images, follow)
+    values.update(competence_metrics(outcome.competence))
+    values.update({
+        "fit_seconds": fit_seconds,
+        "score_seconds": score_seconds,
+        "score_images_per_second": (len(val.scores) + len(test.scores)) / score_seconds,
+        **cost_metrics(type(method), config, train, fit_seconds, watch,
+                       fit_peak_host, fit_peak_gpu),
+    })
+    outcome.selection = evaluation.selection_table(method, data)
+    if outcome.selection is not None:
+        values.update(evaluation.selection_metrics(outcome.selection))
+    outcome.values = values
+    outcome.scores = evaluation.scores_table(data, val.scores, test.scores)
+    if data.card.unit == "subject":
+        outcome.subject_scores = evaluation.subject_table(data, val.scores, test.scores)
+    test_labels, test_units = evaluation.evaluation_units(data, "test", test.scores)
+    outcome.roc = pd.DataFrame(metrics.roc_points(test_labels, test_units))
+    if test.samples is not None:
+        outcome.sample_images = test_images[samples]
+        outcome.sample_prediction = test.samples
+        outcome.map_samples = evaluation.map_samples(data, test_images, samples, test.samples)
+    return outcome
+
+
+def competence_metrics(checks: dict[str, float | str | bool]) -> dict[str, float]:
+    """The competence checks' values, as metrics."""
+    return {f"competence_{name}": float(value) for name, value in checks.items()
+            if name not in ("competent", "competence_failed")}
+
+
+# -- step 3: log the outcome -----------------------------------------------------------------
+
+
+def log_outcome(run: RunLogger, label: str, method: Method, outcome: RunOutcome) -> None:
+    """Everything the run computed, to MLflow, in one place (and its warnings to the console):
+    what a failed run reached is logged too, in the order it was computed."""
+    if not outcome.fitted:
+        return
+    run.params(outcome.run_info)
+    if outcome.run_metrics:
+        run.metrics(outcome.run_metrics)
+    if outcome.warnings:
+        for warning in outcome.warnings:
+            logger.warning("WARNING %s: %s", label, warning)
+        run.params({"warnings": " | ".join(outcome.warnings)})
+    if outcome.competence is not None:
+        _log_competence(run, label, outcome.competence)
+    if outcome.values is None:
+        return
+    if outcome.selection is not None:
+        run.series([("checkpoint_test_auc", row.test_auc, row.step)
+                    for row in outcome.selection.itertuples()])
+        run.table(outcome.selection, "selection.csv")
+    run.metrics(outcome.values)
+    if outcome.scores is not None:
+        run.table(outcome.scores, "scores.csv")
+    if outcome.subject_scores is not None:
+        run.table(outcome.subject_scores, "subject_scores.csv")
+    if outcome.roc is not None:
+        run.table(outcome.roc, "roc.csv")
+    if outcome.sample_images is not None:
+        _log_figure(run, method, outcome.sample_images, outcome.sample_prediction)
+    if outcome.map_samples is not None:
+        run.arrays(outcome.map_samples, "map_samples.npz")
+
+
 def _log_failure(run: RunLogger, exc: BaseException) -> None:
     """Record the error with the run and mark it FAILED. Where that cannot be written either
     (the disk that failed the run is full), say so and go on: the run stays unfinished in the
@@ -275,17 +375,15 @@ def _log_failure(run: RunLogger, exc: BaseException) -> None:
 
 
 def _log_competence(run: RunLogger, label: str,
-                    checks: dict[str, float | str | bool]) -> dict[str, float]:
-    """`competent` and the failed checks as params (reports read them); the checks' values
-    as metrics, returned to be logged with the others; a warning where a check failed."""
+                    checks: dict[str, float | str | bool]) -> None:
+    """`competent` and the failed checks as params (reports read them); a warning where a
+    check failed. Their values are metrics (competence_metrics), logged with the others."""
     run.params({"competent": str(checks["competent"]).lower(),
                 "competence_failed": checks["competence_failed"] or "none"})
     if not checks["competent"]:
         logger.warning("WARNING %s did not learn (validation): %s. Its numbers are reported "
                        "as a failed training run.", label,
                        failed_text(str(checks["competence_failed"])))
-    return {f"competence_{name}": float(value) for name, value in checks.items()
-            if name not in ("competent", "competence_failed")}
 
 
 def _tuning_params(fields: list[str]) -> dict[str, str]:
