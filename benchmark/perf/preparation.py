@@ -156,8 +156,6 @@ def _bare_main(tree: str, workers: str, size: str, drop: str) -> None:
     print(done)
 
 
-if __name__ == "__main__":
-    _bare_main(*sys.argv[1:5])
 
 
 # -- bench data perf ---------------------------------------------------------------------------
@@ -204,3 +202,7 @@ def compare_preparation(tree: Path, count: int, *, repeats: int,
         yield PreparationStep(repeat + 1, runs[-1], bare[-1])
     yield PreparationStep(None, median_measurement(runs),
                           bare_rate=statistics.median(b.images_per_second for b in bare))
+
+
+if __name__ == "__main__":
+    _bare_main(*sys.argv[1:5])
