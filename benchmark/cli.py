@@ -6,7 +6,6 @@ import dataclasses
 import json
 import logging
 import os
-import statistics
 import sys
 import warnings
 from pathlib import Path
@@ -93,7 +92,7 @@ def cli() -> None:
 @cli.command("list")
 def list_command() -> None:
     """List every method and dataset, with what each method trains on and its profiles."""
-    from medad_bench.api import PROFILES, available_methods
+    from medad_bench.api.contract import PROFILES, available_methods
     from medad_bench.data import available_cards, load_card
 
     click.secho("Methods", bold=True)
@@ -173,16 +172,15 @@ def _stop_cleanly_on_sigterm() -> None:
 
 
 def _has_setting(method: str, name: str) -> bool:
-    import dataclasses
 
-    from medad_bench.api import get_method
+    from medad_bench.api.contract import get_method
 
     return name in {f.name for f in dataclasses.fields(get_method(method).Config)}
 
 
 def _parse_budget_scales(text: str, methods: list[str]) -> list[float]:
     """'0.25,1,4' -> [0.25, 1.0, 4.0], each positive, at least one method they apply to."""
-    from medad_bench.planning import with_budget
+    from medad_bench.engine.grid import with_budget
 
     try:
         scales = [float(item) for item in text.split(",") if item.strip()]
@@ -302,59 +300,21 @@ def run(methods: str, dataset: str, seeds: str, profile: str, device: str,
     and done again (iterative methods resume from their last checkpoint). --force reruns
     everything.
     """
-    from medad_bench.api import available_methods, get_method, parse_method_list
-    from medad_bench.planning import with_budget
-    from medad_bench.runner import RunPlan, run_plan
-    from medad_bench.tracking import resolve_tracking_uri
-    from medad_bench.training import IterativeMethod
+    from medad_bench.api.contract import parse_method_list
+    from medad_bench.engine.launch import bench_run
 
     names = parse_method_list(methods)
     scales = _parse_budget_scales(budget_scales, names)
     overrides = _parse_settings(settings, weights, names)
-    if threads is not None:
-        import torch
-
-        from medad_bench.planning import THREADS_ENV
-
-        if executor == "ray":
-            raise UsageError("--threads applies to --executor local; Ray sets each task's "
-                             "threads from its CPUs.")
-        os.environ[THREADS_ENV] = str(threads)  # worker processes get it through the plan
-        torch.set_num_threads(threads)
-    # Only --set counts as tuning: --weights and --select pick among documented choices.
-    tuned: dict[str, list[str]] = {}
-    for item in settings:
-        field = item.partition("=")[0]
-        tuned.setdefault(field.partition(".")[0], []).append(field)
-    if select and not any(issubclass(get_method(n), IterativeMethod) for n in names):
-        iterative = [n for n in available_methods() if issubclass(get_method(n), IterativeMethod)]
-        raise UsageError(f"--select applies to methods that select checkpoints (the iterative "
-                         f"ones: {', '.join(iterative)}); none among --methods "
-                         f"{','.join(names)}.")
-    plan = RunPlan(methods=names, dataset=dataset, seeds=_parse_seeds(seeds), profile=profile,
-                   device=device, tracking_uri=resolve_tracking_uri(tracking_uri),
-                   data_root=data_root, overrides=overrides,
-                   contaminated=contaminated, show_progress=not no_progress,
-                   executor=executor, jobs=jobs, ray_address=ray_address, force=force,
-                   tuned=tuned, deterministic=deterministic, select=select or "aucp",
-                   allow_external_links=allow_external_links)
-    if ray_address and executor != "ray":
-        raise UsageError("--ray-address needs --executor ray.")
-    if jobs > 1 and executor != "local":
-        raise UsageError("--jobs applies to --executor local; Ray schedules by resources.")
-    _stop_cleanly_on_sigterm()
-    results, budgets = [], []
-    for scale in scales:
-        chosen = names if scale == 1 else with_budget(names)
-        scaled = dataclasses.replace(
-            plan, budget_scale=scale, methods=chosen,
-            overrides={m: v for m, v in plan.overrides.items() if m in chosen},
-            tuned={m: v for m, v in plan.tuned.items() if m in chosen})
-        if len(scales) > 1:
-            click.echo(f"\n== budget {scale:g}x: {', '.join(scaled.methods)}", err=True)
-        done = run_plan(scaled)
-        results += done
-        budgets += [f"{scale:g}x"] * len(done)
+    grid = bench_run(names, _parse_seeds(seeds), scales, overrides, settings, dataset=dataset,
+                     profile=profile, device=device, tracking_uri=tracking_uri,
+                     data_root=data_root, allow_external_links=allow_external_links,
+                     select=select, contaminated=contaminated, show_progress=not no_progress,
+                     executor=executor, jobs=jobs, threads=threads, ray_address=ray_address,
+                     force=force, deterministic=deterministic,
+                     before_start=_stop_cleanly_on_sigterm,
+                     announce=lambda line: click.echo(line, err=True))
+    plan, results, budgets = grid.plan, grid.results, grid.budgets
     several = len(scales) > 1
     click.echo(f"\n{'method':<12} {'seed':>4}  " + (f"{'budget':>6}  " if several else "")
                + f"{'AUC':>6}  {'F1':>6}  {'fit s':>7}  {'train img/s':>11}  {'peak MB':>7}  "
@@ -423,7 +383,7 @@ def report(dataset: str, fmt: str, out: Path | None, profile: str | None, contam
     cost and the paired comparison. Figures go to results/reports/<dataset>/ (beside --out)
     and, with the table, to an MLflow run tagged bench.kind=report. Where runs logged their
     checkpoints (selection.csv), a "Model selection" table follows Table 1."""
-    from medad_bench.reporting import build_report, log_report_run, write_report
+    from medad_bench.report.document import build_report, log_report_run, write_report
 
     if datasets is not None:
         if metric_names is not None:
@@ -434,7 +394,7 @@ def report(dataset: str, fmt: str, out: Path | None, profile: str | None, contam
     if budget_curve:
         _budget_curve_report(dataset, out, profile, contaminated, tracking_uri)
         return
-    from medad_bench.report import parse_metrics
+    from medad_bench.report.table import parse_metrics
 
     chosen = parse_metrics(metric_names)  # a bad name fails before any work
     built = build_report(tracking_uri, dataset, fmt, out, profile=profile,
@@ -453,9 +413,9 @@ def report(dataset: str, fmt: str, out: Path | None, profile: str | None, contam
 
 def _budget_curve_report(dataset: str, out: Path | None, profile: str | None,
                          contaminated: bool, tracking_uri: str | None) -> None:
-    """`bench report --budget-curve`: AUC against training (benchmark.budget_curve)."""
-    from medad_bench.budget_curve import budget_curve, to_markdown, write_budget_curve
-    from medad_bench.reporting import REPORTS_DIR, card_name
+    """`bench report --budget-curve`: AUC against training (benchmark.report.budget_curve)."""
+    from medad_bench.report.budget_curve import budget_curve, to_markdown, write_budget_curve
+    from medad_bench.report.document import REPORTS_DIR, card_name
     from medad_bench.tracking import resolve_tracking_uri
 
     name = card_name(dataset)
@@ -471,10 +431,15 @@ def _budget_curve_report(dataset: str, out: Path | None, profile: str | None,
 
 def _cross_report(datasets: str, fmt: str, out: Path | None, profile: str | None,
                   contaminated: bool, exclude_tuned: bool, tracking_uri: str | None) -> None:
-    """`bench report --datasets a,b`: the one table across datasets (benchmark.cross_report)."""
+    """`bench report --datasets a,b`: the one table across datasets
+    (benchmark.report.cross_dataset)."""
     from click.core import ParameterSource
 
-    from medad_bench.cross_report import build_cross_report, parse_datasets, write_cross_report
+    from medad_bench.report.cross_dataset import (
+        build_cross_report,
+        parse_datasets,
+        write_cross_report,
+    )
 
     if click.get_current_context().get_parameter_source("dataset") != ParameterSource.DEFAULT:
         raise UsageError("give either --dataset (one dataset's Table 1) or --datasets (one "
@@ -509,8 +474,8 @@ def check(dataset: str, against: Path | None, tolerance: float | None, update: b
     newest runs as the reference. Against a published reference (--against
     results/reference/published/NAME.json): fail (exit 1) when a method's mean is outside the
     published tolerance (see --against)."""
-    from medad_bench.published import is_published_reference
-    from medad_bench.reporting import check_against_reference, record_reference
+    from medad_bench.check.gate import check_against_reference, record_reference
+    from medad_bench.check.published import is_published_reference
     from medad_bench.shipped import resolve_reference
 
     if against is not None and not update:
@@ -540,7 +505,7 @@ def _check_published(dataset: str, against: Path, tolerance: float | None, updat
                      profile: str | None, tracking_uri: str | None) -> None:
     """`bench check --against` a published reference: the table, the protocol differences,
     exit 1 when a method is outside the published tolerance."""
-    from medad_bench.reporting import check_against_published
+    from medad_bench.check.published import check_against_published
 
     if update:
         raise UsageError(f"{against} holds published figures: --update would overwrite them "
@@ -578,32 +543,12 @@ def _check_published(dataset: str, against: Path, tolerance: float | None, updat
 def perf(method: str, dataset: str, profile: str, iterations: int, repeats: int, device: str,
          threads: int | None, settings: tuple[str, ...]) -> None:
     """Training and scoring images/s of a method in the suite vs a bare PyTorch loop."""
-    import dataclasses
+    from medad_bench.perf.throughput import bench_perf
 
-    import torch
-
-    from medad_bench.api import get_method, make_config
-    from medad_bench.data import load_card, prepare
-    from medad_bench.perf import measure
-    from medad_bench.resources import resolve_device
-
-    if threads:
-        torch.set_num_threads(threads)
-    card = load_card(dataset)
-    data = prepare(card)
-    cls = get_method(method)
     overrides = _parse_settings(tuple(f"{method}.{s}" for s in settings), (), [method])
-    config = make_config(cls, profile, image_size=card.image_size, channels=card.channels,
-                         overrides=overrides.get(method))
-    config = dataclasses.replace(config, iterations=iterations, decay_iterations=0)
-    torch_device = resolve_device(device)
-    name = torch.cuda.get_device_name(torch_device) if torch_device.type == "cuda" else "cpu"
-    click.echo(f"{method} ({profile}: {config.image_size}px, batch {config.batch_size}) on "
-               f"{name}, {torch.get_num_threads()} threads; {iterations} iterations x "
-               f"{repeats} repeats")
-    result = measure(config, data.train_set(), data.images_of("test"), torch_device,
-                     repeats=repeats, report=click.echo)
-    summary = result.summary()
+    summary = bench_perf(method, dataset, profile, iterations=iterations, repeats=repeats,
+                         device=device, threads=threads, overrides=overrides.get(method),
+                         report=click.echo)
     click.echo("\nmedians:")
     for key, value in summary.items():
         click.echo(f"  {key:<28} {value:10.3f}")
@@ -642,82 +587,34 @@ def plan(methods: str, dataset: str, seeds: str, profile: str, device: str,
     dataset's split sizes. Measure them with --calibrate on the machine that will run the
     grid; a table measured on a GPU plans a GPU grid from anywhere (--costs FILE).
     """
-    from medad_bench import plan as planning
-    from medad_bench.api import get_method, make_config, parse_method_list
-    from medad_bench.data import load_card, prepare
+    from medad_bench.api.contract import parse_method_list
+    from medad_bench.engine.cost_plan import bench_plan, duration
 
     names = parse_method_list(methods)
     seed_list = _parse_seeds(seeds)
     overrides = _parse_settings(settings, (), names)
-    card = load_card(dataset)
-    counts = planning.protocol_counts(card)
-    if data_root is not None or counts is None:
-        counts = planning.prepared_counts(prepare(card, data_root=data_root))
-    from medad_bench.shipped import resolve_reference
-
-    costs_file = resolve_reference(costs_file) if costs_file else None
-    target = _plan_device(device, costs_file, calibrate)
-    path = costs_file or planning.costs_path(target)
-    costs = planning.load_costs(path)
-    keys = {name: planning.cost_key(name, profile, card.image_size, card.channels)
-            for name in names}
-    missing = [name for name in names if keys[name] not in costs]
-    todo = names if calibrate else []
-    if missing and not calibrate:
-        raise UsageError(
-            f"no measured cost for {', '.join(missing)} ({profile}, {card.image_size}px) in "
-            f"{path}. Measure them on the machine that will run the grid: bench plan "
-            f"--methods {methods} --dataset {dataset} --profile {profile} --device "
-            f"{device} --calibrate (or pass --costs FILE measured there).")
-    for name in todo:
-        click.echo(f"calibrating {name} ({profile}, {card.image_size}px) on {target} ...",
-                   err=True)
-        cost = planning.calibrate(get_method(name), profile, image_size=card.image_size,
-                                  channels=card.channels, device=target)
-        costs[cost.key()] = cost
-        planning.save_costs(path, costs, planning.device_name(target))
+    grid = bench_plan(names, seed_list, overrides, methods=methods, dataset=dataset,
+                      profile=profile, device=device, data_root=data_root,
+                      contaminated=contaminated, calibrate=calibrate, costs_file=costs_file,
+                      announce=lambda line: click.echo(line, err=True))
+    counts, path = grid.counts, grid.path
     click.echo(f"{dataset} ({profile}) on {path.stem}: set B {counts.train_normal:,}, "
                f"set A {counts.train_mixed:,}, validation {counts.val:,}, test {counts.test:,}; "
                f"seeds {','.join(map(str, seed_list))}; costs from {path}")
     click.echo(f"{'method':<12} {'fit/run':>9} {'score/run':>9} {'per run':>9} "
                f"{'all seeds':>9} {'host MB':>8} {'GPU MB':>8}  notes")
-    total = 0.0
-    for name in names:
-        cls = get_method(name)
-        config = make_config(cls, profile, image_size=card.image_size, channels=card.channels,
-                             overrides=overrides.get(name))
-        run = planning.estimate(cls, config, costs[keys[name]], counts, contaminated)
-        total += run.seconds * len(seed_list)
+    for name, run in grid.runs.items():
         gpu = "-" if run.peak_gpu_mb is None else f"{run.peak_gpu_mb:,.0f}"
-        click.echo(f"{name:<12} {planning.duration(run.fit_seconds):>9} "
-                   f"{planning.duration(run.score_seconds):>9} "
-                   f"{planning.duration(run.seconds):>9} "
-                   f"{planning.duration(run.seconds * len(seed_list)):>9} "
+        click.echo(f"{name:<12} {duration(run.fit_seconds):>9} "
+                   f"{duration(run.score_seconds):>9} "
+                   f"{duration(run.seconds):>9} "
+                   f"{duration(run.seconds * len(seed_list)):>9} "
                    f"{run.peak_host_mb:>8,.0f} {gpu:>8}  {'; '.join(run.notes)}".rstrip())
     runs = len(names) * len(seed_list)
-    hours = total / 3600
-    unit = "GPU-hours" if target.type == "cuda" else "hours on this machine"
-    click.secho(f"grid: {runs} runs, {planning.duration(total)} one after another "
+    hours = grid.total_seconds / 3600
+    unit = "GPU-hours" if grid.target.type == "cuda" else "hours on this machine"
+    click.secho(f"grid: {runs} runs, {duration(grid.total_seconds)} one after another "
                 f"({hours:.2f} {unit}); data preparation not included.", bold=True)
-
-
-def _plan_device(device: str, costs_file: Path | None, calibrate: bool) -> Any:
-    """The device to plan for: a CUDA plan without a GPU here needs a measured table."""
-    import torch
-
-    from medad_bench.resources import resolve_device
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        if calibrate:
-            raise UsageError("--calibrate measures this machine's device, and it has no "
-                             "CUDA GPU. Calibrate on the GPU machine and pass its table "
-                             "here with --costs FILE.")
-        if costs_file is None:
-            raise UsageError("no CUDA GPU here to name the cost table: pass the table "
-                             "measured on the GPU machine with --costs FILE (see "
-                             "results/reference/costs/).")
-        return torch.device(device)
-    return resolve_device(device)
 
 
 @cli.command()
@@ -845,26 +742,13 @@ def data_make_fixture(fmt: str, out: Path, count: int, size: int, seed: int) -> 
     training images (1,670 positive) and 400 test images, the protocol at full scale."""
     from tqdm.auto import tqdm
 
-    from medad_bench.data import fixtures
+    from medad_bench.data.fixtures import write_tree
 
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"--out {out} is not empty; name a new folder.")
     out.mkdir(parents=True, exist_ok=True)
     with tqdm(total=count, desc=f"writing {fmt}", unit="file") as bar:
-        if fmt == "covidx":
-            n_train, n_test, positive_share = fixtures.covidx_composition(count)
-            fixtures.write_covidx(out, n_train=n_train, n_test=n_test, size=size, seed=seed,
-                                  train_positive_share=positive_share, exact_shares=True,
-                                  progress=bar.update)
-        elif fmt == "chestxray14":
-            fixtures.write_chestxray14(out, n_images=count, size=size, seed=seed,
-                                       progress=bar.update)
-        elif fmt == "brain_mri":
-            fixtures.write_brain_mri(out, n_subjects=count, size=size, seed=seed,
-                                     progress=bar.update)
-        else:
-            fixtures.write_fixture(fmt, out, count=count, size=size, seed=seed,
-                                   progress=bar.update)
+        write_tree(fmt, out, count=count, size=size, seed=seed, progress=bar.update)
     click.echo(f"wrote a {fmt} tree to {out}")
 
 
@@ -889,47 +773,30 @@ def data_perf(counts: str, size: int, repeats: int, workers: int | None, trees: 
     workers) on COVIDx trees, beside a bare decode of the same tree with the same number of
     processes and the same preprocessing; prints the ratio of the medians (suite / bare).
     Images the protocol leaves unused are not decoded by the suite."""
-    from medad_bench.data import load_card
-    from medad_bench.prepare_perf import (
-        ensure_tree,
-        measure_bare,
-        measure_prepare,
-        median_measurement,
-    )
+    from medad_bench.perf.preparation import compare_preparation, perf_trees
 
-    card = load_card("covidx")
-    drop = float(card.settings.get("drop_top_fraction", 0.0))
-    if given_tree is not None:
-        jobs = [(sum(1 for _ in given_tree.glob("*/*.png")), given_tree)]
-    else:
-        jobs = []
-        for count in (int(c) for c in counts.split(",") if c.strip()):
-            click.echo(f"generating/reusing a {count}-image {size}px COVIDx tree in {trees} ...",
-                       err=True)
-            jobs.append((count, ensure_tree(trees, count, size)))
+    trees_used = perf_trees(counts, size, trees, given_tree,
+                            announce=lambda line: click.echo(line, err=True))
     click.echo(f"{'files':>7} {'what':>6} {'run':>4} {'images':>7} {'seconds':>8} "
                f"{'images/s':>9} {'peak MB':>8}")
-    for count, tree in jobs:
-        runs, bare = [], []
-        for repeat in range(repeats):
-            # Alternate the two so a slow spell of the machine hits both alike.
-            runs.append(measure_prepare(tree, count, workers=workers))
-            bare.append(measure_bare(tree, workers=workers, size=card.image_size,
-                                     drop_top_fraction=drop))
-            m, b = runs[-1], bare[-1]
-            click.echo(f"{count:>7} {'suite':>6} {repeat + 1:>4} {m.decoded:>7} "
-                       f"{m.seconds:8.1f} {m.images_per_second:9.1f} "
-                       f"{m.peak_rss_bytes / 2**20:8.0f}")
-            click.echo(f"{count:>7} {'bare':>6} {repeat + 1:>4} {b.count:>7} {b.seconds:8.1f} "
-                       f"{b.images_per_second:9.1f} {'':>8}")
-        m = median_measurement(runs)
-        bare_rate = statistics.median(b.images_per_second for b in bare)
-        click.secho(f"{count:>7} {'suite':>6} {'med':>4} {m.decoded:>7} {m.seconds:8.1f} "
-                    f"{m.images_per_second:9.1f} {m.peak_rss_bytes / 2**20:8.0f}", bold=True)
-        click.secho(f"{count:>7} {'bare':>6} {'med':>4} {'':>7} {'':>8} {bare_rate:9.1f}",
-                    bold=True)
-        click.secho(f"suite / bare decode: {m.images_per_second / bare_rate:.2f} "
-                    f"(medians of {repeats})", bold=True)
+    for count, tree in trees_used:
+        for step in compare_preparation(tree, count, repeats=repeats, workers=workers):
+            if step.repeat is not None:
+                m, b = step.suite, step.bare
+                click.echo(f"{count:>7} {'suite':>6} {step.repeat:>4} {m.decoded:>7} "
+                           f"{m.seconds:8.1f} {m.images_per_second:9.1f} "
+                           f"{m.peak_rss_bytes / 2**20:8.0f}")
+                click.echo(f"{count:>7} {'bare':>6} {step.repeat:>4} {b.count:>7} "
+                           f"{b.seconds:8.1f} {b.images_per_second:9.1f} {'':>8}")
+                continue
+            m, bare_rate = step.suite, step.bare_rate
+            click.secho(f"{count:>7} {'suite':>6} {'med':>4} {m.decoded:>7} {m.seconds:8.1f} "
+                        f"{m.images_per_second:9.1f} {m.peak_rss_bytes / 2**20:8.0f}",
+                        bold=True)
+            click.secho(f"{count:>7} {'bare':>6} {'med':>4} {'':>7} {'':>8} {bare_rate:9.1f}",
+                        bold=True)
+            click.secho(f"suite / bare decode: {m.images_per_second / bare_rate:.2f} "
+                        f"(medians of {repeats})", bold=True)
 
 
 def _number(value: float | None) -> str:

@@ -468,7 +468,7 @@ def finished_runs(uri: str, dataset: str) -> pd.DataFrame:
                 "tuned": params.get("tuned", "false"),
                 "tuned_fields": params.get("tuned_fields", ""),
                 "deterministic": params.get("deterministic", "false"),
-                # What a recorded AUC depends on beyond code and data (benchmark/regression.py).
+                # What a recorded AUC depends on beyond code and data (benchmark/check/gate.py).
                 "torch_threads": params.get("torch_threads", ""),
                 "torch_version": params.get("version.torch", ""),
                 "device": params.get("device", ""),

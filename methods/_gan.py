@@ -1,7 +1,7 @@
 """What every GAN method shares (AnomalyPro, Brainomaly, f-AnoGAN, ALAD, ALOCC, GANomaly).
 
 - `GANMethod`: the chores of a GAN's training on top of the engine's loop
-  (benchmark/training.py: steps, logging cadence, checkpoints, selection, resume): networks
+  (benchmark/api/training.py: steps, logging cadence, checkpoints, selection, resume): networks
   initialised and placed on the device, seeded batches and noise, the optimiser step.
 - Networks: DCGAN-style convolutional stacks that halve (or double) the resolution per layer
   between the image size and a 4x4 grid, an image encoder (also a critic), a latent decoder.
@@ -22,8 +22,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from medad_bench.api import Images, TrainSet
+from medad_bench.api.training import IterativeMethod
 from medad_bench.data.images import ImageSet
-from medad_bench.training import IterativeMethod
 
 
 def stages(image_size: int) -> int:

@@ -5,7 +5,7 @@ checkpoint selection by AUCp (known-normal training images vs unlabelled test im
 
 A method subclasses `TranslationGAN` and supplies its generator, its two losses and its
 translation B0 of an input x; the score is mean |x - B0| in [0, 1] image units. The loop,
-checkpoints, resume and AUCp selection are the engine's (benchmark/training.py), the critic's
+checkpoints, resume and AUCp selection are the engine's (benchmark/api/training.py), the critic's
 loss and gradient penalty the GAN module's (methods/_gan.py).
 """
 

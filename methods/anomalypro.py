@@ -8,7 +8,7 @@ WGAN gradient penalty judges B0 against real healthy images. It trains on the mi
 set A (TrainSet.unlabeled) and the healthy set B (TrainSet.normal), and picks its checkpoint
 without labels by AUCp (known-normal images held out of training vs unlabelled test images).
 The training step, critic and scoring live in methods/_translation.py (shared with Brainomaly);
-the loop, checkpoints and selection are the engine's (benchmark/training.py).
+the loop, checkpoints and selection are the engine's (benchmark/api/training.py).
 
 The `full` profile is the published code's setting, with one deviation: the published code
 lowers the lr by lr/100k every 1,000 iterations (a StarGAN remnant: 0.1% over its decay); the
@@ -275,8 +275,8 @@ class AnomalyPro(TranslationGAN):
     def competence_checks(self, extras: dict[str, np.ndarray],
                           labels: np.ndarray) -> dict[str, tuple[float, bool]]:
         """The mask must mark the diseased images more than the healthy ones and must not
-        have saturated (benchmark/competence.py: MASK_MARGIN, and the saturation bounds)."""
-        from medad_bench.competence import MASK_MARGIN
+        have saturated (benchmark/stats/competence.py: MASK_MARGIN, and the saturation bounds)."""
+        from medad_bench.stats.competence import MASK_MARGIN
 
         if "mask M" not in extras or not 0 < int(labels.sum()) < len(labels):
             return {}
@@ -301,7 +301,7 @@ def mask_diagnostics(masks: np.ndarray, labels: np.ndarray,
                      lesions: np.ndarray | None) -> dict[str, float]:
     """Mean M on healthy and on diseased images, the share of pixels with M > 0.5, and (where
     lesion masks exist) the pixel AUROC of M itself against them."""
-    from medad_bench.stats import pixel_auroc
+    from medad_bench.stats.pixel_metrics import pixel_auroc
 
     healthy, diseased = masks[labels == 0], masks[labels == 1]
     values = {"mask_mean_healthy": float(healthy.mean()) if len(healthy) else float("nan"),

@@ -7,7 +7,7 @@ loss is the adversarial term on B0(A) plus lambda_id * mean |B - tanh(B + m(B))|
 images must pass through unchanged; there is no reconstruction or mask term. The score is
 mean |A - B0| / 2 (in [0, 1] image units), and the checkpoint is chosen without labels by AUCp,
 the selection criterion Brainomaly introduced. Training loop, critic, checkpoints and selection
-are shared with AnomalyPro (methods/_translation.py, benchmark/training.py).
+are shared with AnomalyPro (methods/_translation.py, benchmark/api/training.py).
 
 Published setting (the `full` profile): 192 px, batch 16, 400k iterations, Adam lr 1e-4
 betas (0.5, 0.999), two critic steps per generator step, lambda_gp 10, lambda_id 1.

@@ -6,7 +6,7 @@ Phase 2: with G and D frozen, an encoder E learns to map images to latents with 
 loss MSE(x, G(E(x))) + kappa * MSE(f(x), f(G(E(x)))), f the critic's penultimate features,
 kappa = 1. The anomaly score is that same expression per image.
 
-One engine step (benchmark/training.py) is a generator step with its critic steps in phase 1,
+One engine step (benchmark/api/training.py) is a generator step with its critic steps in phase 1,
 an encoder step in phase 2. Checkpoints (and the AUCp selection) are spread over phase 2 only:
 without a trained encoder the model cannot score.
 """

@@ -5,7 +5,7 @@ distance between the latent code of the input and that of its reconstruction,
 mean (z - z_hat)^2. Trained adversarially against a DCGAN discriminator with anomalib's losses
 (adversarial 1, contextual 50, encoder 1).
 
-We drive anomalib's `GanomalyModel` with the suite's training engine (benchmark/training.py)
+We drive anomalib's `GanomalyModel` with the suite's training engine (benchmark/api/training.py)
 instead of its Lightning module, so that every source of randomness is seeded from the run's
 seed: weight initialisation, the order of batches (seeded epochs of shuffled batches rather
 than a DataLoader's unseeded shuffle) and nothing else. That is what makes its AUC repeat

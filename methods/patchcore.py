@@ -116,7 +116,7 @@ class Patchcore(BackboneMethod):
         cost: fixed seconds per step and seconds per bank row, on random banks."""
         from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
-        from medad_bench.plan import timed
+        from medad_bench.api import timed
 
         model = PatchcoreModel(layers=list(config.layers), backbone=config.backbone,
                                pre_trained=False).to(device).eval()

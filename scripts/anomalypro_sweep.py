@@ -28,14 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from medad_bench.competence import competence_of
+from medad_bench.api.conformance import competence_of
 from medad_bench.data.cards import load_card
 from medad_bench.data.prepared import prepare
+from medad_bench.engine.run import training_set
 from medad_bench.methods.anomalypro import (
     AnomalyPro,
     AnomalyProConfig,
 )
-from medad_bench.running import training_set
 
 #: Candidates: overrides of today's quick profile. Each is one idea of the issue, or a
 #: combination of the ideas that worked alone.

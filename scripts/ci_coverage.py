@@ -2,7 +2,7 @@
 
     python scripts/ci_coverage.py [--repetitions 1000] [--resamples 500] [--seed 0]
 
-For each scenario of `benchmark.coverage` (training-seed noise, several look-alike images per
+For each scenario of `benchmark.stats.coverage` (training-seed noise, several look-alike images per
 patient, both), it prints the share of simulated test sets whose interval holds the true
 expected AUC, for the interval the report used before issue 13 (images resampled, seeds fixed),
 a plain bootstrap of both levels, and the report's two-level interval now. A good interval
@@ -15,7 +15,7 @@ import argparse
 
 import pandas as pd
 
-from medad_bench.coverage import SCENARIOS, coverage
+from medad_bench.stats.coverage import SCENARIOS, coverage
 
 
 def main() -> None:

@@ -4,7 +4,7 @@
         --datasets pneumoniamnist,synthetic [--seeds 0]
 
 One row per (dataset, method, seed): the verdict, the failed checks and each check's value
-(benchmark/competence.py). Values come from the validation split; test AUC is shown last, for
+(benchmark/stats/competence.py). Values come from the validation split; test AUC is shown last, for
 reading only (nothing here chooses anything).
 """
 

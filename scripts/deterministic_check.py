@@ -17,7 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
-from medad_bench.seeding import deterministic_algorithms, prepare_determinism
+from medad_bench.api.seeding import deterministic_algorithms, prepare_determinism
 
 # As `bench run --deterministic` does: before this process's first CUDA call.
 ENV_BEFORE = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
@@ -29,7 +29,7 @@ from full_size import synthetic_at  # noqa: E402  (scripts/ is on the path when 
 from gpu_check import shortened  # noqa: E402
 
 from medad_bench.api import get_method, make_config, parse_method_list  # noqa: E402
-from medad_bench.running import make_method, training_set  # noqa: E402
+from medad_bench.engine.run import make_method, training_set  # noqa: E402
 
 
 def fit_scores(name: str, config: object, data: object, device: torch.device,

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from full_size import synthetic_at  # scripts/ is on the path when a script runs
 
-from medad_bench import metrics
 from medad_bench.api import available_methods, get_method, make_config
-from medad_bench.running import make_method, training_set
+from medad_bench.engine.run import make_method, training_set
+from medad_bench.stats import image_metrics as metrics
 
 
 def shortened(cls: type, config: object, n: int) -> object:

@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 from full_size import synthetic_at  # scripts/ is on the path when a script runs
 
-from medad_bench import metrics
 from medad_bench.api import Progress
+from medad_bench.engine.run import training_set  # noqa: E402
 from medad_bench.methods._gan import to_model_input
 from medad_bench.methods.anomalypro import (
     AnomalyPro,
@@ -36,7 +36,7 @@ from medad_bench.methods.anomalypro import (
     critic_loss,
     generator_loss,
 )
-from medad_bench.running import training_set  # noqa: E402
+from medad_bench.stats import image_metrics as metrics
 
 
 class Curves(Progress):

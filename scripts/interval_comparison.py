@@ -15,10 +15,10 @@ import argparse
 import numpy as np
 import pandas as pd
 
-from medad_bench import stats
-from medad_bench.coverage import image_bootstrap_means
-from medad_bench.metrics import roc_auc
-from medad_bench.report import N_BOOT, select_runs
+from medad_bench.report.table import N_BOOT, select_runs
+from medad_bench.stats import intervals as stats
+from medad_bench.stats.coverage import image_bootstrap_means
+from medad_bench.stats.image_metrics import roc_auc
 
 
 def before(labels: np.ndarray, scores: dict[str, np.ndarray]) -> pd.DataFrame:

@@ -21,8 +21,8 @@ import torch
 
 from medad_bench.api import get_method, make_config
 from medad_bench.data import load_card, prepare
-from medad_bench.metrics import roc_auc
-from medad_bench.resources import MemoryWatch
+from medad_bench.engine.resources import MemoryWatch
+from medad_bench.stats.image_metrics import roc_auc
 
 CPU = torch.device("cpu")
 SHARES = {"1/2": 2, "1/4": 4, "1/10": 10}

@@ -15,7 +15,7 @@ import time
 
 import psutil
 
-from medad_bench.prepare_perf import _watch
+from medad_bench.perf.preparation import _watch
 
 
 def main(command: list[str]) -> int:

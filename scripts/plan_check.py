@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 
-from medad_bench import plan as planning
-from medad_bench.api import get_method, make_config, parse_method_list
+from medad_bench.api import get_method, make_config, parse_method_list, timed
 from medad_bench.cli import _parse_settings
 from medad_bench.data import load_card, prepare
-from medad_bench.resources import MemoryWatch, megabytes, resolve_device
-from medad_bench.running import training_set
+from medad_bench.engine import cost_plan as planning
+from medad_bench.engine.resources import MemoryWatch, megabytes, resolve_device
+from medad_bench.engine.run import training_set
 
 
 def main() -> int:
@@ -69,8 +69,8 @@ def main() -> int:
         method = cls(config)
         train = training_set(cls, data)  # as the runner hands it over
         watch = MemoryWatch(device).start()
-        fit_seconds = planning.timed(partial(method.fit, train, seed=0, device=device), device)
-        score_seconds = sum(planning.timed(partial(method.score, data.images_of(split)), device)
+        fit_seconds = timed(partial(method.fit, train, seed=0, device=device), device)
+        score_seconds = sum(timed(partial(method.score, data.images_of(split)), device)
                             for split in ("val", "test"))
         row = {"method": name, "fit_estimate_s": estimate.fit_seconds, "fit_real_s": fit_seconds,
                "score_estimate_s": estimate.score_seconds, "score_real_s": score_seconds,

@@ -24,11 +24,11 @@ from typing import Any
 import torch
 from anomalypro_sweep import read_rows  # scripts/ is on the path when a script runs
 
-from medad_bench import metrics
 from medad_bench.api import get_method, make_config
 from medad_bench.data.cards import load_card
 from medad_bench.data.prepared import prepare
-from medad_bench.running import training_set
+from medad_bench.engine.run import training_set
+from medad_bench.stats import image_metrics as metrics
 
 #: Per method: setting -> overrides of today's quick profile. The first is today's.
 CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {

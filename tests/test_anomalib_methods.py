@@ -10,7 +10,7 @@ import medad_bench.weights as weights
 from medad_bench.api import NotFittedError, Progress, get_method, make_config
 from medad_bench.data import load_card, prepare
 from medad_bench.errors import BenchError
-from medad_bench.metrics import roc_auc
+from medad_bench.stats.image_metrics import roc_auc
 
 CPU = torch.device("cpu")
 
@@ -180,7 +180,7 @@ class _FirstStep(Progress):
 def distilled():
     """Each distillation method's quick profile (packaged Lite0 teacher) fitted for 4 steps
     at 32 px on the conformance images, with its weights at the start of training."""
-    from medad_bench.testing import conformance_data, conformance_train_set
+    from medad_bench.api.conformance import conformance_data, conformance_train_set
 
     data = conformance_data(32, 1)
     fitted = {}

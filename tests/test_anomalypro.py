@@ -9,7 +9,9 @@ import torch
 from conftest import LEARNING_CARD
 
 from medad_bench.api import Progress, TrainSet, get_method, make_config
+from medad_bench.api.training import checkpoint_steps
 from medad_bench.data import load_card, prepare
+from medad_bench.engine.run import training_set
 from medad_bench.errors import BenchError
 from medad_bench.methods._gan import gradient_penalty
 from medad_bench.methods.anomalypro import (
@@ -22,9 +24,7 @@ from medad_bench.methods.anomalypro import (
     reconstruct,
     translate,
 )
-from medad_bench.metrics import aucp, debiased_aucp, roc_auc
-from medad_bench.running import training_set
-from medad_bench.training import checkpoint_steps
+from medad_bench.stats.image_metrics import aucp, debiased_aucp, roc_auc
 
 CPU = torch.device("cpu")
 LEARNING_ITERATIONS = 450
@@ -295,7 +295,7 @@ def test_a_saturated_run_warns_on_screen_and_in_the_report(tracking_uri, bias, s
     from click.testing import CliRunner
 
     from medad_bench.cli import cli
-    from medad_bench.report import select_runs
+    from medad_bench.report.table import select_runs
 
     settings = {"iterations": 2, "decay_iterations": 0, "lr_g": 0,
                 "lr_d": 0, "mask_logit_bias": bias}

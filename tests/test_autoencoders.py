@@ -14,6 +14,7 @@ import torch
 from torch.nn import functional as F
 
 from medad_bench.api import TrainSet, make_config
+from medad_bench.api.conformance import add_lesions, smooth_images
 from medad_bench.errors import UsageError
 from medad_bench.methods._autoencoder import ConvAutoencoder, gaussian_kl, quick_size
 from medad_bench.methods._budget import QUICK_IMAGES_SEEN
@@ -21,7 +22,6 @@ from medad_bench.methods._gan import to_model_input
 from medad_bench.methods.autoencoder import Autoencoder
 from medad_bench.methods.dae import Dae, DaeConfig, UNet, coarse_noise, group_count
 from medad_bench.methods.vae import Vae
-from medad_bench.testing import add_lesions, smooth_images
 
 CPU = torch.device("cpu")
 METHODS = [Autoencoder, Vae, Dae]

@@ -1,5 +1,5 @@
 """The GAN baselines: f-AnoGAN, ALAD, ALOCC (own PyTorch) and GANomaly (anomalib), on the
-training engine (benchmark/training.py): scores, seeding, checkpoints, selection and resume."""
+training engine (benchmark/api/training.py): scores, seeding, checkpoints, selection and resume."""
 
 import dataclasses
 
@@ -10,9 +10,9 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from medad_bench.api import Progress, TrainSet, config_from_params, get_method, make_config
+from medad_bench.api.training import hold_out_normals
 from medad_bench.cli import cli
 from medad_bench.data import load_card, prepare
-from medad_bench.training import hold_out_normals
 
 CPU = torch.device("cpu")
 BASELINES = ["fanogan", "alad", "alocc", "ganomaly"]

@@ -9,11 +9,11 @@ import torch
 from conftest import LEARNING_CARD
 
 from medad_bench.api import get_method, make_config
+from medad_bench.api.training import checkpoint_steps
 from medad_bench.data import load_card, prepare
+from medad_bench.engine.run import training_set
 from medad_bench.methods.brainomaly import Brainomaly, MapGenerator
-from medad_bench.metrics import roc_auc
-from medad_bench.running import training_set
-from medad_bench.training import checkpoint_steps
+from medad_bench.stats.image_metrics import roc_auc
 
 CPU = torch.device("cpu")
 

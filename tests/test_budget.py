@@ -101,8 +101,8 @@ def test_a_budget_scale_multiplies_every_trained_methods_images_seen(name):
 def test_budget_scales_run_as_separate_identities_and_draw_a_curve(tracking_uri, tmp_path):
     """Two scales give two identities of one method; Table 1 keeps the 1x runs only; the
     budget curve has a row per scale with twice the images at 2x, written with its figure."""
-    from medad_bench.budget_curve import budget_curve
-    from medad_bench.report import select_runs
+    from medad_bench.report.budget_curve import budget_curve
+    from medad_bench.report.table import select_runs
     from medad_bench.tracking import finished_runs
 
     runner = CliRunner()
@@ -142,7 +142,7 @@ def test_table_1_names_the_budget_at_which_a_failed_method_learns():
     at which every seed passed (or that none did), from the store's budget-scale runs."""
     import pandas as pd
 
-    from medad_bench.report import competence_notes
+    from medad_bench.report.table import competence_notes
 
     failed = pd.DataFrame({"method": ["anomalypro"], "seed": [0], "competent": ["false"],
                            "competence_failed": ["val_auc"]})

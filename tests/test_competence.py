@@ -1,4 +1,4 @@
-"""Did the model learn? The competence checks (benchmark/competence.py) on real images, a
+"""Did the model learn? The competence checks (benchmark/stats/competence.py) on real images, a
 method that emits one image for every input, and what reports do with a run that failed."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from medad_bench import evaluation
 from medad_bench.api import Method, Prediction, TrainSet
 from medad_bench.cli import cli
-from medad_bench.competence import OUTPUT_CORRELATION_MIN, OutputFollowing, competence
 from medad_bench.data import load_card, prepare
-from medad_bench.report import select_runs
+from medad_bench.engine import evaluation
+from medad_bench.report.table import select_runs
+from medad_bench.stats.competence import OUTPUT_CORRELATION_MIN, OutputFollowing, competence
 
 
 @pytest.fixture

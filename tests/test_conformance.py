@@ -1,9 +1,9 @@
 """The method contract, checked for every registered method (built-in and plug-in) by
-benchmark.testing; a plug-in package is discovered and checked; broken methods fail.
+benchmark.api.conformance; a plug-in package is discovered and checked; broken methods fail.
 
 The parametrisation runs over `available_methods()` x the checks, so a new method, or a
 plug-in installed in the environment, is checked without editing this file. The checks of one
-method share its fits (benchmark/testing.py), so its cases run one after another.
+method share its fits (benchmark/api/conformance.py), so its cases run one after another.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from medad_bench.api import Method, Prediction, available_methods
-from medad_bench.testing import CHECKS, check_method
+from medad_bench.api.conformance import CHECKS, check_method
 
 REPO = Path(__file__).resolve().parents[1]
 

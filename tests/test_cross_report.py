@@ -1,6 +1,6 @@
-"""`bench report --datasets`: one Table 1 across datasets (benchmark.cross_report), from real
-SQLite MLflow stores in tmp_path: runs written through the suite's RunLogger with chosen test
-scores (to pin the significance rule) and runs made by `bench run` (end to end)."""
+"""`bench report --datasets`: one Table 1 across datasets (benchmark.report.cross_dataset),
+from real SQLite MLflow stores in tmp_path: runs written through the suite's RunLogger with chosen
+test scores (to pin the significance rule) and runs made by `bench run` (end to end)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from medad_bench.cli import cli
-from medad_bench.cross_report import (
+from medad_bench.errors import BenchError, UsageError
+from medad_bench.report.cross_dataset import (
     MISSING,
     build_cross_report,
     default_cross_path,
@@ -23,7 +24,6 @@ from medad_bench.cross_report import (
     rank_table,
     write_cross_report,
 )
-from medad_bench.errors import BenchError, UsageError
 from medad_bench.tracking import RunLogger, ensure_experiment, finished_runs
 
 

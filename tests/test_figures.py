@@ -10,7 +10,8 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from medad_bench import figures, html_report
+from medad_bench.report import figures
+from medad_bench.report import html as html_report
 
 LABELS = np.r_[np.zeros(30, int), np.ones(20, int)]
 
@@ -167,7 +168,7 @@ def test_paired_comparison_orders_by_auc_and_marks_significance():
 
 
 def test_paired_comparison_with_stats_output(curves):
-    from medad_bench import stats
+    from medad_bench.stats import intervals as stats
 
     summary, p = stats.seed_mean_comparison(
         LABELS, {name: scores[None] for name, (_, scores) in curves.items()}, n_boot=200)

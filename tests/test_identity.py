@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from medad_bench.cli import cli
-from medad_bench.report import select_runs
+from medad_bench.report.table import select_runs
 from medad_bench.tracking import code_files, code_version
 
 BASE = ["run", "--methods", "padim", "--dataset", "tiny", "--no-progress"]

@@ -11,8 +11,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from medad_bench import metrics
 from medad_bench.api import Method, Prediction
+from medad_bench.stats import image_metrics as metrics
 
 
 @pytest.fixture
@@ -221,9 +221,10 @@ def _healthy_validation(data):
 
 
 def test_validation_without_diseased_images_uses_the_healthy_percentile():
-    from medad_bench import evaluation, stats
     from medad_bench.data import load_card
     from medad_bench.data.prepared import prepare
+    from medad_bench.engine import evaluation
+    from medad_bench.stats import pixel_metrics
 
     data = _healthy_validation(prepare(load_card("tiny"), show_progress=False))
     assert set(data.labels_of("val")) == {0} and data.masks_of("val").sum() == 0
@@ -237,7 +238,7 @@ def test_validation_without_diseased_images_uses_the_healthy_percentile():
     assert np.mean(val.scores >= values["threshold"]) <= 0.05
     assert "val_auc" not in values  # one class: no AUC
     assert values["pixel_threshold_rule"] == metrics.THRESHOLD_RULES["healthy_val_percentile"]
-    assert values["pixel_threshold"] == stats.healthy_pixel_threshold(
+    assert values["pixel_threshold"] == pixel_metrics.healthy_pixel_threshold(
         data.masks_of("val"), val.maps, metrics.PIXEL_HEALTHY_PERCENTILE)
     for name in ("auc", "ap", "sens_at_spec95", "spec_at_sens95", "f1", "pixel_ap", "aupro",
                  "pixel_dice", "pixel_dice_best_oracle"):
@@ -248,7 +249,7 @@ def test_validation_without_diseased_images_uses_the_healthy_percentile():
 
 
 def test_validation_with_both_classes_keeps_youden_and_none_healthy_is_refused():
-    from medad_bench import evaluation
+    from medad_bench.engine import evaluation
     from medad_bench.errors import BenchError
 
     labels, scores = np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])

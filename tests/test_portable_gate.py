@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from medad_bench.cli import cli
-from medad_bench.report import select_runs
+from medad_bench.report.table import select_runs
 
 
 def bench(*args: str, code: int = 0):

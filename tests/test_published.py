@@ -1,4 +1,4 @@
-"""Published figures as a reference (benchmark.published, `bench check --against` a file of
+"""Published figures as a reference (benchmark.check.published, `bench check --against` a file of
 results/reference/published/): real runs made by `bench run` in a private SQLite MLflow
 store, compared with published figures written for them and with BMAD's committed ones."""
 
@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from medad_bench.cli import cli
-from medad_bench.errors import BenchError, UsageError
-from medad_bench.published import (
+from medad_bench.check.published import (
     K_SD,
+    check_against_published,
     is_published_reference,
     read_published,
     tolerance,
 )
-from medad_bench.reporting import check_against_published
+from medad_bench.cli import cli
+from medad_bench.errors import BenchError, UsageError
 from medad_bench.tracking import finished_runs
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,14 +13,14 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from medad_bench import plan as planning
 from medad_bench.api import TrainSet, available_methods, get_method, make_config
 from medad_bench.cli import cli
 from medad_bench.data import fixtures, load_card, pixels, prepare
 from medad_bench.data.build import Decoding, decode_item, decode_stored
 from medad_bench.data.images import ImageSet, dequantize, quantize
+from medad_bench.engine import cost_plan as planning
+from medad_bench.engine.resources import MemoryWatch
 from medad_bench.methods import patchcore as pc
-from medad_bench.resources import MemoryWatch
 
 CPU = torch.device("cpu")
 

@@ -21,8 +21,8 @@ from PIL import Image
 from medad_bench.cli import cli
 from medad_bench.data import fixtures, load_card, prepare
 from medad_bench.data.covidx import read_name_list
+from medad_bench.engine.evaluation import evaluation_units
 from medad_bench.errors import BenchError
-from medad_bench.evaluation import evaluation_units
 
 BUILTIN = Path(__file__).resolve().parents[1] / "datasets"
 SIZE = 32  # cache size of the test cards: the real cards' text with a smaller image_size

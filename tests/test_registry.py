@@ -4,8 +4,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from medad_bench import api
 from medad_bench.api import TrainSet, available_methods, get_method, make_config, parse_method_list
+from medad_bench.api import contract as api
 from medad_bench.errors import UsageError
 
 

@@ -8,8 +8,8 @@ import re
 from click.testing import CliRunner
 
 from medad_bench.cli import cli
-from medad_bench.html_report import render_html
-from medad_bench.report import caption, select_runs, to_html_table
+from medad_bench.report.html import render_html
+from medad_bench.report.table import caption, select_runs, to_html_table
 
 HOSTILE = '<img src=x onerror="alert(1)">'
 

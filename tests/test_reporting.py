@@ -1,4 +1,4 @@
-"""benchmark.reporting, the library behind `bench report` and `bench check`, called directly
+"""benchmark.report.document, the library behind `bench report` and `bench check`, called directly
 on a real SQLite MLflow store written through the suite's RunLogger (no training)."""
 
 from __future__ import annotations
@@ -11,15 +11,14 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from medad_bench.check.gate import check_against_reference, record_reference
 from medad_bench.errors import BenchError, UsageError
-from medad_bench.reporting import (
+from medad_bench.report.document import (
     PRINT_ONLY,
     build_report,
     card_name,
-    check_against_reference,
     default_report_path,
     log_report_run,
-    record_reference,
     write_report,
 )
 from medad_bench.tracking import RunLogger, ensure_experiment

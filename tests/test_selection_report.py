@@ -13,14 +13,14 @@ import pytest
 from click.testing import CliRunner
 
 from medad_bench.cli import cli
-from medad_bench.html_report import render_html
-from medad_bench.report import caption, select_runs, selection_html_section, to_html_table
-from medad_bench.selection_report import (
+from medad_bench.report.html import render_html
+from medad_bench.report.model_selection import (
     ORACLE_FOOTNOTE,
     checkpoint_aucs,
     normalise_selection,
     run_rule,
 )
+from medad_bench.report.table import caption, select_runs, selection_html_section, to_html_table
 from medad_bench.tracking import RunLogger, ensure_experiment
 
 HOSTILE = '<img src=x onerror="alert(1)">'

@@ -3,7 +3,8 @@ import pytest
 from scipy.stats import t as student_t
 from sklearn.metrics import roc_auc_score
 
-from medad_bench import stats
+from medad_bench.stats import intervals as stats
+from medad_bench.stats import pixel_metrics
 
 
 def test_auc_matches_sklearn_with_ties():
@@ -22,25 +23,26 @@ def test_one_class_is_rejected():
 @pytest.mark.parametrize("positive_share", [0.1, 0.9])
 @pytest.mark.parametrize("chunk", [7, 1 << 20])
 def test_pixel_auroc_matches_sklearn(monkeypatch, positive_share, chunk):
-    monkeypatch.setattr(stats, "_PIXEL_CHUNK", chunk)  # exercise the streaming path
+    monkeypatch.setattr(pixel_metrics, "_PIXEL_CHUNK", chunk)  # exercise the streaming path
     rng = np.random.default_rng(12)
     masks = rng.random((5, 8, 8)) < positive_share
     maps = np.round(rng.normal(size=masks.shape) + masks, 1).astype(np.float16)  # with ties
     expected = roc_auc_score(masks.ravel(), maps.ravel().astype(float))
-    assert stats.pixel_auroc(masks.astype(np.uint8), maps) == pytest.approx(expected, abs=1e-12)
+    assert pixel_metrics.pixel_auroc(masks.astype(np.uint8), maps) == pytest.approx(expected,
+                                                                          abs=1e-12)
 
 
 def test_pixel_auroc_edge_cases():
     masks = np.zeros((3, 4, 4), np.uint8)
     masks[1, 1:3, 1:3] = 1
-    assert stats.pixel_auroc(masks, masks.astype(np.float32)) == 1.0
-    assert stats.pixel_auroc(masks, 1.0 - masks.astype(np.float32)) == 0.0
-    assert stats.pixel_auroc(masks, np.zeros(masks.shape)) == 0.5
-    assert np.isnan(stats.pixel_auroc(np.zeros_like(masks), np.ones(masks.shape)))
+    assert pixel_metrics.pixel_auroc(masks, masks.astype(np.float32)) == 1.0
+    assert pixel_metrics.pixel_auroc(masks, 1.0 - masks.astype(np.float32)) == 0.0
+    assert pixel_metrics.pixel_auroc(masks, np.zeros(masks.shape)) == 0.5
+    assert np.isnan(pixel_metrics.pixel_auroc(np.zeros_like(masks), np.ones(masks.shape)))
     with pytest.raises(ValueError, match="shape"):
-        stats.pixel_auroc(masks, np.zeros((3, 4, 5)))
+        pixel_metrics.pixel_auroc(masks, np.zeros((3, 4, 5)))
     with pytest.raises(ValueError, match="binary"):
-        stats.pixel_auroc(masks * 255, masks.astype(float))
+        pixel_metrics.pixel_auroc(masks * 255, masks.astype(float))
 
 
 def test_dice_by_hand():
@@ -53,18 +55,18 @@ def test_dice_by_hand():
                      [0.0, 0.2, 0.7, 0.0],
                      [0.0, 0.0, 0.0, 0.5]])
     # P = {0.9, 0.8, 0.6, 0.7}: |P| = 4, |G| = 4, |P & G| = 3 -> 6 / 8.
-    assert stats.dice_at_threshold(mask[None], amap[None], 0.6) == pytest.approx(0.75)
+    assert pixel_metrics.dice_at_threshold(mask[None], amap[None], 0.6) == pytest.approx(0.75)
     # Threshold 0.5 adds (3, 3): |P| = 5 -> 6 / 9.
-    assert stats.dice_at_threshold(mask[None], amap[None], 0.5) == pytest.approx(6 / 9)
-    assert stats.dice_at_threshold(mask[None], amap[None], 1.0) == 0.0
-    assert stats.dice_at_threshold(np.zeros((1, 4, 4)), amap[None], 1.0) == 1.0
+    assert pixel_metrics.dice_at_threshold(mask[None], amap[None], 0.5) == pytest.approx(6 / 9)
+    assert pixel_metrics.dice_at_threshold(mask[None], amap[None], 1.0) == 0.0
+    assert pixel_metrics.dice_at_threshold(np.zeros((1, 4, 4)), amap[None], 1.0) == 1.0
 
 
 def test_dice_compares_float16_maps_in_float64():
     mask = np.array([[[1, 0]]])
     amap = np.array([[[0.1, 0.0]]], np.float16)
     # 0.1 rounds to 0.0999755859375 in float16: a threshold of 0.1 must not catch it.
-    assert stats.dice_at_threshold(mask, amap, 0.1) == 0.0
+    assert pixel_metrics.dice_at_threshold(mask, amap, 0.1) == 0.0
 
 
 @pytest.fixture
@@ -78,26 +80,26 @@ def separable():
 
 def test_youden_threshold_separates_a_separable_case(separable):
     masks, maps = separable
-    threshold = stats.youden_pixel_threshold(masks, maps)
+    threshold = pixel_metrics.youden_pixel_threshold(masks, maps)
     # The most specific threshold with J = 1: the lowest lesion pixel.
     assert threshold == maps[masks].min()
-    assert stats.dice_at_threshold(masks, maps, threshold) == 1.0
+    assert pixel_metrics.dice_at_threshold(masks, maps, threshold) == 1.0
 
 
 def test_youden_threshold_on_a_subsample(separable):
     masks, maps = separable
-    thresholds = {stats.youden_pixel_threshold(masks, maps, max_pixels=300, seed=s)
+    thresholds = {pixel_metrics.youden_pixel_threshold(masks, maps, max_pixels=300, seed=s)
                   for s in range(3)}
     assert len(thresholds) > 1  # the seeded subsample is really used
     for threshold in thresholds:
         # Separates the sample, so lies between the classes; lesion pixels below the sample's
         # lowest one are missed, which costs little Dice.
         assert 0.4 < threshold < 0.65
-        assert stats.dice_at_threshold(masks, maps, threshold) > 0.9
+        assert pixel_metrics.dice_at_threshold(masks, maps, threshold) > 0.9
 
 
 def test_seed_mean_comparison_matches_single_seed_auc_and_flags_clear_winner():
-    from medad_bench.stats import seed_mean_comparison
+    from medad_bench.stats.intervals import seed_mean_comparison
 
     rng = np.random.default_rng(3)
     labels = np.r_[np.zeros(100, int), np.ones(100, int)]
@@ -199,8 +201,9 @@ def test_ties_with_the_best_are_decided_on_holm_adjusted_p_values():
 
 def test_coverage_simulation_two_level_covers_and_the_old_interval_does_not():
     """The report's 95% interval against a known truth, with training-seed noise and several
-    look-alike images per patient (benchmark/coverage.py; scripts/ci_coverage.py runs more)."""
-    from medad_bench.coverage import SCENARIOS, coverage
+    look-alike images per patient (benchmark/stats/coverage.py; scripts/ci_coverage.py runs
+    more)."""
+    from medad_bench.stats.coverage import SCENARIOS, coverage
 
     result = coverage(SCENARIOS[0], repetitions=300, n_boot=300, seed=3)
     by_kind = result.set_index("interval").coverage
@@ -228,19 +231,19 @@ def test_pixel_ap_by_hand():
     # Ranked: lesion (1/1), healthy, lesion (2/3), healthy: AP = (1 + 2/3) / 2.
     masks = np.array([[[1, 0, 1, 0]]])
     maps = np.array([[[0.9, 0.8, 0.7, 0.1]]], np.float32)
-    assert stats.pixel_ap(masks, maps) == pytest.approx(5 / 6)
-    assert np.isnan(stats.pixel_ap(np.zeros_like(masks), maps))
+    assert pixel_metrics.pixel_ap(masks, maps) == pytest.approx(5 / 6)
+    assert np.isnan(pixel_metrics.pixel_ap(np.zeros_like(masks), maps))
 
 
 @pytest.mark.parametrize("chunk", [7, 1 << 20])
 def test_pixel_ap_matches_sklearn(monkeypatch, chunk):
     from sklearn.metrics import average_precision_score
 
-    monkeypatch.setattr(stats, "_PIXEL_CHUNK", chunk)  # one image per chunk: streamed
+    monkeypatch.setattr(pixel_metrics, "_PIXEL_CHUNK", chunk)  # one image per chunk: streamed
     for seed in range(3):
         masks, maps = _lesions(seed)
         expected = average_precision_score(masks.ravel(), maps.ravel().astype(float))
-        assert stats.pixel_ap(masks, maps) == pytest.approx(expected, abs=1e-12)
+        assert pixel_metrics.pixel_ap(masks, maps) == pytest.approx(expected, abs=1e-12)
 
 
 def test_aupro_by_hand():
@@ -253,17 +256,17 @@ def test_aupro_by_hand():
     masks = np.array([[[1, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]]])
     maps = np.array([[[0.9, 0.85, 0.8, 0.3, 0.7, 0.6, 0.5, 0.4, 0.2, 0.1, 0.05, 0.02,
                        0.01]]])
-    assert stats.aupro(masks, maps) == pytest.approx(2 / 3)
-    assert stats.aupro(masks, maps, fpr_limit=0.25) == pytest.approx(0.65)
-    assert stats.aupro(masks, masks.astype(float)) == pytest.approx(1.0)
-    assert np.isnan(stats.aupro(np.zeros_like(masks), maps))
+    assert pixel_metrics.aupro(masks, maps) == pytest.approx(2 / 3)
+    assert pixel_metrics.aupro(masks, maps, fpr_limit=0.25) == pytest.approx(0.65)
+    assert pixel_metrics.aupro(masks, masks.astype(float)) == pytest.approx(1.0)
+    assert np.isnan(pixel_metrics.aupro(np.zeros_like(masks), maps))
 
 
 def test_aupro_regions_are_8_connected():
     masks = np.zeros((2, 5, 5), np.uint8)
     masks[0, 1, 1] = masks[0, 2, 2] = 1  # touch at a corner: one region
     masks[1, 1, 1] = 1  # same place in the next image: its own region, never joined
-    curve = stats.lesion_curve(masks, np.random.default_rng(0).random(masks.shape))
+    curve = pixel_metrics.lesion_curve(masks, np.random.default_rng(0).random(masks.shape))
     assert curve.n_regions == 2 and curve.n_lesion == 3 and curve.n_healthy == 47
 
 
@@ -274,13 +277,13 @@ def test_aupro_matches_anomalib(monkeypatch, ties):
     import torch
     from anomalib.metrics import AUPRO
 
-    monkeypatch.setattr(stats, "_PIXEL_CHUNK", 300)  # two images per chunk: streamed
+    monkeypatch.setattr(pixel_metrics, "_PIXEL_CHUNK", 300)  # two images per chunk: streamed
     for seed in range(4):
         masks, maps = _lesions(seed, ties=ties)
         metric = AUPRO(fields=("anomaly_map", "gt_mask"), fpr_limit=0.3)
         metric.update(SimpleNamespace(anomaly_map=torch.from_numpy(maps),
                                       gt_mask=torch.from_numpy(masks)))
-        assert stats.aupro(masks, maps) == pytest.approx(float(metric.compute()), abs=1e-5)
+        assert pixel_metrics.aupro(masks, maps) == pytest.approx(float(metric.compute()), abs=1e-5)
 
 
 def test_best_dice_oracle_by_hand_and_by_brute_force():
@@ -294,29 +297,29 @@ def test_best_dice_oracle_by_hand_and_by_brute_force():
                      [0.0, 0.0, 0.0, 0.5]])
     # >= 0.7: 3 lesion pixels, no healthy: 6 / 7; >= 0.2 adds the last lesion pixel and two
     # healthy ones: 8 / 10.
-    assert stats.best_dice_oracle(mask[None], amap[None]) == (pytest.approx(6 / 7), 0.7)
+    assert pixel_metrics.best_dice_oracle(mask[None], amap[None]) == (pytest.approx(6 / 7), 0.7)
     for seed in range(3):
         masks, maps = _lesions(seed)
-        dice, threshold = stats.best_dice_oracle(masks, maps)
-        assert dice == pytest.approx(max(stats.dice_at_threshold(masks, maps, t)
+        dice, threshold = pixel_metrics.best_dice_oracle(masks, maps)
+        assert dice == pytest.approx(max(pixel_metrics.dice_at_threshold(masks, maps, t)
                                          for t in np.unique(maps)))
-        assert stats.dice_at_threshold(masks, maps, threshold) == pytest.approx(dice)
-    assert np.isnan(stats.best_dice_oracle(np.zeros_like(mask)[None], amap[None])[0])
+        assert pixel_metrics.dice_at_threshold(masks, maps, threshold) == pytest.approx(dice)
+    assert np.isnan(pixel_metrics.best_dice_oracle(np.zeros_like(mask)[None], amap[None])[0])
 
 
 def test_pixel_curve_metrics_are_the_single_metrics():
     masks, maps = _lesions(5)
-    together = stats.pixel_curve_metrics(masks, maps)
-    assert together["pixel_ap"] == stats.pixel_ap(masks, maps)
-    assert together["aupro"] == stats.aupro(masks, maps)
+    together = pixel_metrics.pixel_curve_metrics(masks, maps)
+    assert together["pixel_ap"] == pixel_metrics.pixel_ap(masks, maps)
+    assert together["aupro"] == pixel_metrics.aupro(masks, maps)
     assert (together["pixel_dice_best_oracle"], together["pixel_threshold_best_oracle"]) == \
-        stats.best_dice_oracle(masks, maps)
-    empty = stats.pixel_curve_metrics(np.zeros_like(masks), maps)
+        pixel_metrics.best_dice_oracle(masks, maps)
+    empty = pixel_metrics.pixel_curve_metrics(np.zeros_like(masks), maps)
     assert all(np.isnan(value) for value in empty.values())
     with pytest.raises(ValueError, match="binary"):
-        stats.pixel_curve_metrics(masks * 2, maps)
+        pixel_metrics.pixel_curve_metrics(masks * 2, maps)
     with pytest.raises(ValueError, match="NaN"):
-        stats.pixel_curve_metrics(masks, np.where(masks, np.nan, maps))
+        pixel_metrics.pixel_curve_metrics(masks, np.where(masks, np.nan, maps))
 
 
 def test_healthy_pixel_threshold_ignores_lesion_pixels():
@@ -324,8 +327,8 @@ def test_healthy_pixel_threshold_ignores_lesion_pixels():
     masks = np.zeros(maps.shape, np.uint8)
     masks[0, 1, 49:] = 1  # the two highest pixels are lesion pixels
     # 100 healthy pixels 0..99: the 99th percentile flags one, 99.
-    assert stats.healthy_pixel_threshold(masks, maps, 99.0) == 99.0
-    sampled = stats.healthy_pixel_threshold(masks, maps, 90.0, max_pixels=50, seed=1)
+    assert pixel_metrics.healthy_pixel_threshold(masks, maps, 99.0) == 99.0
+    sampled = pixel_metrics.healthy_pixel_threshold(masks, maps, 90.0, max_pixels=50, seed=1)
     assert 70.0 <= sampled <= 99.0
 
 
@@ -333,7 +336,7 @@ def test_healthy_pixel_threshold_ignores_lesion_pixels():
 
 
 def test_weighted_image_metrics_equal_the_metrics_of_the_expanded_resample():
-    from medad_bench import metrics
+    from medad_bench.stats import image_metrics as metrics
 
     rng = np.random.default_rng(4)
     labels = np.r_[np.zeros(40, int), np.ones(25, int)]
@@ -352,7 +355,7 @@ def test_weighted_image_metrics_equal_the_metrics_of_the_expanded_resample():
 
 
 def test_seed_mean_intervals_use_the_aucs_resamples():
-    from medad_bench import metrics
+    from medad_bench.stats import image_metrics as metrics
 
     rng = np.random.default_rng(9)
     labels = np.r_[np.zeros(60, int), np.ones(40, int)]

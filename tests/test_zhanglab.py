@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from medad_bench.check.published import read_published
 from medad_bench.data import folder, load_card, prepare
 from medad_bench.data.cards import parse_card
 from medad_bench.data.protocol import assign_splits
 from medad_bench.errors import BenchError
-from medad_bench.published import read_published
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = REPO / "results" / "reference" / "published" / "zhanglab.json"

@@ -313,3 +313,20 @@ def write_fixture(fmt: str, root: Path, *, count: int, size: int, seed: int = 0,
                           size=size, seed=seed, progress=progress)
     else:
         raise ValueError(f"no peer fixture format {fmt!r}")
+
+
+def write_tree(fmt: str, out: Path, *, count: int, size: int, seed: int,
+               progress: Callable[[], None] | None = None) -> None:
+    """`bench data make-fixture`: a tree in format `fmt` (covidx, chestxray14, brain_mri or a
+    write_fixture format) of `count` images (subjects for brain MRI) into `out`. COVIDx trees
+    follow the published proportions (covidx_composition)."""
+    if fmt == "covidx":
+        n_train, n_test, positive_share = covidx_composition(count)
+        write_covidx(out, n_train=n_train, n_test=n_test, size=size, seed=seed,
+                     train_positive_share=positive_share, exact_shares=True, progress=progress)
+    elif fmt == "chestxray14":
+        write_chestxray14(out, n_images=count, size=size, seed=seed, progress=progress)
+    elif fmt == "brain_mri":
+        write_brain_mri(out, n_subjects=count, size=size, seed=seed, progress=progress)
+    else:
+        write_fixture(fmt, out, count=count, size=size, seed=seed, progress=progress)

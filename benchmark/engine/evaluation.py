@@ -21,12 +21,17 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from medad_bench import metrics, stats
-from medad_bench.api import Images, Method, Prediction
-from medad_bench.competence import OutputFollowing, competence
+from medad_bench.api.contract import Images, Method, Prediction
 from medad_bench.data import PreparedDataset
 from medad_bench.errors import BenchError
-from medad_bench.metrics import HEALTHY_PERCENTILE, PIXEL_HEALTHY_PERCENTILE, THRESHOLD_RULES
+from medad_bench.stats import image_metrics as metrics
+from medad_bench.stats import pixel_metrics
+from medad_bench.stats.competence import OutputFollowing, competence
+from medad_bench.stats.image_metrics import (
+    HEALTHY_PERCENTILE,
+    PIXEL_HEALTHY_PERCENTILE,
+    THRESHOLD_RULES,
+)
 
 #: Images predicted at once: bounds the maps held for a split without lesion masks.
 PREDICT_CHUNK = 256
@@ -129,7 +134,7 @@ def evaluate(method: Method, data: PreparedDataset, val: SplitPrediction,
 def competence_values(method: Method, data: PreparedDataset, val: SplitPrediction,
                       val_images: np.ndarray,
                       follow: OutputFollowing | None) -> dict[str, float | str | bool]:
-    """The competence checks (benchmark/competence.py) on the validation split (`val_images`,
+    """The competence checks (benchmark/stats/competence.py) on the validation split (`val_images`,
     predicted as `val`, its outputs streamed into `follow`): its labels are read here, after
     both splits were scored."""
     labels = data.labels_of("val")
@@ -180,11 +185,11 @@ def localisation(data: PreparedDataset, val: SplitPrediction,
         return {}
     test_masks = data.masks_of("test")
     threshold, rule = pixel_threshold(val_masks, val.maps)
-    return {"pixel_auroc": stats.pixel_auroc(test_masks, test.maps),
-            "pixel_dice": stats.dice_at_threshold(test_masks, test.maps, threshold),
+    return {"pixel_auroc": pixel_metrics.pixel_auroc(test_masks, test.maps),
+            "pixel_dice": pixel_metrics.dice_at_threshold(test_masks, test.maps, threshold),
             "pixel_threshold": threshold,
             **_rule_metrics("pixel_threshold", rule, PIXEL_HEALTHY_PERCENTILE),
-            **stats.pixel_curve_metrics(test_masks, test.maps)}
+            **pixel_metrics.pixel_curve_metrics(test_masks, test.maps)}
 
 
 def pixel_threshold(val_masks: np.ndarray, val_maps: np.ndarray) -> tuple[float, str]:
@@ -192,8 +197,8 @@ def pixel_threshold(val_masks: np.ndarray, val_maps: np.ndarray) -> tuple[float,
     healthy pixels; else the PIXEL_HEALTHY_PERCENTILE-th percentile of the healthy ones."""
     lesion = int(np.count_nonzero(val_masks))
     if 0 < lesion < val_masks.size:
-        return stats.youden_pixel_threshold(val_masks, val_maps), "youden_val"
-    return stats.healthy_pixel_threshold(val_masks, val_maps, PIXEL_HEALTHY_PERCENTILE), \
+        return pixel_metrics.youden_pixel_threshold(val_masks, val_maps), "youden_val"
+    return pixel_metrics.healthy_pixel_threshold(val_masks, val_maps, PIXEL_HEALTHY_PERCENTILE), \
         "healthy_val_percentile"
 
 

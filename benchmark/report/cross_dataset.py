@@ -1,6 +1,6 @@
 """Table 1 across datasets: a row per method, a column group per dataset, mean ranks.
 
-`bench report --datasets a,b,c` puts the per-dataset reports (benchmark.report.select_runs,
+`bench report --datasets a,b,c` puts the per-dataset reports (benchmark.report.table.select_runs,
 with their statistics) side by side: per dataset the seed-mean test AUC, its 95% CI (the same
 two-level interval as Table 1) and F1 at the validation threshold. Per dataset, the best AUC is
 bold only where its lead holds in the paired test (Holm-adjusted, as Table 1 decides it);
@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from medad_bench.errors import UsageError
-from medad_bench.report import ReportData
+from medad_bench.report.table import ReportData
 
 MISSING = "—"
 #: The column group of the ranks, after the datasets' groups.
@@ -46,7 +46,7 @@ def parse_datasets(text: str) -> list[str]:
 
 def default_cross_path(datasets: list[str], fmt: str, contaminated: bool = False) -> Path:
     """results/reports/<a>+<b>[-contaminated].md|.tex|.html"""
-    from medad_bench.reporting import FORMATS, REPORTS_DIR
+    from medad_bench.report.document import FORMATS, REPORTS_DIR
 
     suffix = "-contaminated" if contaminated else ""
     return REPORTS_DIR / f"{'+'.join(datasets)}{suffix}.{FORMATS[fmt]}"
@@ -77,8 +77,8 @@ def build_cross_report(tracking_uri: str | None, datasets: list[str], fmt: str =
                        contaminated: bool = False, exclude_tuned: bool = False) -> CrossReport:
     """Select each dataset's runs (as `bench report --dataset` does, statistics included)
     and render the one table. A dataset without finished runs is a BenchError naming it."""
-    from medad_bench.report import select_runs
-    from medad_bench.reporting import FORMATS, card_name
+    from medad_bench.report.document import FORMATS, card_name
+    from medad_bench.report.table import select_runs
     from medad_bench.tracking import resolve_tracking_uri
 
     if fmt not in FORMATS:
@@ -94,7 +94,7 @@ def build_cross_report(tracking_uri: str | None, datasets: list[str], fmt: str =
 
 def write_cross_report(report: CrossReport) -> Path:
     """Write the report's text to its file (folders created); returns the path."""
-    from medad_bench.reporting import write_report
+    from medad_bench.report.document import write_report
 
     return write_report(report)
 
@@ -114,7 +114,7 @@ def mean_aucs(datasets: list[ReportData], *, learned_only: bool = False) -> pd.D
     """Methods x datasets: the seed-mean test AUC (as Table 1 prints it), NaN where a method
     has no runs (and, with `learned_only`, where a run of it failed the competence checks:
     such a method is not ranked there)."""
-    from medad_bench.report import unranked_methods
+    from medad_bench.report.table import unranked_methods
 
     columns = {}
     for data in datasets:
@@ -151,9 +151,9 @@ def cross_cells(datasets: list[ReportData]) -> tuple[pd.DataFrame, pd.DataFrame]
 
 def _dataset_cells(data: ReportData) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One dataset's AUC, CI and F1 cells and what is bold, decided as Table 1 decides it
-    (benchmark.report._auc_statistics: bold only where the best leads significantly, else a
+    (benchmark.report.table._auc_statistics: bold only where the best leads significantly, else a
     dagger on every method tied with it)."""
-    from medad_bench.report import (
+    from medad_bench.report.table import (
         NOT_LEARNED_MARK,
         TUNED_MARK,
         _auc_statistics,
@@ -185,7 +185,7 @@ def _dataset_cells(data: ReportData) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def caption(datasets: list[ReportData]) -> str:
     """What the table shows, how bold and ranks are decided, and each dataset's runs."""
-    from medad_bench.report import ALPHA, STATS_TEXT, TIE_MARK
+    from medad_bench.report.table import ALPHA, STATS_TEXT, TIE_MARK
 
     setting = (" in the contaminated setting" if any(d.contaminated for d in datasets) else "")
     per_dataset = "; ".join(
@@ -243,8 +243,8 @@ def _styled(text: pd.DataFrame, bold: pd.DataFrame) -> pd.io.formats.style.Style
 
 
 def to_html(datasets: list[ReportData]) -> str:
-    """One self-contained page (benchmark.html_report) with the grouped table."""
-    from medad_bench.html_report import render_html
+    """One self-contained page (benchmark.report.html) with the grouped table."""
+    from medad_bench.report.html import render_html
 
     text, bold = cross_cells(datasets)
     # Method names come from plug-ins and stores: escape every cell and header.
@@ -257,7 +257,7 @@ def to_html(datasets: list[ReportData]) -> str:
 
 def to_latex(datasets: list[ReportData]) -> str:
     """A booktabs table, a \\multicolumn group per dataset with a \\cmidrule under it."""
-    from medad_bench.report import NOT_LEARNED_MARK, TIE_MARK, TUNED_MARK, _escape_latex
+    from medad_bench.report.table import NOT_LEARNED_MARK, TIE_MARK, TUNED_MARK, _escape_latex
 
     def latex_cell(cell: str) -> str:
         return (_escape_latex(cell).replace(TIE_MARK, r"$^{\dagger}$")

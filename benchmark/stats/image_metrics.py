@@ -25,8 +25,8 @@ CLINICAL_NAMES = ("ap", "sens_at_spec95", "sens_at_spec90", "spec_at_sens95")
 SENS_AT_SPEC = {"sens_at_spec95": 0.95, "sens_at_spec90": 0.90}
 SPEC_AT_SENS = {"spec_at_sens95": 0.95}
 #: Which rule chose a threshold, logged as the metric `threshold_rule` (image) and
-#: `pixel_threshold_rule` (pixel) by benchmark.evaluation: MLflow metrics are numbers, so each
-#: rule has a code.
+#: `pixel_threshold_rule` (pixel) by benchmark.engine.evaluation: MLflow metrics are numbers,
+#: so each rule has a code.
 THRESHOLD_RULES = {"youden_val": 0.0, "healthy_val_percentile": 1.0}
 #: The image threshold's percentile of healthy validation scores when validation has no
 #: diseased image: at most 5% of healthy validation images flagged.

@@ -14,11 +14,13 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from medad_bench.api import TrainSet
+from medad_bench.api.contract import TrainSet
+from medad_bench.engine.run import BarProgress
 from medad_bench.methods.anomalypro import (
     AnomalyPro,
     AnomalyProConfig,
@@ -29,7 +31,6 @@ from medad_bench.methods.anomalypro import (
     to_model_range,
     translate,
 )
-from medad_bench.running import BarProgress
 
 logger = logging.getLogger(__name__)
 
@@ -140,3 +141,31 @@ def measure(config: AnomalyProConfig, train: TrainSet, test_images: np.ndarray,
                f"{result.bare_train[-1]:.1f} img/s; score suite {result.suite_score[-1]:.0f} vs "
                f"bare {result.bare_score[-1]:.0f} img/s")
     return result
+
+
+def bench_perf(method: str, dataset: str, profile: str, *, iterations: int, repeats: int,
+               device: str, threads: int | None, overrides: dict[str, Any] | None,
+               report: Callable[[str], None]) -> dict[str, float]:
+    """`bench perf`: the method's config for `dataset` at `iterations` (no decay), measured
+    `repeats` times in the suite and bare; `report` gets the set-up line and each repeat's
+    lines. Returns the medians (Throughput.summary)."""
+    from medad_bench.api.contract import get_method, make_config
+    from medad_bench.data import load_card, prepare
+    from medad_bench.engine.resources import resolve_device
+
+    if threads:
+        torch.set_num_threads(threads)
+    card = load_card(dataset)
+    data = prepare(card)
+    cls = get_method(method)
+    config = make_config(cls, profile, image_size=card.image_size, channels=card.channels,
+                         overrides=overrides)
+    config = dataclasses.replace(config, iterations=iterations, decay_iterations=0)
+    torch_device = resolve_device(device)
+    name = torch.cuda.get_device_name(torch_device) if torch_device.type == "cuda" else "cpu"
+    report(f"{method} ({profile}: {config.image_size}px, batch {config.batch_size}) on "
+           f"{name}, {torch.get_num_threads()} threads; {iterations} iterations x "
+           f"{repeats} repeats")
+    result = measure(config, data.train_set(), data.images_of("test"), torch_device,
+                     repeats=repeats, report=report)
+    return result.summary()

@@ -1,18 +1,11 @@
-"""The library behind `bench report` and `bench check`: pick the runs, render the report in
-Markdown, LaTeX or HTML, write it with its figures, log it to MLflow, and check the runs
-against a recorded reference. The commands in benchmark/cli.py only parse options, call these
-functions and print what they return.
+"""The library behind `bench report`: pick the runs, render the report in Markdown, LaTeX or
+HTML, write it with its figures and log it to MLflow. The command in benchmark/cli.py only
+parses options, calls these functions and prints what they return (`bench check`'s library is
+the check room: check/gate.py, check/published.py).
 
     report = build_report(None, "synthetic", fmt="md")    # None: the default tracking store
     write_report(report)
     log_report_run(report)
-
-    result = check_against_reference(None, "synthetic")
-    print(result.outcome.table, result.ok)
-
-    published = check_against_published(None, "bmad-rsna",
-                                        Path("results/reference/published/bmad-rsna.json"))
-    print(published.render(), published.ok)
 """
 
 from __future__ import annotations
@@ -21,12 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
 from medad_bench.disk import write_text_atomic
 from medad_bench.errors import UsageError
-from medad_bench.published import PublishedComparison
-from medad_bench.regression import CheckOutcome
-from medad_bench.report import ReportData
-from medad_bench.shipped import reference_file
+from medad_bench.report import figures
+from medad_bench.report.table import ALPHA, ReportData
+from medad_bench.tracking import downloaded_artifact
 
 #: Where reports go by default: inside the git-ignored results/, so a report never dirties the
 #: checkout. The committed reports/ come from `make reports`.
@@ -84,7 +80,7 @@ def render_report(data: ReportData, fmt: str, figures: dict[str, Path] | None = 
     """The report's text: Markdown linking `figures` relative to `out`'s folder, a LaTeX
     booktabs table, or one self-contained HTML page with the table and every figure. The
     "Model selection" section follows Table 1 in each format where the runs have one."""
-    from medad_bench.report import (
+    from medad_bench.report.table import (
         caption,
         selection_html_section,
         to_html_table,
@@ -99,7 +95,7 @@ def render_report(data: ReportData, fmt: str, figures: dict[str, Path] | None = 
     if fmt == "latex":
         return to_latex(data)
     if fmt == "html":
-        from medad_bench.html_report import render_html
+        from medad_bench.report.html import render_html
 
         section = selection_html_section(data)
         return render_html(title=f"Table 1: {data.dataset}", caption=caption(data),
@@ -112,15 +108,15 @@ def build_report(tracking_uri: str | None, dataset: str, fmt: str = "md",
                  out: Path | None = None, *, profile: str | None = None,
                  contaminated: bool = False, exclude_tuned: bool = False,
                  figures: bool = True, metrics: tuple[str, ...] | None = None) -> Report:
-    """Select the runs of `dataset` (benchmark.report.select_runs), build the figures and
+    """Select the runs of `dataset` (benchmark.report.table.select_runs), build the figures and
     render the report; nothing is written but the figures.
 
     `tracking_uri` None: $MLFLOW_TRACKING_URI, else the default store. `dataset`: a card name
     or a card path. `out` None: default_report_path; PRINT_ONLY: the table only, no figures.
     Figures (not for LaTeX) go to <out's folder>/<dataset>[-contaminated]/. `metrics`:
-    Table 1's columns (benchmark.report.parse_metrics names); None: the default columns.
+    Table 1's columns (benchmark.report.table.parse_metrics names); None: the default columns.
     """
-    from medad_bench.report import select_runs
+    from medad_bench.report.table import select_runs
     from medad_bench.tracking import resolve_tracking_uri
 
     dataset = card_name(dataset)
@@ -134,8 +130,6 @@ def build_report(tracking_uri: str | None, dataset: str, fmt: str = "md",
     figure_dir = out.parent / f"{dataset}{suffix}"
     built: dict[str, Path] = {}
     if figures and fmt != "latex" and str(out) != str(PRINT_ONLY):
-        from medad_bench.report_figures import build_figures
-
         built = build_figures(data, figure_dir)
     return Report(data=data, fmt=fmt, text=render_report(data, fmt, built, out), out=out,
                   figure_dir=figure_dir, figures=built)
@@ -162,89 +156,85 @@ def log_report_run(report: Report) -> str:
                        "split_hash": data.split_hash, "seeds": data.seeds})
 
 
-def default_reference_path(dataset: str) -> Path:
-    """results/reference/<dataset>.json of the working folder, else the shipped one."""
-    return reference_file(f"{dataset}.json")
+# -- the report's figures, drawn from what the runs logged (report/figures.py draws them) -----
+#
+# For the ROC curves and score distributions each method shows the seed whose AUC is its median
+# over seeds (a real run, not an average of scores); the legend gives the mean ± std over seeds.
+# Map grids show the same 4 healthy and 4 diseased test images for every method.
+
+MAP_ROWS = ("input", "anomaly map", "ground truth", "translated", "mask M")
 
 
-def record_reference(tracking_uri: str | None, dataset: str, against: Path | None = None,
-                     tolerance: float | None = None,
-                     profile: str | None = None) -> tuple[dict[str, Any], Path]:
-    """Record the newest runs of `dataset` as its reference; returns the reference and the
-    file it was written to (`against`, default default_reference_path). `tolerance` None:
-    benchmark.regression.DEFAULT_TOLERANCE."""
-    from medad_bench.regression import DEFAULT_TOLERANCE, reference_from, write_reference
-    from medad_bench.report import select_runs
-    from medad_bench.tracking import resolve_tracking_uri
-
-    dataset = card_name(dataset)
-    against = against or default_reference_path(dataset)
-    uri = resolve_tracking_uri(tracking_uri)
-    data = select_runs(uri, dataset, profile, statistics=False)
-    reference = reference_from(data, DEFAULT_TOLERANCE if tolerance is None else tolerance)
-    write_reference(reference, against)
-    return reference, against
-
-
-@dataclass
-class CheckResult:
-    """The outcome of a regression check and what it was checked against."""
-
-    reference: dict[str, Any]
-    against: Path
-    outcome: CheckOutcome
-
-    @property
-    def ok(self) -> bool:
-        return self.outcome.ok
-
-    def summary(self) -> str:
-        """The line that closes a passed check."""
-        methods = self.outcome.table.method.nunique()
-        return (f"All {len(self.outcome.table)} seeds of {methods} methods within "
-                f"{self.reference.get('tolerance')} of {self.against}; same weights.")
+def build_figures(data: ReportData, folder: Path) -> dict[str, Path]:
+    """Draw every figure the runs allow into `folder`; returns caption -> file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    methods = sorted(data.runs.method.unique())
+    colours = figures.method_colours(methods)
+    where = f"{data.dataset} ({data.profile})"
+    out: dict[str, Path] = {}
+    if data.test_labels is not None:
+        curves = {m: (data.test_labels, _median_seed(data.test_labels, s))
+                  for m, s in data.test_scores.items()}
+        out["ROC curves (median-AUC seed per method)"] = figures.save_figure(
+            figures.roc_figure(curves, title=f"ROC curves, {where}", aucs=_auc_texts(data),
+                               colours=colours), folder / "roc.png")
+        out["Score distributions, healthy vs diseased"] = figures.save_figure(
+            figures.score_distributions(curves, title=f"Test scores, {where}"),
+            folder / "score_distributions.png")
+    if data.pairwise is not None and len(data.pairwise) > 1:
+        aucs = dict(zip(data.statistics.method, data.statistics.auc, strict=True))
+        name = ("Paired comparison (two-level p-values of seed-mean AUC differences, "
+                "Holm-adjusted over all pairs)")
+        out[name] = figures.save_figure(figures.paired_comparison_figure(
+            data.pairwise, aucs, alpha=ALPHA, title=f"Which AUC differences hold, {where}"),
+            folder / "paired_comparison.png")
+    costs = _costs(data.runs)
+    if not costs.empty:
+        out["Cost: training time, throughput and peak memory"] = figures.save_figure(
+            figures.cost_figure(costs, title=f"Cost per run, {where}", colours=colours),
+            folder / "cost.png")
+    for method in methods:
+        grid = _map_grid(data, method)
+        if grid is not None:
+            path = folder / f"maps_{method}.png"
+            out[f"Anomaly maps: {method}"] = figures.save_figure(grid, path)
+    return out
 
 
-def check_against_reference(tracking_uri: str | None, dataset: str,
-                            against: Path | None = None, tolerance: float | None = None,
-                            profile: str | None = None) -> CheckResult:
-    """Compare the newest runs of `dataset` with its reference seed by seed
-    (benchmark.regression.compare). `against` None: default_reference_path; `tolerance` None:
-    the reference's; `profile` None: the reference's. Raises BenchError when the reference
-    is missing or unreadable, UsageError when it is another dataset's."""
-    from medad_bench.regression import compare, read_reference
-    from medad_bench.report import select_runs
-    from medad_bench.tracking import resolve_tracking_uri
-
-    dataset = card_name(dataset)
-    against = against or default_reference_path(dataset)
-    uri = resolve_tracking_uri(tracking_uri)
-    reference = read_reference(against)
-    if reference["dataset"] != dataset:
-        raise UsageError(f"{against} is the reference of '{reference['dataset']}', "
-                         f"not '{dataset}'.")
-    data = select_runs(uri, dataset, profile or reference["profile"], statistics=False)
-    return CheckResult(reference=reference, against=against,
-                       outcome=compare(reference, data, tolerance))
+def _median_seed(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    aucs = [roc_auc_score(labels, row) for row in scores]
+    return scores[int(np.argsort(aucs)[(len(aucs) - 1) // 2])]
 
 
-def check_against_published(tracking_uri: str | None, dataset: str, against: Path,
-                            profile: str | None = None) -> PublishedComparison:
-    """Compare the newest runs of `dataset` with a published reference (benchmark.published):
-    per method the mean over seeds beside the published mean, within K combined standard
-    deviations, plus what was not run and the protocol differences that remain. `profile`
-    None: the newest run's. Raises BenchError when the file is missing or malformed (naming
-    the key), UsageError when it is another dataset's."""
-    from medad_bench.published import compare_published, read_published
-    from medad_bench.report import select_runs
-    from medad_bench.tracking import resolve_tracking_uri
+def _auc_texts(data: ReportData) -> dict[str, str]:
+    grouped = data.runs.groupby("method")["metric.auc"]
+    return {m: f"{mean:.3f}" if np.isnan(std) else f"{mean:.3f} ± {std:.3f}"
+            for m, mean, std in zip(grouped.mean().index, grouped.mean(), grouped.std(),
+                                    strict=True)}
 
-    dataset = card_name(dataset)
-    reference = read_published(against)
-    if reference["dataset"] != dataset:
-        raise UsageError(f"{against} holds published figures of '{reference['dataset']}', "
-                         f"not '{dataset}'. Pass --dataset {reference['dataset']}, or the "
-                         f"published file of '{dataset}'.")
-    uri = resolve_tracking_uri(tracking_uri)
-    data = select_runs(uri, dataset, profile, statistics=False)
-    return compare_published(reference, data, against)
+
+def _costs(runs: pd.DataFrame) -> pd.DataFrame:
+    needed = ["metric.fit_seconds", "metric.score_images_per_second"]
+    if not set(needed) <= set(runs.columns):
+        return pd.DataFrame()
+    # Throughput and memory where the runs logged them (runs before the figures existed lack
+    # them: those panels then stay out).
+    optional = [c for c in ("metric.train_images_per_second", "metric.peak_host_mb",
+                            "metric.peak_gpu_mb") if c in runs.columns]
+    table = runs[["method", *needed, *optional]].dropna(subset=needed)
+    return table.rename(columns=lambda c: c.removeprefix("metric."))
+
+
+def _map_grid(data: ReportData, method: str) -> object | None:
+    run = data.runs[data.runs.method == method].sort_values("seed").iloc[0]
+    with downloaded_artifact(data.uri, run.run_id, ("map_samples.npz",)) as path:
+        if path is None:
+            return None
+        with np.load(path) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    if "anomaly map" not in arrays and "translated" not in arrays:
+        return None  # a score-only method: nothing to show beyond the inputs
+    rows = {name: arrays[name] for name in MAP_ROWS if name in arrays}
+    titles = ["diseased" if label else "healthy" for label in arrays["label"]]
+    return figures.map_grid(rows, column_titles=titles,
+                            title=f"{method}, seed {run.seed}: test images")

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from medad_bench.api import get_method, make_config
+from medad_bench.api.contract import get_method, make_config
+from medad_bench.api.training import IterativeMethod
 from medad_bench.data import PreparedDataset
 from medad_bench.errors import BenchError
 from medad_bench.tracking import (
@@ -31,7 +32,6 @@ from medad_bench.tracking import (
     mark_killed,
     runs_by_key,
 )
-from medad_bench.training import IterativeMethod
 
 logger = logging.getLogger(__name__)
 

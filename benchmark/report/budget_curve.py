@@ -2,7 +2,7 @@
 --budget-curve`).
 
 `bench run --budget-scale 0.25,1,4,16` trains each iterative method at multiples of its
-profile's equal budget (benchmark.api.Method.budget_overrides); each scale is its own run
+profile's equal budget (benchmark.api.contract.Method.budget_overrides); each scale is its own run
 identity. This module gathers those runs of one dataset (one profile, split and data version,
 as Table 1 does), and per (method, scale) reports the training images seen, the validation and
 test AUC (mean and standard deviation over seeds) and how many seeds passed the competence
@@ -21,8 +21,8 @@ from matplotlib.figure import Figure
 
 from medad_bench.disk import write_text_atomic
 from medad_bench.errors import BenchError
-from medad_bench.figures import method_colours, save_figure
-from medad_bench.report import newest_identity
+from medad_bench.report.figures import method_colours, save_figure
+from medad_bench.report.table import newest_identity
 from medad_bench.tracking import finished_runs
 
 
@@ -121,7 +121,7 @@ def to_markdown(curve: BudgetCurve, figure: Path | None = None) -> str:
              "AUC against the training budget (`bench run --budget-scale`): images drawn into "
              "training batches over the run, as a multiple of the profile's equal budget. "
              "Mean ± std over seeds; `competent`: seeds that passed the competence checks "
-             "(benchmark/competence.py) on the validation split.", "",
+             "(benchmark/stats/competence.py) on the validation split.", "",
              shown.to_markdown(index=False), "", "Smallest budget at which every seed is "
              "competent (chosen on validation checks only):", ""]
     for method, scale in smallest_competent_budget(table).items():

@@ -23,8 +23,11 @@ from typing import Any
 import pandas as pd
 
 from medad_bench.disk import write_text_atomic
-from medad_bench.errors import BenchError
-from medad_bench.report import ReportData
+from medad_bench.errors import BenchError, UsageError
+from medad_bench.report.document import card_name
+from medad_bench.report.table import ReportData, select_runs
+from medad_bench.shipped import reference_file
+from medad_bench.tracking import resolve_tracking_uri
 
 DEFAULT_TOLERANCE = 0.02
 FORMAT_VERSION = 2
@@ -198,3 +201,63 @@ def _weights_problems(method: str, entry: dict[str, Any], runs: pd.DataFrame) ->
             f"{expected or 'none'}: another backbone initialisation, so AUCs are not comparable. "
             f"Install the reference's weights or, if the change is intended, re-record with "
             f"--update."]
+
+
+# -- the check against a recorded reference (bench check) -------------------------------------
+
+def default_reference_path(dataset: str) -> Path:
+    """results/reference/<dataset>.json of the working folder, else the shipped one."""
+    return reference_file(f"{dataset}.json")
+
+
+def record_reference(tracking_uri: str | None, dataset: str, against: Path | None = None,
+                     tolerance: float | None = None,
+                     profile: str | None = None) -> tuple[dict[str, Any], Path]:
+    """Record the newest runs of `dataset` as its reference; returns the reference and the
+    file it was written to (`against`, default default_reference_path). `tolerance` None:
+    DEFAULT_TOLERANCE."""
+    dataset = card_name(dataset)
+    against = against or default_reference_path(dataset)
+    uri = resolve_tracking_uri(tracking_uri)
+    data = select_runs(uri, dataset, profile, statistics=False)
+    reference = reference_from(data, DEFAULT_TOLERANCE if tolerance is None else tolerance)
+    write_reference(reference, against)
+    return reference, against
+
+
+@dataclass
+class CheckResult:
+    """The outcome of a regression check and what it was checked against."""
+
+    reference: dict[str, Any]
+    against: Path
+    outcome: CheckOutcome
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome.ok
+
+    def summary(self) -> str:
+        """The line that closes a passed check."""
+        methods = self.outcome.table.method.nunique()
+        return (f"All {len(self.outcome.table)} seeds of {methods} methods within "
+                f"{self.reference.get('tolerance')} of {self.against}; same weights.")
+
+
+def check_against_reference(tracking_uri: str | None, dataset: str,
+                            against: Path | None = None, tolerance: float | None = None,
+                            profile: str | None = None) -> CheckResult:
+    """Compare the newest runs of `dataset` with its reference seed by seed
+    (compare). `against` None: default_reference_path; `tolerance` None:
+    the reference's; `profile` None: the reference's. Raises BenchError when the reference
+    is missing or unreadable, UsageError when it is another dataset's."""
+    dataset = card_name(dataset)
+    against = against or default_reference_path(dataset)
+    uri = resolve_tracking_uri(tracking_uri)
+    reference = read_reference(against)
+    if reference["dataset"] != dataset:
+        raise UsageError(f"{against} is the reference of '{reference['dataset']}', "
+                         f"not '{dataset}'.")
+    data = select_runs(uri, dataset, profile or reference["profile"], statistics=False)
+    return CheckResult(reference=reference, against=against,
+                       outcome=compare(reference, data, tolerance))

@@ -8,7 +8,7 @@ maps where the method has them, and named extras (AnomalyPro's translation and m
 one pass of the model. `score` is `predict(...).scores`.
 
 The contract is checked for every registered method, plug-ins included, by
-`benchmark.testing.check_method`.
+`benchmark.api.conformance.check_method`.
 
 Methods are registered by name with `@register_method`; the built-in ones live in the top-level
 `methods` package, and other packages add theirs through the entry-point group
@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -164,7 +165,7 @@ class Method(ABC):
     uses: ClassVar[tuple[str, ...]] = ("normal",)
     #: True if the method picks its checkpoint by AUCp on the unlabelled test images
     #: (TrainSet.selection, with held-out normals); their labels are never handed over. Every
-    #: iterative method (benchmark.training.IterativeMethod) does.
+    #: iterative method (benchmark.api.training.IterativeMethod) does.
     uses_selection: ClassVar[bool] = False
     #: True if the method reads the labelled validation split (TrainSet.validation) during
     #: training, for diagnostics or validation-based choices. Test labels are never given.
@@ -175,7 +176,7 @@ class Method(ABC):
     diagnostic_extras: ClassVar[tuple[str, ...]] = ()
     #: The extra holding the image the method makes of each input (its reconstruction or
     #: translation: (N, H, W) in [0, 1] at the input's size), or None for a method that makes
-    #: none (feature methods). The competence checks (benchmark/competence.py) ask whether it
+    #: none (feature methods). The competence checks (benchmark/stats/competence.py) ask whether it
     #: follows the input and gives healthy inputs back.
     output_extra: ClassVar[str | None] = None
     #: The smallest image side (pixels) the method's networks take, and why; a dataset below it
@@ -212,7 +213,7 @@ class Method(ABC):
             progress: Progress | None = None) -> Method:
         """Train on `train` (the fields named in `uses`), all randomness seeded from `seed`;
         returns the fitted method."""
-        from medad_bench.seeding import seed_everything
+        from medad_bench.api.seeding import seed_everything
 
         self.is_fitted = False
         self.networks = {}
@@ -257,7 +258,7 @@ class Method(ABC):
                           labels: np.ndarray) -> dict[str, tuple[float, bool]]:
         """Checks of its own that say whether this method learned (name -> (value, passed)),
         from its validation prediction's diagnostic extras and labels; names and meanings in
-        benchmark/competence.py. None by default."""
+        benchmark/stats/competence.py. None by default."""
         return {}
 
     # -- services for subclasses --------------------------------------------------------------
@@ -420,6 +421,23 @@ def config_from_params(method: type[Method], params: dict[str, str]) -> Any:
 
 
 # ----------------------------------------------------------------------------- registry
+
+# -- timing, for Method.calibrate_extra and the cost plan -------------------------------------
+
+def timed(work: Callable[[], object], device: torch.device) -> float:
+    """Seconds `work()` takes (for `Method.calibrate_extra` and the cost plan), queued GPU
+    work included (synchronised before and after)."""
+    _synchronise(device)
+    started = time.perf_counter()
+    work()
+    _synchronise(device)
+    return time.perf_counter() - started
+
+
+def _synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
 
 _REGISTRY: dict[str, type[Method]] = {}
 _DISCOVERED = False

@@ -7,7 +7,7 @@ got). Each check is also a public function (`CHECKS` maps their names to them), 
 can parametrise over methods x checks (tests/test_conformance.py does, over
 `available_methods()`: a new method or an installed plug-in is checked without editing a test).
 
-The checks (the contract: benchmark/api.py, benchmark/training.py):
+The checks (the contract: benchmark/api/contract.py, benchmark/api/training.py):
 
 1. construction:  `cls(config)` and `cls(config, workdir=...)` with the quick profile at a tiny
    size, shortened by the method's own `calibration_overrides(config, scale)`; sane class
@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from medad_bench.api import (
+from medad_bench.api.contract import (
     TRAINING_SETS,
     LabelledSplit,
     Method,
@@ -61,6 +61,7 @@ from medad_bench.api import (
     TrainSet,
     make_config,
 )
+from medad_bench.stats.competence import OutputFollowing, competence
 
 #: The default `scale` handed to `calibration_overrides` for the fits that check the contract's
 #: mechanics (shapes, seeds, resume): a few training steps (10 iterations for most GANs).
@@ -611,12 +612,28 @@ def _lesions(session: _Session, result: CheckResult) -> None:
                                 f"{LESION_MIN_AUC}): higher scores must mean more anomalous")
 
 
+def competence_of(method: Method, images: np.ndarray,
+                  labels: np.ndarray) -> dict[str, float | str | bool]:
+    """Predict labelled `images` (N, C, H, W) once and run every check, the method's own
+    included: for callers outside the runner, whose single pass streams the same sums
+    (benchmark/engine/evaluation.py: predict_split, competence_values); here in the api room
+    because it needs a Method, which the stats room may not import."""
+    prediction = method.predict(images, maps=False,
+                                extras=method.output_extra is not None
+                                or bool(method.diagnostic_extras))
+    follow = None
+    if method.output_extra is not None:
+        follow = OutputFollowing()
+        follow.add(np.asarray(images).mean(axis=1), prediction.extras[method.output_extra])
+    return competence(prediction.scores, labels, inputs=images if follow else None,
+                      outputs=follow,
+                      method_checks=method.competence_checks(prediction.extras, labels))
+
+
 def _competence_details(session: _Session, config: Any, scale: int | None) -> dict[str, Any]:
-    """The competence checks (benchmark/competence.py) of the lesion check's fit, on its test
+    """The competence checks (benchmark/stats/competence.py) of the lesion check's fit, on its test
     images: recorded in the result's details, so a method's conformance report says whether
     the short fit learned."""
-    from medad_bench.competence import competence_of
-
     method = session.fit("lesions", 0, scale=scale)
     values = competence_of(method, session.data.test_images, session.data.test_labels)
     return {f"competence_{k}" if k not in ("competent", "competence_failed") else k: v

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,7 +121,7 @@ def measure_bare(tree: Path, *, workers: int | None = None, size: int = 256,
     """One bare decode of every PNG in the tree, in a fresh process (start-up included)."""
     from medad_bench.data.build import default_workers
 
-    command = [sys.executable, "-m", "medad_bench.prepare_perf", str(tree),
+    command = [sys.executable, "-m", "medad_bench.perf.preparation", str(tree),
                str(workers or default_workers()), str(size), str(drop_top_fraction)]
     started = time.perf_counter()
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
@@ -153,6 +154,54 @@ def _bare_main(tree: str, workers: str, size: str, drop: str) -> None:
     with multiprocessing.get_context("spawn").Pool(int(workers)) as pool:
         done = sum(1 for _ in pool.imap_unordered(_bare_decode, tasks, chunksize=16))
     print(done)
+
+
+
+
+# -- bench data perf ---------------------------------------------------------------------------
+
+
+def perf_trees(counts: str, size: int, trees: Path, given_tree: Path | None,
+               announce: Callable[[str], None] = lambda line: None) -> list[tuple[int, Path]]:
+    """(file count, tree) to measure: `given_tree` as it is, else a generated COVIDx tree per
+    count of `counts` ("1000,5000"), kept in `trees` between runs (`announce`d as made)."""
+    if given_tree is not None:
+        return [(sum(1 for _ in given_tree.glob("*/*.png")), given_tree)]
+    jobs = []
+    for count in (int(c) for c in counts.split(",") if c.strip()):
+        announce(f"generating/reusing a {count}-image {size}px COVIDx tree in {trees} ...")
+        jobs.append((count, ensure_tree(trees, count, size)))
+    return jobs
+
+
+@dataclass
+class PreparationStep:
+    """One repeat (`repeat` 1, 2, ...: `suite` and `bare`) or, last, the medians (`repeat`
+    None: `suite` the median measurement, `bare_rate` the bare decode's median images/s)."""
+
+    repeat: int | None
+    suite: PrepareMeasurement
+    bare: BareMeasurement | None = None
+    bare_rate: float | None = None
+
+
+def compare_preparation(tree: Path, count: int, *, repeats: int,
+                        workers: int | None) -> Iterator[PreparationStep]:
+    """`bench data prepare` on `tree` beside a bare decode with the same processes and
+    preprocessing (the COVIDx card's), `repeats` times each, alternated so a slow spell of the
+    machine hits both alike; yields each repeat, then the medians."""
+    from medad_bench.data import load_card
+
+    card = load_card("covidx")
+    drop = float(card.settings.get("drop_top_fraction", 0.0))
+    runs, bare = [], []
+    for repeat in range(repeats):
+        runs.append(measure_prepare(tree, count, workers=workers))
+        bare.append(measure_bare(tree, workers=workers, size=card.image_size,
+                                 drop_top_fraction=drop))
+        yield PreparationStep(repeat + 1, runs[-1], bare[-1])
+    yield PreparationStep(None, median_measurement(runs),
+                          bare_rate=statistics.median(b.images_per_second for b in bare))
 
 
 if __name__ == "__main__":

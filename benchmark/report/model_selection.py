@@ -110,7 +110,7 @@ def load_selections(uri: str, runs: pd.DataFrame) -> tuple[pd.DataFrame, list[st
     """A row per run of `runs` that logged `selection.csv` (method, seed, run_id, rule,
     checkpoints, last, aucp, oracle), and notes on files that could not be read.
 
-    `runs` is the report's table of runs (benchmark.report.ReportData.runs: run_id, method,
+    `runs` is the report's table of runs (benchmark.report.table.ReportData.runs: run_id, method,
     seed); the rule comes from each such run's params."""
     from medad_bench.tracking import downloaded_artifact, run_params
 

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from medad_bench import stats
+from medad_bench.stats import intervals as stats
 
 
 @dataclass(frozen=True)

@@ -37,20 +37,16 @@ from the validation split only (never the test split), after the method has scor
   output checks above, and is caught here.
 
 A run that fails any check is logged `competent=false` with the failed checks named
-(`competence_failed`); reports mark it and never bold or rank it (benchmark/report.py).
+(`competence_failed`); reports mark it and never bold or rank it (benchmark/report/table.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medad_bench import metrics
-
-if TYPE_CHECKING:
-    from medad_bench.api import Method
+from medad_bench.stats import image_metrics as metrics
 
 SCORE_SPREAD_MIN = 1e-3
 OUTPUT_CORRELATION_MIN = 0.5
@@ -216,23 +212,6 @@ def competence(scores: np.ndarray, labels: np.ndarray, *, inputs: np.ndarray | N
     values["competent"] = not failed
     values["competence_failed"] = ",".join(failed)
     return values
-
-
-def competence_of(method: Method, images: np.ndarray,
-                  labels: np.ndarray) -> dict[str, float | str | bool]:
-    """Predict labelled `images` (N, C, H, W) once and run every check, the method's own
-    included: for callers outside the runner, whose single pass streams the same sums
-    (benchmark/evaluation.py: predict_split, competence_values)."""
-    prediction = method.predict(images, maps=False,
-                                extras=method.output_extra is not None
-                                or bool(method.diagnostic_extras))
-    follow = None
-    if method.output_extra is not None:
-        follow = OutputFollowing()
-        follow.add(np.asarray(images).mean(axis=1), prediction.extras[method.output_extra])
-    return competence(prediction.scores, labels, inputs=images if follow else None,
-                      outputs=follow,
-                      method_checks=method.competence_checks(prediction.extras, labels))
 
 
 def failed_text(failed: str) -> str:

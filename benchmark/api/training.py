@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from medad_bench.api import Images, Method, Progress, TrainSet
+from medad_bench.api.contract import Images, Method, Progress, TrainSet
 from medad_bench.data.images import ImageSet
 from medad_bench.disk import writing
 from medad_bench.errors import BenchError
-from medad_bench.metrics import aucp, debiased_aucp
+from medad_bench.stats.image_metrics import aucp, debiased_aucp
 
 logger = logging.getLogger(__name__)
 

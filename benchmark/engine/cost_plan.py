@@ -36,9 +36,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from medad_bench.api import Method, TrainSet, make_config
-from medad_bench.errors import BenchError
-from medad_bench.resources import MemoryWatch, megabytes
+from medad_bench.api.contract import Method, TrainSet, make_config, timed
+from medad_bench.engine.resources import MemoryWatch, megabytes
+from medad_bench.errors import BenchError, UsageError
 
 COSTS_DIR = Path("results") / "costs"
 #: Stand-in training images per calibration fit (feature methods: the shorter fit; the longer
@@ -183,18 +183,8 @@ def calibrate(method_cls: type[Method], profile: str, *, image_size: int, channe
                       measured=time.strftime("%Y-%m-%d %H:%M"), first_fit_seconds=first_fit)
 
 
-def timed(work: Callable[[], object], device: torch.device) -> float:
-    """Seconds `work()` takes, queued GPU work included (synchronised before and after)."""
-    _synchronise(device)
-    started = time.perf_counter()
-    work()
-    _synchronise(device)
-    return time.perf_counter() - started
-
-
-def _synchronise(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+#: `calibrate` under a name that bench_plan's flag of that name does not hide.
+calibrate_method = calibrate
 
 
 # -------------------------------------------------------------------------------- estimates
@@ -256,3 +246,79 @@ def duration(seconds: float) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+# -------------------------------------------------------------------------------- bench plan
+
+
+@dataclass
+class GridEstimate:
+    """`bench plan`'s answer: the split sizes, the cost table read, each method's run."""
+
+    counts: SplitCounts
+    path: Path  # the cost table
+    target: torch.device  # the device planned for
+    runs: dict[str, RunEstimate]  # method -> one run's estimate
+    total_seconds: float  # every run, one after another
+
+
+def bench_plan(names: list[str], seeds: list[int], overrides: dict[str, dict[str, Any]], *,
+               methods: str, dataset: str, profile: str, device: str, data_root: Path | None,
+               contaminated: bool, calibrate: bool, costs_file: Path | None,
+               announce: Callable[[str], None] = lambda line: None) -> GridEstimate:
+    """Each run's expected cost from the device's measured cost table (calibrated first, and
+    saved, with `calibrate`; `announce` gets a line per method calibrated). `methods`: the
+    option as given, for the message that says how to measure missing costs."""
+    from medad_bench.api.contract import get_method
+    from medad_bench.data import load_card, prepare
+    from medad_bench.shipped import resolve_reference
+
+    card = load_card(dataset)
+    counts = protocol_counts(card)
+    if data_root is not None or counts is None:
+        counts = prepared_counts(prepare(card, data_root=data_root))
+    costs_file = resolve_reference(costs_file) if costs_file else None
+    target = plan_device(device, costs_file, calibrate)
+    path = costs_file or costs_path(target)
+    costs = load_costs(path)
+    keys = {name: cost_key(name, profile, card.image_size, card.channels) for name in names}
+    missing = [name for name in names if keys[name] not in costs]
+    todo = names if calibrate else []
+    if missing and not calibrate:
+        raise UsageError(
+            f"no measured cost for {', '.join(missing)} ({profile}, {card.image_size}px) in "
+            f"{path}. Measure them on the machine that will run the grid: bench plan "
+            f"--methods {methods} --dataset {dataset} --profile {profile} --device "
+            f"{device} --calibrate (or pass --costs FILE measured there).")
+    for name in todo:
+        announce(f"calibrating {name} ({profile}, {card.image_size}px) on {target} ...")
+        cost = calibrate_method(get_method(name), profile, image_size=card.image_size,
+                                channels=card.channels, device=target)
+        costs[cost.key()] = cost
+        save_costs(path, costs, device_name(target))
+    runs: dict[str, RunEstimate] = {}
+    total = 0.0
+    for name in names:
+        cls = get_method(name)
+        config = make_config(cls, profile, image_size=card.image_size, channels=card.channels,
+                             overrides=overrides.get(name))
+        runs[name] = estimate(cls, config, costs[keys[name]], counts, contaminated)
+        total += runs[name].seconds * len(seeds)
+    return GridEstimate(counts=counts, path=path, target=target, runs=runs, total_seconds=total)
+
+
+def plan_device(device: str, costs_file: Path | None, calibrate: bool) -> torch.device:
+    """The device to plan for: a CUDA plan without a GPU here needs a measured table."""
+    from medad_bench.engine.resources import resolve_device
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        if calibrate:
+            raise UsageError("--calibrate measures this machine's device, and it has no "
+                             "CUDA GPU. Calibrate on the GPU machine and pass its table "
+                             "here with --costs FILE.")
+        if costs_file is None:
+            raise UsageError("no CUDA GPU here to name the cost table: pass the table "
+                             "measured on the GPU machine with --costs FILE (see "
+                             "results/reference/costs/).")
+        return torch.device(device)
+    return resolve_device(device)

@@ -22,9 +22,9 @@ import torch
 
 from medad_bench.data import PreparedDataset, load_card
 from medad_bench.data.prepared import open_prepared
+from medad_bench.engine.grid import RunPlan, RunResult, RunSpec, threads_per_worker
+from medad_bench.engine.run import execute_spec
 from medad_bench.errors import BenchError
-from medad_bench.planning import RunPlan, RunResult, RunSpec, threads_per_worker
-from medad_bench.running import execute_spec
 
 EXECUTORS = ("local", "ray")
 #: Environment a worker needs to find the same cards, cache and store as the parent.

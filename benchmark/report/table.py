@@ -19,17 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medad_bench import stats
 from medad_bench.errors import BenchError, UsageError
-from medad_bench.html_report import HtmlSection
-from medad_bench.metrics import (
-    HEALTHY_PERCENTILE,
-    METRIC_NAMES,
-    SENS_AT_SPEC,
-    SPEC_AT_SENS,
-    THRESHOLD_RULES,
-)
-from medad_bench.selection_report import (
+from medad_bench.report.html import HtmlSection
+from medad_bench.report.model_selection import (
     ORACLE_FOOTNOTE,
     SECTION_TITLE,
     SelectionSummary,
@@ -37,6 +29,14 @@ from medad_bench.selection_report import (
     model_selection_table,
     selection_caption,
     selection_cells,
+)
+from medad_bench.stats import intervals as stats
+from medad_bench.stats.image_metrics import (
+    HEALTHY_PERCENTILE,
+    METRIC_NAMES,
+    SENS_AT_SPEC,
+    SPEC_AT_SENS,
+    THRESHOLD_RULES,
 )
 from medad_bench.tracking import finished_runs
 
@@ -123,7 +123,7 @@ class ReportData:
     test_labels: np.ndarray | None = None
     test_subjects: np.ndarray | None = None
     test_scores: dict[str, np.ndarray] = field(default_factory=dict)
-    #: The "Model selection" table (benchmark.selection_report) of the methods whose runs
+    #: The "Model selection" table (benchmark.report.model_selection) of the methods whose runs
     #: logged selection.csv; None when none did (or statistics were not asked for).
     selection: SelectionSummary | None = None
     #: Table 1's columns (METRIC_COLUMNS names, in order): `bench report --metrics`.
@@ -241,7 +241,7 @@ def newest_identity(runs: pd.DataFrame, by: tuple[str, ...] = ("method",)
 
 
 TUNED_MARK = "‡"
-#: Marks a method with a run that failed the competence checks (benchmark/competence.py):
+#: Marks a method with a run that failed the competence checks (benchmark/stats/competence.py):
 #: its numbers come from a model that did not learn; never bold, never ranked.
 NOT_LEARNED_MARK = "✗"
 
@@ -264,7 +264,7 @@ def competence_notes(runs: pd.DataFrame,
     """One note per method with failed runs: the seeds and the checks that failed, and, where
     the store holds runs of it at other budgets (`bench run --budget-scale`), the smallest
     budget at which every seed passed, or that none did."""
-    from medad_bench.competence import failed_text
+    from medad_bench.stats.competence import failed_text
 
     notes = []
     for method, group in runs[not_competent(runs)].groupby("method"):
