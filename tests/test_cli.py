@@ -268,3 +268,19 @@ def test_a_card_given_by_path_is_the_same_dataset_to_every_command(tmp_path, iso
     checked = bench("check", "--dataset", path, "--tracking-uri", uri)
     assert "All 1 seeds of 1 methods within" in checked.output
     assert "scans" in bench("data", "info", "--dataset", path).output
+
+
+def test_perf_times_anomalypro_in_the_suite_against_a_bare_loop():
+    """`bench perf` trains the same networks both ways and reports both rates and their
+    ratio (the values themselves are machine noise; benchmarks, not tests, judge them)."""
+    result = bench("perf", "--dataset", "tiny", "--iterations", "4", "--repeats", "1",
+                   "--threads", "1")
+    assert "repeat 1/1: train suite" in result.output
+    medians = {line.split()[0]: float(line.split()[1]) for line in
+               result.output.split("medians:")[1].strip().splitlines()}
+    assert set(medians) == {"suite_train_images_per_s", "bare_train_images_per_s",
+                            "train_ratio", "suite_score_images_per_s",
+                            "bare_score_images_per_s", "score_ratio"}
+    assert all(value > 0 for value in medians.values())
+    assert medians["train_ratio"] == pytest.approx(
+        medians["suite_train_images_per_s"] / medians["bare_train_images_per_s"], abs=2e-3)

@@ -21,6 +21,7 @@ import torch
 
 from medad_bench.api.contract import TrainSet
 from medad_bench.engine.run import BarProgress
+from medad_bench.methods._gan import to_model_input
 from medad_bench.methods.anomalypro import (
     AnomalyPro,
     AnomalyProConfig,
@@ -28,7 +29,6 @@ from medad_bench.methods.anomalypro import (
     PatchDiscriminator,
     critic_loss,
     generator_loss,
-    to_model_range,
     translate,
 )
 
@@ -66,13 +66,21 @@ def bare_training(config: AnomalyProConfig, train: TrainSet, device: torch.devic
                   seed: int) -> Generator:
     torch.manual_seed(seed)
     channels = train.normal.shape[1]
-    generator = Generator(channels, config.base_channels, config.residual_blocks).to(device)
+    generator = Generator(channels, config.base_channels, config.residual_blocks,
+                          config.mask_logit_bias, config.upsample).to(device)
     critic = PatchDiscriminator(channels, config.critic_base_channels,
                                 config.critic_layers).to(device)
+    if config.channels_last:  # as the suite's quick profile does
+        generator = generator.to(memory_format=torch.channels_last)
+        critic = critic.to(memory_format=torch.channels_last)
     opt_g = torch.optim.Adam(generator.parameters(), config.lr_g, (config.beta1, config.beta2))
     opt_d = torch.optim.Adam(critic.parameters(), config.lr_d, (config.beta1, config.beta2))
-    set_a = to_model_range(train.unlabeled, device, config.image_size)
-    set_b = to_model_range(train.normal, device, config.image_size)
+    # A notebook loop holds both sets in memory, as tensors in the model's range.
+    set_a = to_model_input(np.asarray(train.unlabeled), device, config.image_size)
+    set_b = to_model_input(np.asarray(train.normal), device, config.image_size)
+    if config.channels_last:
+        set_a = set_a.contiguous(memory_format=torch.channels_last)
+        set_b = set_b.contiguous(memory_format=torch.channels_last)
     size = config.batch_size
     for step in range(config.iterations):
         a = set_a[torch.randint(len(set_a), (size,), device=device)]
@@ -96,7 +104,7 @@ def bare_scores(generator: Generator, images: np.ndarray, config: AnomalyProConf
     out = []
     with torch.no_grad():
         for start in range(0, len(images), config.score_batch_size):
-            x = to_model_range(images[start:start + config.score_batch_size], device,
+            x = to_model_input(images[start:start + config.score_batch_size], device,
                                config.image_size)
             out.append((torch.abs(x - translate(x, *generator(x))) / 2).mean(dim=(1, 2, 3)))
     return torch.cat(out).cpu().numpy()
@@ -117,10 +125,11 @@ def measure(config: AnomalyProConfig, train: TrainSet, test_images: np.ndarray,
             report: Callable[[str], None] = logger.info) -> Throughput:
     """Alternate suite and bare runs `repeats` times; images/s of training and scoring.
     Each repeat's line goes to `report` (`bench perf` passes click.echo; default: the log)."""
-    # No checkpoint evaluation inside the timed loop: both sides train the same steps.
-    config = dataclasses.replace(config, checkpoint_every=config.iterations + 1,
-                                 log_every=max(1, config.log_every))
-    train = dataclasses.replace(train, selection=None, selection_normal_share=None)
+    # No checkpoint scoring inside the timed loop (no selection images, no validation split
+    # for the mask diagnostics): both sides train the same steps.
+    config = dataclasses.replace(config, log_every=max(1, config.log_every))
+    train = dataclasses.replace(train, selection=None, selection_normal_share=None,
+                                selection_normals=None, validation=None)
     trained_images = config.iterations * config.batch_size
     result = Throughput([], [], [], [])
     # One untimed warm-up of each (allocator, thread pools, lazy imports).
