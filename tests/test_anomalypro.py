@@ -199,12 +199,12 @@ def test_needs_both_training_sets(easy):
 
 
 def test_short_training_on_obvious_lesions_scores_diseased_above_healthy(tmp_path):
-    (tmp_path / "learn.toml").write_text(LEARNING_CARD)
-    data = prepare(load_card(str(tmp_path / "learn.toml")), cache_root=tmp_path,
-                   show_progress=False)
     """Three seeds, judged by their median: one seed is one draw. Measured with the engine's
     held-out normals: at 900 iterations seeds 0-2 gave 0.668 / 0.913 / 0.888, at 450 (here,
     to keep CI short) 0.703 / 0.803 / 0.888."""
+    (tmp_path / "learn.toml").write_text(LEARNING_CARD)
+    data = prepare(load_card(str(tmp_path / "learn.toml")), cache_root=tmp_path,
+                   show_progress=False)
     # A GAN's trajectory depends on the torch thread count (the order of float sums). The
     # figures above are two threads'; with one, as each pytest-xdist worker of `make test` has,
     # seeds 0-2 gave 0.500 / 0.898 / 0.925: seed 0 collapsed to a constant score, AnomalyPro's

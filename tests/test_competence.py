@@ -113,9 +113,10 @@ class BreaksOnLesions(OneImageForAll):
 
 
 class AddsOnePattern(OneImageForAll):
-    """Gives every input back plus one faint fixed dot lattice (Brainomaly at lambda_adv 0.1
-    on PneumoniaMNIST, issue 24): the output follows the input, healthy inputs come back
-    close, anatomy is kept, and yet the model changed nothing about any particular image."""
+    """Gives every input back plus one faint fixed dot lattice (AnomalyPro's published
+    transposed convolutions on PneumoniaMNIST, issue 24): the output follows the input,
+    healthy inputs come back close, anatomy is kept, and yet the model changed nothing about
+    any particular image."""
 
     name = "adds-one-pattern"
 

@@ -10,6 +10,7 @@ checkout's editable install) are not processed, so the checkout cannot leak in.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -26,12 +27,24 @@ def _run(command: list[str], cwd: Path, env: dict[str, str]) -> str:
     return done.stdout + done.stderr
 
 
+def _source_copy(destination: Path) -> Path:
+    """The checkout's source, without what building or running it leaves behind: setuptools
+    builds in the source's build/ folder and never empties it, so a module moved or deleted
+    since an earlier build would ship in the wheel beside its replacement."""
+    leftovers = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__",
+                                       "results", "reports", ".pytest_cache", ".ruff_cache")
+    shutil.copytree(REPO, destination, ignore=leftovers)
+    shutil.copytree(REPO / "results" / "reference", destination / "results" / "reference")
+    return destination
+
+
 def test_the_wheel_installs_and_runs_from_an_empty_folder(tmp_path):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("BENCH_", "PYTHONPATH", "MLFLOW_TRACKING"))}
     wheels = tmp_path / "wheels"
+    source = _source_copy(tmp_path / "source")
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-          "--disable-pip-version-check", "-q", "-w", str(wheels), str(REPO)], tmp_path, env)
+          "--disable-pip-version-check", "-q", "-w", str(wheels), str(source)], tmp_path, env)
     (wheel,) = wheels.glob("medad_bench-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
@@ -42,6 +55,12 @@ def test_the_wheel_installs_and_runs_from_an_empty_folder(tmp_path):
     assert "medad_bench/references/pneumoniamnist.json" in names
     assert "medad_bench/references/published/zhanglab.json" in names
     assert not [n for n in names if n.startswith(("benchmark/", "methods/", "tests/"))]
+    # Every module in the wheel is one of the source's (nothing stale, nothing extra).
+    sources = {f"medad_bench/{p.relative_to(REPO / 'benchmark').as_posix()}"
+               for p in (REPO / "benchmark").rglob("*.py")}
+    sources |= {f"medad_bench/methods/{p.relative_to(REPO / 'methods').as_posix()}"
+                for p in (REPO / "methods").rglob("*.py")}
+    assert {n for n in names if n.endswith(".py")} == sources
 
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], tmp_path, env)

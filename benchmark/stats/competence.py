@@ -31,6 +31,13 @@ from the validation split only (never the test split), after the method has scor
     texture passes the two checks above and is caught here (Brainomaly: 0.335; 0.474 with
     resize upsampling). Such a model scores well by failing, not by translating (issue 24).
 
+- `common_change_share`: the change is about the input. The energy of the mean change
+  (output - input, per pixel, across images) over the mean energy of each image's change must
+  stay below COMMON_CHANGE_MAX = 0.9: a model that adds one fixed pattern to every input (the
+  transposed-convolution lattice) changes nothing about any particular image. PneumoniaMNIST,
+  seed 0: the reconstruction baselines 0.09-0.26, AnomalyPro 0.11, Brainomaly 0.77. It misses
+  a faint fixed pattern beside larger image-dependent changes (Brainomaly with lambda_adv 0.1:
+  0.355, passes): the figure shows that one.
 - Method-specific checks (`Method.competence_checks`): AnomalyPro's mask M must be higher on
   diseased than on healthy images (`mask_follows_input`, by MASK_MARGIN) and not saturated
   (`mask_not_saturated`): a translation that is the input plus one fixed pattern passes the
