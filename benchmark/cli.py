@@ -540,10 +540,23 @@ def _check_published(dataset: str, against: Path, tolerance: float | None, updat
               help="torch.set_num_threads (default: torch's choice).")
 @click.option("--set", "settings", multiple=True, metavar="FIELD=VALUE",
               help="Override a config field, e.g. --set batch_size=8.")
+@click.option("--methods", default=None, metavar="all|NAME[,NAME]",
+              help="Instead: what the engine adds to each of these methods (quick profile): "
+                   "fit and predict through the suite vs the method's own steps in a plain "
+                   "loop, one table row per method.")
+@click.option("--budget-scale", type=click.FloatRange(min=0, min_open=True), default=1.0,
+              show_default=True, help="With --methods: train at this multiple of the quick "
+                                      "budget.")
 def perf(method: str, dataset: str, profile: str, iterations: int, repeats: int, device: str,
-         threads: int | None, settings: tuple[str, ...]) -> None:
-    """Training and scoring images/s of a method in the suite vs a bare PyTorch loop."""
+         threads: int | None, settings: tuple[str, ...], methods: str | None,
+         budget_scale: float) -> None:
+    """Training and scoring images/s of a method in the suite vs a bare PyTorch loop; with
+    --methods, the engine's overhead for each method."""
     from medad_bench.perf.throughput import bench_perf
+
+    if methods is not None:
+        _perf_overhead(methods, dataset, repeats, device, threads, budget_scale)
+        return
 
     overrides = _parse_settings(tuple(f"{method}.{s}" for s in settings), (), [method])
     summary = bench_perf(method, dataset, profile, iterations=iterations, repeats=repeats,
@@ -552,6 +565,19 @@ def perf(method: str, dataset: str, profile: str, iterations: int, repeats: int,
     click.echo("\nmedians:")
     for key, value in summary.items():
         click.echo(f"  {key:<28} {value:10.3f}")
+
+
+def _perf_overhead(methods: str, dataset: str, repeats: int, device: str,
+                   threads: int | None, budget_scale: float) -> None:
+    import pandas as pd
+
+    from medad_bench.api.contract import parse_method_list
+    from medad_bench.perf.engine_overhead import bench_overhead
+
+    rows = bench_overhead(parse_method_list(methods), dataset, budget_scale=budget_scale,
+                          repeats=repeats, device=device, threads=threads, report=click.echo)
+    click.echo("\nmedians (ratio: suite images/s over bare):")
+    click.echo(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f"))
 
 
 @cli.command()

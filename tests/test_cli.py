@@ -284,3 +284,18 @@ def test_perf_times_anomalypro_in_the_suite_against_a_bare_loop():
     assert all(value > 0 for value in medians.values())
     assert medians["train_ratio"] == pytest.approx(
         medians["suite_train_images_per_s"] / medians["bare_train_images_per_s"], abs=2e-3)
+
+
+def test_perf_methods_tables_the_engine_overhead_of_each_method():
+    """One row per method: a trained method (steps driven bare) and a feature method."""
+    result = bench("perf", "--methods", "autoencoder,padim", "--dataset", "tiny",
+                   "--budget-scale", "0.01", "--repeats", "1", "--threads", "1")
+    table = result.output.split("medians")[1]
+    rows = [line for line in table.splitlines() if line.startswith("| ")][1:]
+    assert [row.split("|")[1].strip() for row in rows] == ["autoencoder", "padim"]
+    for row in rows:
+        cells = [cell.strip() for cell in row.split("|")[2:-1]]
+        assert all(float(cell) > 0 for cell in cells), row
+    assert "autoencoder repeat 1/1: fit suite" in result.output
+    bad = bench("perf", "--methods", "nosuch", "--dataset", "tiny", ok=False)
+    assert bad.exit_code != 0 and "nosuch" in bad.output
