@@ -572,7 +572,7 @@ def _perf_overhead(methods: str, dataset: str, repeats: int, device: str,
     import pandas as pd
 
     from medad_bench.api.contract import parse_method_list
-    from medad_bench.perf.engine_overhead import bench_overhead
+    from medad_bench.perf.overhead import bench_overhead
 
     rows = bench_overhead(parse_method_list(methods), dataset, budget_scale=budget_scale,
                           repeats=repeats, device=device, threads=threads, report=click.echo)
