@@ -84,14 +84,20 @@ def write_reference(reference: dict[str, Any], path: Path) -> None:
                       "with --against PATH")
 
 
-def read_reference(path: Path) -> dict[str, Any]:
+def read_json_file(path: Path, what: str, missing_fix: str) -> Any:
+    """The JSON in `path`; one BenchError naming `what` and the file when it is missing (with
+    `missing_fix`) or not JSON. Shared by the gate's and the published references."""
     if not path.is_file():
-        raise BenchError(f"reference file {path} does not exist. Record one with "
-                         f"`bench check --dataset NAME --update --against {path}`.")
+        raise BenchError(f"{what} {path} does not exist. {missing_fix}")
     try:
-        reference = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise BenchError(f"reference file {path} is not valid JSON: {exc}.") from exc
+        raise BenchError(f"{what} {path} is not valid JSON: {exc}.") from exc
+
+
+def read_reference(path: Path) -> dict[str, Any]:
+    reference = read_json_file(path, "reference file", "Record one with `bench check "
+                               f"--dataset NAME --update --against {path}`.")
     for key in ("dataset", "profile", "split_hash", "methods"):
         if key not in reference:
             raise BenchError(f"reference file {path} lacks '{key}'. Re-record it with --update.")

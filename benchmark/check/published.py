@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medad_bench.check.gate import read_json_file
 from medad_bench.errors import BenchError, UsageError
 from medad_bench.report.document import card_name
 from medad_bench.report.table import ReportData, select_runs
@@ -63,13 +64,8 @@ def read_published(path: Path) -> dict[str, Any]:
     """The published reference at `path`, validated; BenchError naming the file and the key
     at fault otherwise."""
     path = Path(path)
-    if not path.is_file():
-        raise BenchError(f"published reference {path} does not exist. The suite ships "
-                         f"results/reference/published/*.json.")
-    try:
-        reference = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise BenchError(f"published reference {path} is not valid JSON: {exc}.") from exc
+    reference = read_json_file(path, "published reference", "The suite ships "
+                               "results/reference/published/*.json.")
     if not isinstance(reference, dict):
         raise BenchError(f"published reference {path} must hold a JSON object.")
     _validate(reference, path)

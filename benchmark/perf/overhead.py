@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from medad_bench.api.contract import Method, Progress, TrainSet
-from medad_bench.api.seeding import seed_everything
+from medad_bench.api.contract import Method, TrainSet
 from medad_bench.api.training import IterativeMethod
 
 
@@ -52,23 +51,20 @@ class Overhead:
 
 
 def bare_fit(method: Method, train: TrainSet, seed: int, device: torch.device) -> Method:
-    """The method's own training without the engine: seeded set-up, then every step."""
-    method.is_fitted, method.networks = False, {}
-    method.seed, method.device = seed, device
-    seed_everything(seed)
+    """`Method.fit` (its seeding and bookkeeping) with the engine's loop replaced by the
+    method's own set-up and steps in a plain loop; a method without steps fits as usual."""
     if isinstance(method, IterativeMethod):
-        method.optimizers, method.generators = {}, {}
-        method._setup(train)
-        for network in method.networks.values():
-            network.train()
-        for step in range(1, method.total_steps(train) + 1):
-            method._train_step(step)
-    else:
-        method._fit(train, Progress())
+        method._fit = lambda train, progress: _plain_steps(method, train)  # this instance only
+    return method.fit(train, seed=seed, device=device)
+
+
+def _plain_steps(method: IterativeMethod, train: TrainSet) -> None:
+    method.optimizers, method.generators = {}, {}
+    method._setup(train)
     for network in method.networks.values():
-        network.eval()
-    method.is_fitted = True
-    return method
+        network.train()
+    for step in range(1, method.total_steps(train) + 1):
+        method._train_step(step)
 
 
 def bare_predict(method: Method, images: np.ndarray) -> None:
