@@ -271,12 +271,15 @@ def _parse_settings(items: tuple[str, ...], weights: tuple[str, ...],
               show_default=True,
               help="local: in this process (or --jobs worker processes); ray: one Ray task "
                    "per run (pip install 'medad-bench[ray]').")
-@click.option("--jobs", type=click.IntRange(1), default=1, show_default=True,
-              help="Runs at a time with --executor local (worker processes).")
+@click.option("--jobs", type=click.IntRange(1), default=None,
+              help="Runs at a time with --executor local (worker processes). Default: for "
+                   "the quick profile on a CPU, one run per core (at most the grid's runs, "
+                   "2 GiB of free memory each) on one torch thread each, so a seed's AUC is "
+                   "the same on any machine; otherwise 1 ($BENCH_JOBS sets the default).")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="Torch threads of every run, whatever this machine's cores (a run's AUC "
-                   "depends on it; the CI gate pins 1). Default: the cores shared among "
-                   "--jobs.")
+                   "depends on it; the CI gate pins 1). Default: 1 where --jobs is automatic "
+                   "(above), else the cores shared among --jobs.")
 @click.option("--ray-address", default=None, metavar="ADDRESS",
               help="Join this Ray cluster (e.g. ray://head:10001); default: start a local one.")
 @click.option("--force", is_flag=True,
@@ -289,8 +292,9 @@ def _parse_settings(items: tuple[str, ...], weights: tuple[str, ...],
 def run(methods: str, dataset: str, seeds: str, profile: str, device: str,
         data_root: Path | None, allow_external_links: bool, weights: tuple[str, ...],
         settings: tuple[str, ...],
-        select: str | None, contaminated: bool, no_progress: bool, executor: str, jobs: int,
-        threads: int | None, ray_address: str | None, force: bool, deterministic: bool,
+        select: str | None, contaminated: bool, no_progress: bool, executor: str,
+        jobs: int | None, threads: int | None, ray_address: str | None, force: bool,
+        deterministic: bool,
         tracking_uri: str | None, budget_scales: str = "1") -> None:
     """Train and evaluate methods on a dataset; log every run to MLflow.
 

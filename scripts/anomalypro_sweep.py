@@ -1,8 +1,10 @@
-"""Which quick-profile setting makes AnomalyPro's mask follow the input? Decided on the
-labelled validation split only; test labels are never read here.
+"""Which quick-profile setting makes AnomalyPro's mask follow the input (and, with
+`--method brainomaly`, Brainomaly pass the competence checks)? Decided on the labelled
+validation split only; test labels are never read here.
 
     python scripts/anomalypro_sweep.py --out results/sweep/anomalypro.jsonl \
         [--dataset synthetic] [--seeds 0,1,2] [--only baseline,warmup]
+    python scripts/anomalypro_sweep.py --method brainomaly --out results/sweep/brainomaly.jsonl
 
 Every candidate trains at the suite's quick budget (methods/_budget.py; `--budget-factor`
 scales it), so a setting is judged at the cost it will have ("longer" doubles it). The issue-11
@@ -36,6 +38,7 @@ from medad_bench.methods.anomalypro import (
     AnomalyPro,
     AnomalyProConfig,
 )
+from medad_bench.methods.brainomaly import Brainomaly
 
 #: Candidates: overrides of today's quick profile. Each is one idea of the issue, or a
 #: combination of the ideas that worked alone.
@@ -81,11 +84,29 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 }
 
 #: Keys of a candidate that are not config fields.
+#: Issue 24's ideas for Brainomaly, on today's quick profile (adversarial weight 1, two critic
+#: steps per generator step, lr 5e-4 for both): lower adversarial weights, a warm-up of the
+#: generator as identity before the adversarial term, the critic's strength, and the
+#: upsampling that removed AnomalyPro's transposed-convolution lattice.
+BRAINOMALY_CANDIDATES: dict[str, dict[str, Any]] = {
+    "baseline": {},
+    "adv 0.3": {"lambda_adv": 0.3},
+    "adv 0.1": {"lambda_adv": 0.1},
+    "adv 0.03": {"lambda_adv": 0.03},
+    "adv warm-up 1/2": {"adversarial_warmup_fraction": 0.5},
+    "critic 1 step": {"critic_steps_per_g": 1},
+    "critic 5 steps": {"critic_steps_per_g": 5},
+    "critic lr 1e-4": {"lr_d": 1e-4},
+    "resize upsampling": {"upsample": "resize"},
+}
+METHODS = {"anomalypro": (AnomalyPro, CANDIDATES), "brainomaly": (Brainomaly,
+                                                                  BRAINOMALY_CANDIDATES)}
+
 SCHEDULE_KEYS = ("mask_warmup_fraction", "adversarial_warmup_fraction", "budget_factor")
 
 
-def quick_config(image_size: int) -> AnomalyProConfig:
-    return AnomalyPro.profile_config("quick", image_size=image_size, channels=1)
+def quick_config(image_size: int, method: type = AnomalyPro) -> Any:
+    return method.profile_config("quick", image_size=image_size, channels=1)
 
 
 def candidate_config(base: AnomalyProConfig, overrides: dict[str, Any],
@@ -96,25 +117,29 @@ def candidate_config(base: AnomalyProConfig, overrides: dict[str, Any],
     iterations = int(base.iterations * factor * overrides.get("budget_factor", 1.0))
     warmup = int(iterations * overrides.get("mask_warmup_fraction", 0.0))
     adversarial_warmup = int(iterations * overrides.get("adversarial_warmup_fraction", 0.0))
+    schedule = {"mask_warmup_iterations": warmup} if hasattr(base, "mask_warmup_iterations") \
+        else {}
     return dataclasses.replace(base, **fields, iterations=iterations,
-                               decay_iterations=iterations // 4, mask_warmup_iterations=warmup,
+                               decay_iterations=iterations // 4, **schedule,
                                adversarial_warmup_iterations=adversarial_warmup)
 
 
-def run(name: str, cfg: AnomalyProConfig, data: Any, seed: int) -> dict[str, Any]:
-    train = training_set(AnomalyPro, data)  # held-out normals + test images for AUCp
-    method = AnomalyPro(cfg)
+def run(name: str, cfg: Any, data: Any, seed: int,
+        method_cls: type = AnomalyPro) -> dict[str, Any]:
+    train = training_set(method_cls, data)  # held-out normals + test images for AUCp
+    method = method_cls(cfg)
     started = time.perf_counter()
     method.fit(train, seed=seed, device=torch.device("cpu"))
     fit_seconds = time.perf_counter() - started
-    val = train.validation
-    checks = competence_of(method, val.images, val.labels)
+    # The validation split (Brainomaly's TrainSet carries none: it does not read it in training).
+    checks = competence_of(method, data.images_of("val"), data.labels_of("val"))
     row = {"setting": name, "seed": seed, "iterations": cfg.iterations,
            "fit_seconds": round(fit_seconds, 1),
            "val_auc": round(float(checks["val_auc"]), 4),
            "competent": checks["competent"], "competence_failed": checks["competence_failed"],
            "output_correlation": round(float(checks["output_correlation"]), 4),
            "healthy_psnr_gain_db": round(float(checks["healthy_psnr_gain_db"]), 3),
+           "common_change_share": round(float(checks.get("common_change_share", np.nan)), 3),
            **{k: round(v, 4) for k, v in method.run_metrics.items()},
            "selected_iteration": method.run_info.get("selected_iteration"),
            "config": dataclasses.asdict(cfg)}
@@ -138,6 +163,18 @@ def follows_input(row: dict[str, Any]) -> bool:
     healthy ones (by FOLLOWS_MARGIN) and a pixel AUROC of M above 0.7."""
     return (row["mask_mean_diseased"] - row["mask_mean_healthy"] >= FOLLOWS_MARGIN
             and row["mask_pixel_auroc"] > 0.7)
+
+
+def competence_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown, one row per (dataset, setting, seed): the competence checks' values."""
+    lines = ["| dataset | setting | seed | val AUC | competent | failed | output corr | "
+             "healthy PSNR gain dB | shared change | fit s |", "|---" * 10 + "|"]
+    for r in rows:
+        lines.append(f"| {r['dataset']} | {r['setting']} | {r['seed']} | {r['val_auc']:.3f} | "
+                     f"{'yes' if r['competent'] else 'no'} | {r['competence_failed'] or '-'} | "
+                     f"{r['output_correlation']:.3f} | {r['healthy_psnr_gain_db']:+.2f} | "
+                     f"{r.get('common_change_share', float('nan')):.3f} | {r['fit_seconds']} |")
+    return "\n".join(lines)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -176,31 +213,35 @@ def main() -> None:
     parser.add_argument("--budget-factor", type=float, default=1.0,
                         help="multiply the quick budget (1.5 reproduces the issue-11 sweep)")
     parser.add_argument("--table", action="store_true", help="print the table of --out")
+    parser.add_argument("--method", choices=sorted(METHODS), default="anomalypro")
     args = parser.parse_args()
+    method_cls, candidates = METHODS[args.method]
     if args.table:
-        print(table(read_rows(args.out)))
+        rows = read_rows(args.out)
+        print(table(rows) if args.method == "anomalypro" else competence_table(rows))
         return
     names = list(dict.fromkeys(n.strip() for n in args.only.split(",") if n.strip()))
-    names = names or list(CANDIDATES)
-    unknown = sorted(set(names) - set(CANDIDATES))
+    names = names or list(candidates)
+    unknown = sorted(set(names) - set(candidates))
     if unknown:
-        parser.error(f"unknown setting(s) {unknown}; known: {list(CANDIDATES)}")
+        parser.error(f"unknown setting(s) {unknown}; known: {list(candidates)}")
     torch.set_num_threads(torch.get_num_threads())
     data = prepare(load_card(args.dataset))
     train = data.train_set()
-    base = quick_config(train.image_size)
+    base = quick_config(train.image_size, method_cls)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     done = {(r["setting"], r["seed"], args.dataset) for r in read_rows(args.out)}
     for seed in (int(s) for s in args.seeds.split(",")):
         for name in names:
             if (name, seed, args.dataset) in done:
                 continue
-            cfg = candidate_config(base, CANDIDATES[name], args.budget_factor)
-            row = {"dataset": args.dataset, **run(name, cfg, data, seed)}
+            cfg = candidate_config(base, candidates[name], args.budget_factor)
+            row = {"dataset": args.dataset, **run(name, cfg, data, seed, method_cls)}
             print(json.dumps({k: v for k, v in row.items() if k != "config"}), flush=True)
             with args.out.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
-    print(table([r for r in read_rows(args.out) if r["dataset"] == args.dataset]))
+    rows = [r for r in read_rows(args.out) if r["dataset"] == args.dataset]
+    print(table(rows) if args.method == "anomalypro" else competence_table(rows))
 
 
 if __name__ == "__main__":

@@ -43,6 +43,8 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("BENCH_DATASETS_PATH", str(cards))
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    # One run at a time unless a test asks: two pytest workers already share the two cores.
+    monkeypatch.setenv("BENCH_JOBS", "1")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

@@ -287,3 +287,53 @@ def test_ray_tasks_run_under_the_plans_deterministic_setting(tracking_uri):
     # Logged from inside the Ray worker: its own torch mode and environment.
     assert params["deterministic"] == "true"
     assert params["cublas_workspace_config"] == ":4096:8"
+
+
+def test_parallel_grids_start_the_slowest_methods_first_and_keep_seed_order():
+    from medad_bench.api import available_methods, get_method
+    from medad_bench.engine.executors import longest_first
+    from medad_bench.engine.grid import RunSpec
+
+    names = list(available_methods())
+    specs = [RunSpec(name, seed, f"{name}-{seed}", name, None) for name in names
+             for seed in (0, 1)]
+    ordered = longest_first(specs)
+    assert sorted(s.key for s in ordered) == sorted(s.key for s in specs)
+    hints = [get_method(s.method).quick_cpu_seconds for s in ordered]
+    assert hints == sorted(hints, reverse=True)
+    for name in names:
+        assert [s.seed for s in ordered if s.method == name] == [0, 1]
+    # Every built-in states its own measured figure: the default would schedule it blindly.
+    assert all("quick_cpu_seconds" in vars(get_method(name)) for name in names), \
+        [name for name in names if "quick_cpu_seconds" not in vars(get_method(name))]
+
+
+def test_quick_cpu_grids_default_to_one_single_thread_run_per_core(monkeypatch):
+    import psutil
+
+    from medad_bench.engine.grid import QUICK_RUN_BYTES, automatic_parallelism
+
+    monkeypatch.delenv("BENCH_JOBS")
+    cores = len(os.sched_getaffinity(0))
+    by_memory = psutil.virtual_memory().available // QUICK_RUN_BYTES
+    assert automatic_parallelism("cpu", "quick", runs=13) == (min(cores, 13, by_memory), 1)
+    # One run still gets one thread: a seed's AUC must not depend on the grid's size.
+    assert automatic_parallelism("cpu", "quick", runs=1) == (1, 1)
+    assert automatic_parallelism("cuda", "quick", runs=13) == (1, None)
+    assert automatic_parallelism("cpu", "full", runs=13) == (1, None)
+    monkeypatch.setenv("BENCH_JOBS", "3")
+    assert automatic_parallelism("cpu", "quick", runs=13) == (3, None)
+
+
+def test_a_plain_grid_says_how_it_runs_and_logs_one_thread(tracking_uri, monkeypatch):
+    monkeypatch.delenv("BENCH_JOBS")
+    monkeypatch.delenv("BENCH_THREADS", raising=False)
+    result = bench("run", "--methods", "padim", "--dataset", "tiny", "--seeds", "0,1",
+                   "--no-progress", "--device", "cpu", "--tracking-uri", tracking_uri)
+    assert result.exit_code == 0, result.output
+    jobs = min(len(os.sched_getaffinity(0)), 2)
+    assert f"{jobs} run(s) at a time, 1 torch thread each" in result.output
+    client = MlflowClient(tracking_uri)
+    runs = finished_runs(tracking_uri, "tiny")
+    assert len(runs) == 2
+    assert {client.get_run(r).data.params["torch_threads"] for r in runs.run_id} == {"1"}

@@ -188,6 +188,10 @@ class Method(ABC):
     #: `bench run --budget-scale`. Empty: the method does not train iteratively (a feature
     #: method sees each training image once), so a budget scale does not apply to it.
     budget_fields: ClassVar[tuple[str, ...]] = ()
+    #: About how many seconds one quick run takes on one CPU thread (fit and predict, 1x,
+    #: measured on the gate's PneumoniaMNIST runs). Used only to start the longest runs first
+    #: when several run at a time (`--jobs`, Ray); it never changes a result.
+    quick_cpu_seconds: ClassVar[float] = 60.0
     Config: ClassVar[type]
 
     def __init__(self, config: Any = None, *, workdir: Path | str | None = None) -> None:

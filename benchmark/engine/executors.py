@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from medad_bench.api.contract import get_method
 from medad_bench.data import PreparedDataset, load_card
 from medad_bench.data.prepared import open_prepared
 from medad_bench.engine.grid import RunPlan, RunResult, RunSpec, threads_per_worker
@@ -56,6 +57,13 @@ def execute(plan: RunPlan, specs: list[RunSpec], data: PreparedDataset, *, devic
                               experiment_id=experiment_id)
 
 
+def longest_first(specs: list[RunSpec]) -> list[RunSpec]:
+    """The specs with the slowest methods first (`Method.quick_cpu_seconds`), seeds in order:
+    when several run at a time, a long run started last would finish alone while the other
+    workers idle. Only the start order changes: every run is seeded on its own."""
+    return sorted(specs, key=lambda spec: -get_method(spec.method).quick_cpu_seconds)
+
+
 def worker_context(parallel: int) -> WorkerContext:
     env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
     return WorkerContext(cwd=os.getcwd(), env=env, threads=threads_per_worker(parallel))
@@ -84,7 +92,7 @@ def _execute_processes(plan: RunPlan, specs: list[RunSpec], cache: Path, *, devi
     # spawn: a forked child would inherit torch's thread pools and the MLflow client.
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(run_in_worker, context, plan, spec, cache, device,
-                               experiment_id) for spec in specs]
+                               experiment_id) for spec in longest_first(specs)]
         return [future.result() for future in futures]
 
 
@@ -111,7 +119,7 @@ def _execute_ray(plan: RunPlan, specs: list[RunSpec], cache: Path, *, device: st
         task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(run_in_worker)
         context = dataclasses.replace(worker_context(1), threads=cpus)
         futures = [task.remote(context, plan, spec, cache, device, experiment_id)
-                   for spec in specs]
+                   for spec in longest_first(specs)]
         return list(ray.get(futures))
     finally:
         if started_here:

@@ -254,6 +254,35 @@ def threads_per_worker(parallel: int) -> int:
     return max(1, (cores or 1) // max(1, parallel))
 
 
+#: The default of `bench run --jobs` where set (the test suite sets 1: its pytest workers
+#: already share the cores).
+JOBS_ENV = "BENCH_JOBS"
+#: What one quick CPU run may hold (torch, anomalib, its networks and data; a quick run peaks
+#: near 1 GiB): automatic jobs never exceed the available memory over this.
+QUICK_RUN_BYTES = 2 * 2**30
+
+
+def automatic_parallelism(device_type: str, profile: str, runs: int) -> tuple[int, int | None]:
+    """(jobs, threads) of a grid given no --jobs: $BENCH_JOBS where set; else, for quick runs on
+    a CPU, one run per core (at most `runs`, and what memory allows), each on ONE torch thread;
+    else one run at a time on every core (threads None: the cores shared).
+
+    Why one thread: the quick networks are small (32 px), so two single-thread runs side by
+    side train more images per second than one run on two threads (the gate: 13 PneumoniaMNIST
+    runs as 2 x 1 thread in less time than 1 x 2 threads); and a run's AUC depends on its
+    thread count, so pinning 1 gives the same AUC for a seed whatever the machine's cores and
+    however many runs the grid has, the thread count the committed references record."""
+    if os.environ.get(JOBS_ENV):
+        return int(os.environ[JOBS_ENV]), None
+    if device_type != "cpu" or profile != "quick":
+        return 1, None
+    import psutil
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    by_memory = int(psutil.virtual_memory().available // QUICK_RUN_BYTES)
+    return max(1, min(cores or 1, runs, by_memory)), 1
+
+
 def planned_threads(plan: RunPlan) -> str:
     """The torch thread count the plan's runs will use (part of their identity): fixed by the
     plan, not by how many runs are left, so a resumed grid keeps its keys. Under Ray the

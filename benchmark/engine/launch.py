@@ -25,6 +25,7 @@ from medad_bench.engine.grid import (
     THREADS_ENV,
     RunPlan,
     RunResult,
+    automatic_parallelism,
     make_specs,
     plan_configs,
     planned_threads,
@@ -74,13 +75,23 @@ def bench_run(names: list[str], seeds: list[int], scales: list[float],
               overrides: dict[str, dict], settings: tuple[str, ...], *, dataset: str,
               profile: str, device: str, tracking_uri: str | None, data_root: Path | None,
               allow_external_links: bool, select: str | None, contaminated: bool,
-              show_progress: bool, executor: str, jobs: int, threads: int | None,
+              show_progress: bool, executor: str, jobs: int | None, threads: int | None,
               ray_address: str | None, force: bool, deterministic: bool,
               before_start: Callable[[], None] = lambda: None,
               announce: Callable[[str], None] = lambda line: None) -> GridRun:
     """`bench run`: check the options against each other, pin the threads, then run the grid
-    once per budget scale (`announce` gets a line before each when there are several;
-    `before_start` is called once the options are checked, before the first run)."""
+    once per budget scale (`announce` gets a line before each when there are several, and one
+    saying how many runs go at a time when --jobs was not given; `before_start` is called once
+    the options are checked, before the first run). `jobs` None: `automatic_parallelism`."""
+    if jobs is None:
+        jobs = 1
+        if executor == "local":
+            jobs, auto_threads = automatic_parallelism(
+                resolve_device(device).type, profile, runs=len(names) * len(seeds))
+            if threads is None and auto_threads is not None:
+                threads = auto_threads
+                announce(f"{jobs} run(s) at a time, {threads} torch thread each (the default "
+                         f"for quick runs on a CPU; --jobs and --threads choose)")
     if threads is not None:
         import torch
 
