@@ -214,3 +214,22 @@ def test_a_method_that_adds_one_fixed_pattern_to_every_input_is_flagged(tiny):
     copier = _checks(Copier(), tiny)
     assert np.isnan(copier["common_change_share"])
     assert "common_change_share" not in copier["competence_failed"]
+
+
+@pytest.mark.parametrize(("pattern_energy", "flagged"), [(0.7, True), (0.3, False)])
+def test_a_fixed_pattern_carrying_most_of_the_change_is_flagged(pattern_energy, flagged):
+    """A lattice added to every input beside changes that differ per image: failed when the
+    lattice carries more than half of the change's energy, as Brainomaly's at 16x."""
+    from medad_bench.stats.competence import COMMON_CHANGE_MAX
+
+    rng = np.random.default_rng(0)
+    inputs = rng.random((400, 16, 16))
+    lattice = np.zeros((16, 16))
+    lattice[::3, ::3] = 1.0
+    lattice *= np.sqrt(pattern_energy / (lattice ** 2).mean())
+    own = rng.normal(0.0, np.sqrt(1 - pattern_energy), inputs.shape)  # image by image
+    follow = OutputFollowing()
+    follow.add(inputs, inputs + lattice + own)
+    share = follow.common_change_share()
+    assert share == pytest.approx(pattern_energy, abs=0.02)
+    assert (share >= COMMON_CHANGE_MAX) == flagged

@@ -33,11 +33,16 @@ from the validation split only (never the test split), after the method has scor
 
 - `common_change_share`: the change is about the input. The energy of the mean change
   (output - input, per pixel, across images) over the mean energy of each image's change must
-  stay below COMMON_CHANGE_MAX = 0.9: a model that adds one fixed pattern to every input (the
-  transposed-convolution lattice) changes nothing about any particular image. PneumoniaMNIST,
-  seed 0: the reconstruction baselines 0.09-0.26, AnomalyPro 0.11, Brainomaly 0.77. It misses
-  a faint fixed pattern beside larger image-dependent changes (Brainomaly with lambda_adv 0.1:
-  0.355, passes): the figure shows that one.
+  stay below COMMON_CHANGE_MAX = 0.5: a model that adds one fixed pattern to every input (the
+  transposed-convolution lattice) changes nothing about any particular image, and one whose
+  change is mostly (more than half) such a pattern is mostly doing that. The bound was 0.9
+  until Brainomaly at 16x the quick budget passed it at 0.631 (synthetic) and 0.698
+  (PneumoniaMNIST) while its figure_grid.png showed the same dot lattice over every input's
+  lungs: a pattern plus input-dependent blur. Measured, seed 0: the reconstruction baselines
+  0.06-0.45 (ALAD on synthetic the highest), f-AnoGAN at 16x 0.12-0.14, AnomalyPro 0.02-0.22;
+  Brainomaly 0.63-0.94 at every budget. It still misses a faint fixed pattern beside larger
+  image-dependent changes (Brainomaly with lambda_adv 0.1: 0.355, passes): the figure shows
+  that one.
 - Method-specific checks (`Method.competence_checks`): AnomalyPro's mask M must be higher on
   diseased than on healthy images (`mask_follows_input`, by MASK_MARGIN) and not saturated
   (`mask_not_saturated`): a translation that is the input plus one fixed pattern passes the
@@ -60,7 +65,7 @@ OUTPUT_CORRELATION_MIN = 0.5
 DISEASED_STRUCTURE_MIN = 0.5
 PSNR_GAIN_MIN_DB = 0.0
 #: The most of a model's change (output - input) that may be one pattern shared by every image.
-COMMON_CHANGE_MAX = 0.9
+COMMON_CHANGE_MAX = 0.5
 #: Mean M on diseased minus healthy validation images that counts as "higher": a mask marking
 #: only the lesions raises the diseased mean by about the lesions' share of the image (1-2% on
 #: the synthetic set); a difference of 1e-4 between two near-constant masks is noise.
