@@ -230,7 +230,7 @@ def main() -> None:
     train = data.train_set()
     base = quick_config(train.image_size, method_cls)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    done = {(r["setting"], r["seed"], args.dataset) for r in read_rows(args.out)}
+    done = {(r["setting"], r["seed"], r.get("dataset", "synthetic")) for r in read_rows(args.out)}
     for seed in (int(s) for s in args.seeds.split(",")):
         for name in names:
             if (name, seed, args.dataset) in done:
