@@ -111,6 +111,7 @@ def _pair_losses(d_xz: nn.Module, d_xx: nn.Module, d_zz: nn.Module, p: dict[str,
 @register_method
 class Alad(GANMethod):
     name = "alad"
+    quick_cpu_seconds = 110
     description = "ALAD: BiGAN with D_xz, D_xx, D_zz; score = D_xx feature distance"
     uses = ("normal",)
     output_extra = RECONSTRUCTION

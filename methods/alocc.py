@@ -59,6 +59,7 @@ class Reconstructor(nn.Module):
 @register_method
 class Alocc(GANMethod):
     name = "alocc"
+    quick_cpu_seconds = 60
     description = "ALOCC: denoising reconstructor R + discriminator D; score = 1 - D(R(x))"
     uses = ("normal",)
     output_extra = RECONSTRUCTION

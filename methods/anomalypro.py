@@ -168,6 +168,7 @@ QUICK_LEARNING_SETTINGS = {"upsample": "resize", "lambda_adv": 0.1}
 @register_method
 class AnomalyPro(TranslationGAN):
     name = "anomalypro"
+    quick_cpu_seconds = 90
     description = ("MedAI AnomalyPro: GAN translating any scan to a healthy-looking one; "
                    "score = mean |input - translation|")
     uses_validation = True  # mask diagnostics on the labelled validation split

@@ -50,6 +50,7 @@ class AutoencoderConfig(ReconstructionConfig):
 @register_method
 class Autoencoder(ReconstructionMethod):
     name = "autoencoder"
+    quick_cpu_seconds = 15
     description = ("AE (MedIAnomaly): convolutional autoencoder, latent 16; "
                    "score = mean squared reconstruction error")
     Config = AutoencoderConfig

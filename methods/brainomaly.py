@@ -55,6 +55,7 @@ class BrainomalyConfig(TranslationConfig):
 @register_method
 class Brainomaly(TranslationGAN):
     name = "brainomaly"
+    quick_cpu_seconds = 75
     description = ("Brainomaly: GAN adding a learnt map to any scan to make it look healthy "
                    "(no mask); score = mean |input - translation|")
     Config = BrainomalyConfig

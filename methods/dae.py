@@ -153,6 +153,7 @@ def coarse_noise(x: torch.Tensor, generator: torch.Generator, config: DaeConfig
 @register_method
 class Dae(ReconstructionMethod):
     name = "dae"
+    quick_cpu_seconds = 55
     description = ("DAE (MedIAnomaly): U-Net denoising coarse noise; "
                    "score = mean squared reconstruction error")
     Config = DaeConfig

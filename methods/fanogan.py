@@ -64,6 +64,7 @@ def izi_f(x: torch.Tensor, rebuilt: torch.Tensor, critic: ImageEncoder,
 @register_method
 class Fanogan(GANMethod):
     name = "fanogan"
+    quick_cpu_seconds = 57
     description = "f-AnoGAN: WGAN-GP + izi_f encoder; score = image + critic-feature residual"
     uses = ("normal",)
     output_extra = RECONSTRUCTION

@@ -48,6 +48,7 @@ class PadimConfig:
 @register_method
 class Padim(BackboneMethod):
     name = "padim"
+    quick_cpu_seconds = 6
     description = "PaDiM: per-position Gaussian of pretrained CNN patch features (anomalib)"
     uses = ("normal",)
     Config = PadimConfig

@@ -88,6 +88,7 @@ QUICK_MAX_MEMORY_BANK = 10_000
 @register_method
 class Patchcore(BackboneMethod):
     name = "patchcore"
+    quick_cpu_seconds = 6
     description = "PatchCore: coreset memory bank of pretrained CNN patch features (anomalib)"
     uses = ("normal",)
     Config = PatchcoreConfig

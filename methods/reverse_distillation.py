@@ -206,6 +206,7 @@ def _init_like_anomalib(module: nn.Module) -> nn.Module:
 @register_method
 class ReverseDistillation(DistillationMethod):
     name = "reverse_distillation"
+    quick_cpu_seconds = 85
     description = ("Reverse Distillation: a decoder rebuilds a pretrained encoder's features "
                    "from a one-class bottleneck; score = their cosine distance (anomalib)")
     uses = ("normal",)

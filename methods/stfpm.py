@@ -100,6 +100,7 @@ def stfpm_model(backbone: str, layers: tuple[str, ...]) -> nn.Module:
 @register_method
 class Stfpm(DistillationMethod):
     name = "stfpm"
+    quick_cpu_seconds = 135
     description = ("STFPM: a student CNN learns a pretrained teacher's feature pyramid; "
                    "score = their discrepancy (anomalib)")
     uses = ("normal",)

@@ -58,6 +58,7 @@ class VaeConfig(ReconstructionConfig):
 @register_method
 class Vae(ReconstructionMethod):
     name = "vae"
+    quick_cpu_seconds = 16
     description = ("VAE (MedIAnomaly): variational autoencoder, latent 16, KL weight 0.005; "
                    "score = mean squared reconstruction error")
     Config = VaeConfig

@@ -52,3 +52,43 @@ def test_threads_and_ray_do_not_mix():
     result = bench("run", "--dataset", "tiny", "--methods", "padim", "--threads", "1",
                    "--executor", "ray", code=2)
     assert "--threads applies to --executor local" in result.output
+
+
+def test_a_reference_from_another_cpu_model_is_not_judged_and_this_cpus_own_is_used(
+        tracking_uri, isolated):
+    from medad_bench.check.gate import cpu_reference_path
+    from medad_bench.tracking import cpu_model
+
+    bench("run", "--dataset", "tiny", "--methods", "padim", "--weights", "padim=random",
+          "--no-progress", "--tracking-uri", tracking_uri)
+    runs = select_runs(tracking_uri, "tiny", statistics=False).runs
+    assert runs.cpu.tolist() == [cpu_model()]
+    main = isolated / "tiny.json"
+    bench("check", "--dataset", "tiny", "--update", "--against", str(main),
+          "--tracking-uri", tracking_uri)
+    recorded = json.loads(main.read_text())
+    assert recorded["identity"]["cpu"] == cpu_model()
+    # The main reference made on another CPU model, with another number: not judged, and the
+    # message names the file that would hold this CPU's own numbers.
+    recorded["identity"]["cpu"] = "OtherVendor family 1 model 2 AVX2"
+    recorded["methods"]["padim"]["auc_by_seed"]["0"] += 0.3
+    main.write_text(json.dumps(recorded))
+    own = cpu_reference_path(main, cpu_model())
+    result = bench("check", "--dataset", "tiny", "--against", str(main), "--tracking-uri",
+                   tracking_uri, code=1)
+    assert "NOT COMPARABLE" in result.output and "FELL" not in result.output
+    assert f"--update --against {own}" in result.output
+    bench("check", "--dataset", "tiny", "--update", "--against", str(own),
+          "--tracking-uri", tracking_uri)
+    passed = bench("check", "--dataset", "tiny", "--against", str(main), "--tracking-uri",
+                   tracking_uri)
+    assert f"of {own}; same weights" in passed.output
+    # A reference that does not record its CPU (recorded before it was) is still judged, and a
+    # fall says which CPU file would hold this machine's numbers.
+    own.unlink()
+    del recorded["identity"]["cpu"]
+    main.write_text(json.dumps(recorded))
+    result = bench("check", "--dataset", "tiny", "--against", str(main), "--tracking-uri",
+                   tracking_uri, code=1)
+    assert "FELL" in result.output or "ROSE" in result.output
+    assert "does not record the CPU it was made on" in result.output
