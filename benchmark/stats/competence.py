@@ -39,10 +39,10 @@ from the validation split only (never the test split), after the method has scor
   until Brainomaly at 16x the quick budget passed it at 0.631 (synthetic) and 0.698
   (PneumoniaMNIST) while its figure_grid.png showed the same dot lattice over every input's
   lungs: a pattern plus input-dependent blur. Measured, seed 0: the reconstruction baselines
-  0.06-0.45 (ALAD on synthetic the highest), f-AnoGAN at 16x 0.12-0.14, AnomalyPro 0.02-0.22;
-  Brainomaly 0.63-0.94 at every budget. It still misses a faint fixed pattern beside larger
-  image-dependent changes (Brainomaly with lambda_adv 0.1: 0.355, passes): the figure shows
-  that one.
+  0.06-0.45 (ALAD on synthetic the highest), f-AnoGAN at 16x 0.12-0.14, AnomalyPro 0.02-0.31;
+  Brainomaly 0.50-0.94 at every budget (0.497 once, seed 1 at 4x). It still misses a faint
+  fixed pattern beside larger image-dependent changes (Brainomaly with lambda_adv 0.1: 0.355,
+  passes): the figure shows that one.
 - Method-specific checks (`Method.competence_checks`): AnomalyPro's mask M must be higher on
   diseased than on healthy images (`mask_follows_input`, by MASK_MARGIN) and not saturated
   (`mask_not_saturated`): a translation that is the input plus one fixed pattern passes the
