@@ -8,6 +8,7 @@ elsewhere (another file, or an `mlflow server`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -195,6 +196,7 @@ def ensure_experiment(uri: str, dataset: str) -> str:
         ) from exc
 
 
+@functools.cache  # the CPU does not change under a process: read /proc/cpuinfo once
 def cpu_model() -> str:
     """The CPU's vendor, family and model (/proc/cpuinfo) and torch's vector ISA, e.g.
     "GenuineIntel family 6 model 167 AVX512": the kernels torch picks differ between CPU

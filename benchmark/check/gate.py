@@ -278,30 +278,36 @@ def check_against_reference(tracking_uri: str | None, dataset: str,
         raise UsageError(f"{against} is the reference of '{reference['dataset']}', "
                          f"not '{dataset}'.")
     data = select_runs(uri, dataset, profile or reference["profile"], statistics=False)
-    against, reference = _reference_for_this_cpu(against, reference, data.runs)
+    cpu = _one_cpu(data.runs)
+    if cpu:
+        against, reference = _reference_for_cpu(against, reference, cpu)
     outcome = compare(reference, data, tolerance)
     recorded_cpu = (reference.get("identity") or {}).get("cpu", "")
-    cpus = run_environment(data.runs).get("cpu", "")
-    if not outcome.ok and cpus and "/" not in cpus and recorded_cpu != cpus:
+    if not outcome.ok and cpu and recorded_cpu != cpu:
         made = (f"was made on '{recorded_cpu}'" if recorded_cpu else
                 "does not record the CPU it was made on")
         outcome.problems.append(
-            f"{against} {made}; these runs were made on '{cpus}'. On another CPU model the "
+            f"{against} {made}; these runs were made on '{cpu}'. On another CPU model the "
             f"GANs' AUCs move beyond the tolerance with the same code (measured: ALAD -0.058, "
             f"AnomalyPro -0.065 on PneumoniaMNIST seed 0). If the code is unchanged, record "
             f"this CPU's numbers: bench check --dataset {dataset} --update --against "
-            f"{cpu_reference_path(against, cpus)}")
+            f"{cpu_reference_path(against, cpu)}")
     return CheckResult(reference=reference, against=against, outcome=outcome)
 
 
-def _reference_for_this_cpu(against: Path, reference: dict[str, Any],
-                            runs: pd.DataFrame) -> tuple[Path, dict[str, Any]]:
-    """The reference recorded on the runs' CPU model where one lies beside `against`
+def _one_cpu(runs: pd.DataFrame) -> str:
+    """The CPU model every run was made on; "" where they do not say or differ."""
+    cpus = run_environment(runs).get("cpu", "")
+    return "" if "/" in cpus else cpus
+
+
+def _reference_for_cpu(against: Path, reference: dict[str, Any],
+                       cpu: str) -> tuple[Path, dict[str, Any]]:
+    """The reference recorded on CPU model `cpu` where one lies beside `against`
     (cpu_reference_path), else `against` itself."""
-    cpus = run_environment(runs).get("cpu")
-    if not cpus or "/" in cpus or (reference.get("identity") or {}).get("cpu") == cpus:
+    if (reference.get("identity") or {}).get("cpu") == cpu:
         return against, reference
-    beside = cpu_reference_path(against, cpus)
+    beside = cpu_reference_path(against, cpu)
     if not beside.is_file():
         return against, reference
     own = read_reference(beside)

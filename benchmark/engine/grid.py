@@ -250,8 +250,13 @@ def threads_per_worker(parallel: int) -> int:
     else the cores shared evenly."""
     if os.environ.get(THREADS_ENV):
         return int(os.environ[THREADS_ENV])
+    return max(1, usable_cores() // max(1, parallel))
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the OS tells it), at least 1."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) // max(1, parallel))
+    return cores or 1
 
 
 #: The default of `bench run --jobs` where set (the test suite sets 1: its pytest workers
@@ -278,9 +283,8 @@ def automatic_parallelism(device_type: str, profile: str, runs: int) -> tuple[in
         return 1, None
     import psutil
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     by_memory = int(psutil.virtual_memory().available // QUICK_RUN_BYTES)
-    return max(1, min(cores or 1, runs, by_memory)), 1
+    return max(1, min(usable_cores(), runs, by_memory)), 1
 
 
 def planned_threads(plan: RunPlan) -> str:
