@@ -545,21 +545,24 @@ def _check_published(dataset: str, against: Path, tolerance: float | None, updat
 @click.option("--set", "settings", multiple=True, metavar="FIELD=VALUE",
               help="Override a config field, e.g. --set batch_size=8.")
 @click.option("--methods", default=None, metavar="all|NAME[,NAME]",
-              help="Instead: what the engine adds to each of these methods (quick profile): "
-                   "fit and predict through the suite vs the method's own steps in a plain "
-                   "loop, one table row per method.")
+              help="Instead: each of these methods (quick profile) through the suite vs a "
+                   "bare PyTorch loop of the same networks, losses, images and budget "
+                   "(benchmark/perf/bare_loops.py); one row of medians per method.")
 @click.option("--budget-scale", type=click.FloatRange(min=0, min_open=True), default=1.0,
               show_default=True, help="With --methods: train at this multiple of the quick "
                                       "budget.")
+@click.option("--image-size", type=click.IntRange(16), default=None,
+              help="With --methods: run every method at this working size (256: the "
+                   "published size of PaDiM, PatchCore, STFPM and RD).")
 def perf(method: str, dataset: str, profile: str, iterations: int, repeats: int, device: str,
          threads: int | None, settings: tuple[str, ...], methods: str | None,
-         budget_scale: float) -> None:
+         budget_scale: float, image_size: int | None) -> None:
     """Training and scoring images/s of a method in the suite vs a bare PyTorch loop; with
     --methods, the engine's overhead for each method."""
     from medad_bench.perf.throughput import bench_perf
 
     if methods is not None:
-        _perf_overhead(methods, dataset, repeats, device, threads, budget_scale)
+        _perf_overhead(methods, dataset, repeats, device, threads, budget_scale, image_size)
         return
 
     overrides = _parse_settings(tuple(f"{method}.{s}" for s in settings), (), [method])
@@ -572,15 +575,16 @@ def perf(method: str, dataset: str, profile: str, iterations: int, repeats: int,
 
 
 def _perf_overhead(methods: str, dataset: str, repeats: int, device: str,
-                   threads: int | None, budget_scale: float) -> None:
+                   threads: int | None, budget_scale: float, image_size: int | None) -> None:
     import pandas as pd
 
     from medad_bench.api.contract import parse_method_list
     from medad_bench.perf.overhead import bench_overhead
 
     rows = bench_overhead(parse_method_list(methods), dataset, budget_scale=budget_scale,
-                          repeats=repeats, device=device, threads=threads, report=click.echo)
-    click.echo("\nmedians (ratio: suite images/s over bare):")
+                          repeats=repeats, device=device, threads=threads,
+                          working_size=image_size, report=click.echo)
+    click.echo("\nmedians (ratio: bare seconds over suite seconds; 1 = no overhead):")
     click.echo(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f"))
 
 

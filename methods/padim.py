@@ -17,6 +17,7 @@ from medad_bench.methods._anomalib import (
     BackboneMethod,
     backbone_input,
     chunks,
+    drop_unused_stages,
     n_batches,
 )
 from medad_bench.methods._budget import QUICK_IMAGES_SEEN
@@ -72,6 +73,7 @@ class Padim(BackboneMethod):
         model = PadimModel(backbone=cfg.backbone, layers=list(cfg.layers), pre_trained=False,
                            n_features=cfg.n_features)
         self._load_backbone(model.feature_extractor.feature_extractor)
+        drop_unused_stages(model.feature_extractor)  # same features, no wasted stages
         model = self.add_network("model", model).eval()
         device = self.device
 

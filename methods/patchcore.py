@@ -29,6 +29,7 @@ from medad_bench.methods._anomalib import (
     BackboneMethod,
     backbone_input,
     chunks,
+    drop_unused_stages,
     n_batches,
     resize_maps,
 )
@@ -171,6 +172,7 @@ class Patchcore(BackboneMethod):
         model = PatchcoreModel(layers=list(cfg.layers), backbone=cfg.backbone, pre_trained=False,
                                num_neighbors=cfg.num_neighbors)
         self._load_backbone(model.feature_extractor.feature_extractor)
+        drop_unused_stages(model.feature_extractor)  # same features, no wasted stages
         model = self.add_network("model", model).eval()
 
         bank = self._sampled_patches(model, images, progress)

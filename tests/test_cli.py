@@ -287,7 +287,7 @@ def test_perf_times_anomalypro_in_the_suite_against_a_bare_loop():
 
 
 def test_perf_methods_tables_the_engine_overhead_of_each_method():
-    """One row per method: a trained method (steps driven bare) and a feature method."""
+    """One row per method: a trained method and a feature method, each against its bare loop."""
     result = bench("perf", "--methods", "autoencoder,padim", "--dataset", "tiny",
                    "--budget-scale", "0.01", "--repeats", "1", "--threads", "1")
     table = result.output.split("medians")[1]

@@ -136,6 +136,16 @@ class IterativeMethod(Method):
     # -- services ---------------------------------------------------------------------------
 
     def add_optimizer(self, name: str, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """Register an optimiser (checkpointed and resumed with the run).
+
+        Where the method left PyTorch to choose, its update runs as the multi-tensor
+        ("foreach") implementation, which PyTorch picks only on CUDA: on a CPU the default
+        updates one tensor at a time from Python (Reverse Distillation's Adam: 4.3 of its 19 s
+        of training steps at a quarter of the quick budget). Both do the same arithmetic, bit
+        for bit (tests/test_training.py checks Adam, SGD and RMSprop)."""
+        for group in optimizer.param_groups:
+            if "foreach" in group and group["foreach"] is None:
+                group["foreach"] = True
         self.optimizers[name] = optimizer
         return optimizer
 
