@@ -73,11 +73,12 @@ def train(data, config, seed=0, workdir=None):
 
 
 def test_short_training_on_obvious_lesions_scores_diseased_above_healthy(learn):
-    method = train(learn, small_config(iterations=900,
-                                       decay_iterations=100))
+    """225 iterations, one torch thread (as a pytest worker): seeds 0-2 gave 1.000 / 0.983 /
+    0.980 (900 iterations: 1.000 on seed 0; shortened to keep CI short)."""
+    method = train(learn, small_config(iterations=225, decay_iterations=25))
     auc = roc_auc(learn.labels_of("test"), method.score(learn.images_of("test")))
     assert auc > 0.75, auc
-    assert method.run_info["selected_step"] in checkpoint_steps(0, 900)
+    assert method.run_info["selected_step"] in checkpoint_steps(0, 225)
 
 
 def test_maps_explanations_and_figure_have_no_mask(learn):
