@@ -293,9 +293,13 @@ def test_perf_methods_tables_the_engine_overhead_of_each_method():
     table = result.output.split("medians")[1]
     rows = [line for line in table.splitlines() if line.startswith("| ")][1:]
     assert [row.split("|")[1].strip() for row in rows] == ["autoencoder", "padim"]
+    header = [cell.strip() for cell in table.splitlines()[1].split("|")[2:-1]]
     for row in rows:
-        cells = [cell.strip() for cell in row.split("|")[2:-1]]
-        assert all(float(cell) > 0 for cell in cells), row
+        cells = dict(zip(header, (float(cell) for cell in row.split("|")[2:-1]), strict=True))
+        # Only a trained method selects a checkpoint; every other figure is a time or a ratio.
+        selecting = cells.pop("selection_s")
+        assert (selecting > 0) == row.startswith("| autoencoder"), row
+        assert all(value > 0 for value in cells.values()), row
     assert "autoencoder repeat 1/1: fit suite" in result.output
     bad = bench("perf", "--methods", "nosuch", "--dataset", "tiny", ok=False)
     assert bad.exit_code != 0 and "nosuch" in bad.output

@@ -144,18 +144,17 @@ def stand_in(n: int, channels: int, size: int, seed: int) -> np.ndarray:
 
 def calibrate(method_cls: type[Method], profile: str, *, image_size: int, channels: int,
               device: torch.device, overrides: dict[str, Any] | None = None) -> MethodCost:
-    """Measure a method's costs: two short fits (one twice the other's length) and a scoring
-    pass, on stand-in images. Run it alone: anything else on the machine slows it."""
+    """Measure a method's costs: a warm-up fit, then a short fit and one LONG_SCALE times as
+    long, each timed twice, and a scoring pass, on stand-in images. Run it alone: anything
+    else on the machine slows it."""
     base = make_config(method_cls, profile, image_size=image_size, channels=channels,
                        overrides=overrides)
     if hasattr(base, "weights"):
         # Timing does not depend on the weight values: no weights file or hub needed.
         base = dataclasses.replace(base, weights="random")
     images = stand_in(LONG_SCALE * CALIBRATION_IMAGES, channels, image_size, seed=0)
-    timings = []
-    # The first fit pays one-off costs (kernel selection, allocator growth) the later ones
-    # do not: it is a warm-up, left out of the rates.
-    for scale in (1, 1, LONG_SCALE):
+
+    def fit(scale: int) -> tuple[int, float, MemoryWatch, Method]:
         config = dataclasses.replace(base, **method_cls.calibration_overrides(base, scale))
         iterative = method_cls.images_seen(config) is not None
         n = CALIBRATION_IMAGES if iterative else CALIBRATION_IMAGES * scale
@@ -166,10 +165,17 @@ def calibrate(method_cls: type[Method], profile: str, *, image_size: int, channe
         method = method_cls(config)
         watch = MemoryWatch(device).start()
         seconds = timed(partial(method.fit, train, seed=0, device=device), device)
-        units = method_cls.images_seen(config) or n
-        timings.append((units, seconds, watch))
-    (units_1, seconds_1, _), (units_2, seconds_2, watch) = timings[1:]
-    first_fit = max(timings[0][1] - seconds_1, 0.0)
+        return method_cls.images_seen(config) or n, seconds, watch, method
+
+    # The first fit pays one-off costs (kernel selection, allocator growth) the later ones
+    # do not: it is a warm-up, left out of the rates. Each length is then timed twice,
+    # alternating, and the faster kept: a fast method's two lengths differ by a tenth of a
+    # second, which a busy machine's noise would otherwise swamp (the rate came out 0).
+    warm_seconds = fit(1)[1]
+    timings = [fit(scale) for scale in (1, LONG_SCALE, 1, LONG_SCALE)]
+    units_1, seconds_1, _, _ = min(timings[0::2], key=lambda timing: timing[1])
+    units_2, seconds_2, watch, method = min(timings[1::2], key=lambda timing: timing[1])
+    first_fit = max(warm_seconds - seconds_1, 0.0)
     per_image = max(seconds_2 - seconds_1, 0.0) / max(units_2 - units_1, 1)
     fixed = max(seconds_1 - units_1 * per_image, 0.0)
     method.score(images[:SCORE_IMAGES])  # warm-up: the first pass pays one-off costs
