@@ -144,15 +144,24 @@ def test_worker_processes_give_the_same_aucs_as_in_process(tracking_uri, tmp_pat
     assert len(finished_runs(other, "tiny")) == 2
 
 
-def test_ray_executor_runs_the_grid_into_one_store(tracking_uri):
+def test_ray_executor_runs_the_grid_into_one_store_under_the_plans_settings(tracking_uri):
+    """One Ray runtime (its start is most of the cost) for both: Ray tasks give the local
+    AUCs, and the plan's deterministic setting reaches the Ray worker."""
     pytest.importorskip("ray", reason="the ray extra is part of the dev install")
-    result = bench("run", "--methods", "padim", "--dataset", "tiny", "--seeds", "0,1",
-                   "--no-progress", "--executor", "ray", "--tracking-uri", tracking_uri)
+    args = ["run", "--methods", "padim", "--dataset", "tiny", "--seeds", "0,1", "--no-progress",
+            "--deterministic", "--tracking-uri", tracking_uri]
+    result = bench(*args, "--executor", "ray")
     assert result.exit_code == 0, result.output
-    local = bench("run", "--methods", "padim", "--dataset", "tiny", "--seeds", "0,1",
-                  "--no-progress", "--force", "--tracking-uri", tracking_uri)
+    runs = finished_runs(tracking_uri, "tiny")
+    for run_id in runs.run_id:
+        params = MlflowClient(tracking_uri).get_run(run_id).data.params
+        # Logged from inside the Ray worker: its own torch mode and environment.
+        assert params["deterministic"] == "true"
+        assert params["cublas_workspace_config"] == ":4096:8"
+    local = bench(*args, "--force")
     pattern = r"padim\s+(\d)\s+(\d\.\d{4})"
     assert re.findall(pattern, result.output) == re.findall(pattern, local.output)
+    assert len(re.findall(pattern, result.output)) == 2
     assert len(finished_runs(tracking_uri, "tiny")) == 4
 
 
@@ -275,19 +284,6 @@ def test_a_running_run_keeps_its_heartbeat_fresh_and_stops_when_it_ends(tracking
     last = client.get_run(logger.run_id).data.tags[HEARTBEAT_TAG]
     time.sleep(0.8)
     assert client.get_run(logger.run_id).data.tags[HEARTBEAT_TAG] == last
-
-
-def test_ray_tasks_run_under_the_plans_deterministic_setting(tracking_uri):
-    pytest.importorskip("ray", reason="the ray extra is part of the dev install")
-    result = bench("run", "--methods", "padim", "--dataset", "tiny", "--seeds", "0",
-                   "--no-progress", "--weights", "padim=random", "--deterministic",
-                   "--executor", "ray", "--tracking-uri", tracking_uri)
-    assert result.exit_code == 0, result.output
-    run_id = finished_runs(tracking_uri, "tiny").run_id.iloc[0]
-    params = MlflowClient(tracking_uri).get_run(run_id).data.params
-    # Logged from inside the Ray worker: its own torch mode and environment.
-    assert params["deterministic"] == "true"
-    assert params["cublas_workspace_config"] == ":4096:8"
 
 
 def test_parallel_grids_start_the_slowest_methods_first_and_keep_seed_order():
