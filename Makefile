@@ -16,9 +16,12 @@ REPORT_SEEDS := 0,1,2
 
 .PHONY: setup demo test lint gate gate-runs reference reports clean
 
+# --no-compile: pip would byte-compile every module of torch, ray and mlflow (thousands) at
+# install; Python compiles the ones a run imports, once, on first import. A fresh install on
+# 2 cores: 72 s instead of 137 s.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-compile -e '.[dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)
