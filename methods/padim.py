@@ -46,6 +46,36 @@ class PadimConfig:
     max_train_images: int | None = None
 
 
+class RunningGaussian:
+    """PaDiM's per-position Gaussian from running sums (float64) of embeddings (B, C, P):
+    memory stays flat however many images there are."""
+
+    def __init__(self) -> None:
+        self.total: torch.Tensor | None = None  # (C, P)
+        self.outer: torch.Tensor | None = None  # (P, C, C)
+        self.count = 0
+
+    def add(self, embeddings: torch.Tensor) -> None:
+        emb = embeddings.double()
+        if self.total is None:
+            self.total = torch.zeros_like(emb[0])
+            self.outer = torch.zeros(emb.shape[2], emb.shape[1], emb.shape[1],
+                                     dtype=torch.float64, device=emb.device)
+        self.total += emb.sum(0)
+        self.outer += torch.einsum("bcp,bdp->pcd", emb, emb)
+        self.count += emb.shape[0]
+
+    def mean_and_inverse(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean (C, P), inverse covariance (P, C, C)) in float32, the covariance ridged by
+        COVARIANCE_RIDGE."""
+        mean = self.total / self.count  # (C, P)
+        mean_t = mean.T  # (P, C)
+        cov = (self.outer - self.count * torch.einsum("pc,pd->pcd", mean_t, mean_t)) \
+            / (self.count - 1)
+        cov += COVARIANCE_RIDGE * torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+        return mean.float(), torch.linalg.inv(cov).float()
+
+
 @register_method
 class Padim(BackboneMethod):
     name = "padim"
@@ -79,27 +109,15 @@ class Padim(BackboneMethod):
 
         # Streaming mean and covariance: memory stays flat however many images there are
         # (anomalib would stack every embedding before fitting).
-        total, outer, count = None, None, 0
+        gaussian = RunningGaussian()
         images = self._training_images(train.normal)
         progress.stage("embed", n_batches(len(images), cfg.batch_size))
         with torch.inference_mode():
             for chunk in chunks(images, cfg.batch_size):
                 features = model.feature_extractor(backbone_input(chunk, cfg.image_size, device))
-                emb = model.generate_embedding(features).flatten(2).double()  # (B, C, P)
-                if total is None:
-                    total = torch.zeros_like(emb[0])
-                    outer = torch.zeros(emb.shape[2], emb.shape[1], emb.shape[1],
-                                        dtype=torch.float64, device=device)
-                total += emb.sum(0)
-                outer += torch.einsum("bcp,bdp->pcd", emb, emb)
-                count += emb.shape[0]
+                gaussian.add(model.generate_embedding(features).flatten(2))
                 progress.advance()
-        if count < 2:
+        if gaussian.count < 2:
             raise ValueError("PaDiM needs at least two healthy training images")
         progress.stage("gaussian")
-        mean = total / count  # (C, P)
-        mean_t = mean.T  # (P, C)
-        cov = (outer - count * torch.einsum("pc,pd->pcd", mean_t, mean_t)) / (count - 1)
-        cov += COVARIANCE_RIDGE * torch.eye(cov.shape[-1], dtype=cov.dtype, device=device)
-        model.gaussian.mean = mean.float()
-        model.gaussian.inv_covariance = torch.linalg.inv(cov).float()
+        model.gaussian.mean, model.gaussian.inv_covariance = gaussian.mean_and_inverse()

@@ -394,7 +394,7 @@ def _in_batches(images: np.ndarray, rows: np.ndarray, size: int) -> Iterator[np.
 @bare_loop("padim")
 def padim(config: Any, train: TrainSet, device: torch.device, seed: int) -> Scorer:
     from medad_bench.methods._anomalib import backbone_input
-    from medad_bench.methods.padim import COVARIANCE_RIDGE
+    from medad_bench.methods.padim import RunningGaussian
 
     torch.manual_seed(seed)
     cfg = config
@@ -407,27 +407,16 @@ def padim(config: Any, train: TrainSet, device: torch.device, seed: int) -> Scor
                                       for m in maps[1:])], 1)
         return stacked.index_select(1, chosen)
 
-    total = outer = None
-    count = 0
+    gaussian = RunningGaussian()
     with torch.inference_mode():
         for batch in _in_batches(train.normal, _training_rows(cfg, train, seed), cfg.batch_size):
             x = backbone_input(batch, cfg.image_size, device)
-            if total is None:
+            if gaussian.count == 0:
                 widths = sum(m.shape[1] for m in features(x[:1]))
                 chosen = torch.randperm(widths, device=device)[:cfg.n_features]
-            emb = embed(x).flatten(2).double()  # (B, C, P)
-            if total is None:
-                total = torch.zeros_like(emb[0])
-                outer = torch.zeros(emb.shape[2], emb.shape[1], emb.shape[1],
-                                    dtype=torch.float64, device=device)
-            total += emb.sum(0)
-            outer += torch.einsum("bcp,bdp->pcd", emb, emb)
-            count += len(emb)
-        mean = (total / count).T  # (P, C)
-        cov = (outer - count * torch.einsum("pc,pd->pcd", mean, mean)) / (count - 1)
-        cov += COVARIANCE_RIDGE * torch.eye(cov.shape[-1], dtype=cov.dtype, device=device)
-        inverse = torch.linalg.inv(cov).float()
-        mean = mean.float()
+            gaussian.add(embed(x).flatten(2))
+        mean, inverse = gaussian.mean_and_inverse()
+        mean = mean.T  # (P, C)
 
     def score(x: torch.Tensor) -> torch.Tensor:
         emb = embed(x)
