@@ -6,6 +6,7 @@ Every test works in its own temp folders, so tests never touch the repository's 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -49,9 +50,23 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real MLflow SQLite store with its tables made and nothing logged, once per test
+    process. A new store runs MLflow's schema migrations (about 1 s of CPU); a copy of this
+    one opens at once. Tests of store creation itself make their own."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("store") / "empty.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def tracking_uri(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+def tracking_uri(tmp_path: Path, empty_store: Path) -> str:
+    path = tmp_path / "mlflow.db"
+    shutil.copyfile(empty_store, path)
+    return f"sqlite:///{path}"
 
 
 def pytest_configure(config: pytest.Config) -> None:
