@@ -34,9 +34,10 @@ lint: setup
 	$(BIN)/ruff check .
 
 # Two pytest workers of one torch thread each (tests/conftest.py); tests run file by file on a
-# worker (--dist loadfile). On 2 cores: 538 tests in 633 s (issue 15), where issue 14's 382
-# tests took 875 s in one process of two threads. A test that sets more threads itself
-# oversubscribes the cores beside the other worker (one took 364 s instead of 124 s).
+# worker (--dist loadfile). On 2 cores: 632 tests in 366 s (issue 25; issue 14's 382 tests
+# took 875 s in one process of two threads). The two workers keep both cores busy (95% of the
+# time, sampled): running the gate beside them made everything slower, not faster. A test
+# that sets more threads itself oversubscribes the cores beside the other worker.
 PYTEST_WORKERS ?= 2
 test: lint
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile
