@@ -49,7 +49,6 @@ def uv_arguments(settings: dict[str, str]) -> list[str]:
 
 
 def install_with_uv(target: str, settings: dict[str, str]) -> bool:
-    bin_dir = Path(sys.executable).parent
     got_uv = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "uv"],
                             check=False)
     if got_uv.returncode != 0:
@@ -58,7 +57,7 @@ def install_with_uv(target: str, settings: dict[str, str]) -> bool:
     environment = dict(os.environ)
     if "cert" in settings and "SSL_CERT_FILE" not in environment:
         environment["SSL_CERT_FILE"] = settings["cert"]
-    command = [str(bin_dir / "uv"), "pip", "install", "--quiet", "--compile-bytecode",
+    command = [sys.executable, "-m", "uv", "pip", "install", "--quiet", "--compile-bytecode",
                "--python", sys.executable, *uv_arguments(settings), "-e", target]
     if subprocess.run(command, env=environment, check=False).returncode != 0:
         print("note: uv could not install the project; trying pip", file=sys.stderr)

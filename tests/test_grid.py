@@ -152,9 +152,9 @@ def test_ray_executor_runs_the_grid_into_one_store_under_the_plans_settings(trac
             "--deterministic", "--tracking-uri", tracking_uri]
     result = bench(*args, "--executor", "ray")
     assert result.exit_code == 0, result.output
-    runs = finished_runs(tracking_uri, "tiny")
-    for run_id in runs.run_id:
-        params = MlflowClient(tracking_uri).get_run(run_id).data.params
+    client = MlflowClient(tracking_uri)
+    for run_id in finished_runs(tracking_uri, "tiny").run_id:
+        params = client.get_run(run_id).data.params
         # Logged from inside the Ray worker: its own torch mode and environment.
         assert params["deterministic"] == "true"
         assert params["cublas_workspace_config"] == ":4096:8"
