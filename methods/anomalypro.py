@@ -260,15 +260,23 @@ class AnomalyPro(TranslationGAN):
         masks = self._predict_batches(split.images, maps=False, extras=True).extras["mask M"]
         return mask_diagnostics(masks, split.labels, split.masks)
 
+    def _setup(self, train: TrainSet) -> None:
+        super()._setup(train)
+        #: Mask diagnostics by checkpoint step, so the kept checkpoint's need no second pass
+        #: over the validation split (a resumed run lacks the steps before its resume).
+        self._diagnostics_at: dict[int, dict[str, float]] = {}
+
     def _on_checkpoint(self, train: TrainSet, progress: Progress, step: int) -> None:
         """Curves over checkpoints (checkpoint_mask_*): does M follow the input, or has it
         saturated? The kept checkpoint's values are the run metrics mask_*."""
-        for key, value in self._mask_diagnostics(train).items():
+        values = self._diagnostics_at[step] = self._mask_diagnostics(train)
+        for key, value in values.items():
             progress.metric(f"checkpoint_{key}", value, step)
 
     def _on_fitted(self, train: TrainSet) -> None:
         """Diagnostics of the kept checkpoint as run metrics, and a warning if M saturated."""
-        values = self._mask_diagnostics(train)
+        kept = getattr(self, "_diagnostics_at", {}).get(self.selected_step)
+        values = kept if kept is not None else self._mask_diagnostics(train)
         self.run_metrics.update(values)
         warning = mask_saturation_warning(values)
         if warning:

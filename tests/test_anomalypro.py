@@ -154,6 +154,17 @@ def test_selection_keeps_the_best_aucp_checkpoint(easy):
                                                           for c in method.selection_history]
 
 
+def test_the_kept_checkpoints_mask_diagnostics_are_those_of_the_kept_networks(easy):
+    """The run metrics mask_* reuse the kept checkpoint's pass over the validation split:
+    they must equal a fresh pass with the kept networks."""
+    method = train(easy, small_config(iterations=12, decay_iterations=2))
+    data = training_set(AnomalyPro, easy)
+    fresh = method._mask_diagnostics(data)
+    assert fresh and {k: method.run_metrics[k] for k in fresh} == fresh
+    assert method._diagnostics_at[method.selected_step] == fresh
+    assert sorted(method._diagnostics_at) == [c.step for c in method.selection_history]
+
+
 def test_same_seed_same_scores(easy):
     config = small_config(iterations=6, decay_iterations=2)
     images = easy.images_of("test")
