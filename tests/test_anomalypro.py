@@ -18,6 +18,7 @@ from medad_bench.methods.anomalypro import (
     AnomalyPro,
     Generator,
     PatchDiscriminator,
+    diagnostic_rows,
     mask_diagnostics,
     mask_loss,
     mask_saturation_warning,
@@ -291,6 +292,16 @@ def test_mask_diagnostics_by_hand():
     assert values["mask_share_above_half"] == pytest.approx(2 / 16)
     assert values["mask_pixel_auroc"] == 1.0
     assert "mask_pixel_auroc" not in mask_diagnostics(masks, labels, None)
+
+
+def test_the_mask_diagnostics_look_at_a_fixed_balanced_draw_of_validation_images():
+    labels = np.array([0] * 300 + [1] * 40)
+    rows = diagnostic_rows(labels)
+    assert len(rows) == 64 + 40 and np.all(np.diff(rows) > 0)
+    assert (labels[rows] == 0).sum() == 64 and (labels[rows] == 1).sum() == 40
+    np.testing.assert_array_equal(diagnostic_rows(labels), rows)  # every checkpoint alike
+    small = np.array([0, 1, 1, 0])
+    np.testing.assert_array_equal(diagnostic_rows(small), [0, 1, 2, 3])
 
 
 @pytest.mark.parametrize("mean, saturated", [(0.95, True), (0.005, True), (0.5, False),
