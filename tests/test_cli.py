@@ -297,9 +297,13 @@ def test_perf_methods_tables_the_engine_overhead_of_each_method():
     for row in rows:
         cells = dict(zip(header, (float(cell) for cell in row.split("|")[2:-1]), strict=True))
         # Only a trained method selects a checkpoint; every other figure is a time or a ratio.
-        selecting = cells.pop("selection_s")
-        assert (selecting > 0) == row.startswith("| autoencoder"), row
+        selecting, bare_selecting = cells.pop("selection_s"), cells.pop("bare_selection_s")
+        assert (selecting > 0) == (bare_selecting > 0) == row.startswith("| autoencoder"), row
         assert all(value > 0 for value in cells.values()), row
+        # The bare side with the protocol's scoring added takes longer than without it.
+        assert cells["fit_ratio_same_scoring"] == pytest.approx(
+            (cells["bare_fit_s"] + bare_selecting) / cells["suite_fit_s"], rel=0.2), row
+        assert (cells["fit_ratio_same_scoring"] > cells["fit_ratio"]) == (bare_selecting > 0)
     assert "autoencoder repeat 1/1: fit suite" in result.output
     bad = bench("perf", "--methods", "nosuch", "--dataset", "tiny", ok=False)
     assert bad.exit_code != 0 and "nosuch" in bad.output
