@@ -78,6 +78,16 @@ class Checkpoint:
     test_scores: np.ndarray
 
 
+def multi_tensor(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """Run `optimizer`'s update as PyTorch's multi-tensor ("foreach") implementation where it
+    was left to PyTorch to choose (PyTorch picks it only on CUDA). The same arithmetic, bit for
+    bit; on a CPU it saves one Python-level update per parameter tensor."""
+    for group in optimizer.param_groups:
+        if "foreach" in group and group["foreach"] is None:
+            group["foreach"] = True
+    return optimizer
+
+
 class IterativeMethod(Method):
     """A method trained in steps; the engine owns the loop, checkpoints and selection.
 
@@ -143,10 +153,7 @@ class IterativeMethod(Method):
         updates one tensor at a time from Python (Reverse Distillation's Adam: 4.3 of its 19 s
         of training steps at a quarter of the quick budget). Both do the same arithmetic, bit
         for bit (tests/test_training.py checks Adam, SGD and RMSprop)."""
-        for group in optimizer.param_groups:
-            if "foreach" in group and group["foreach"] is None:
-                group["foreach"] = True
-        self.optimizers[name] = optimizer
+        self.optimizers[name] = multi_tensor(optimizer)
         return optimizer
 
     def add_generator(self, name: str, stream: Any) -> Any:

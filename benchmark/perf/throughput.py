@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from medad_bench.api.contract import TrainSet
+from medad_bench.api.training import multi_tensor
 from medad_bench.engine.run import BarProgress
 from medad_bench.methods._gan import to_model_input
 from medad_bench.methods.anomalypro import (
@@ -73,8 +74,9 @@ def bare_training(config: AnomalyProConfig, train: TrainSet, device: torch.devic
     if config.channels_last:  # as the suite's quick profile does
         generator = generator.to(memory_format=torch.channels_last)
         critic = critic.to(memory_format=torch.channels_last)
-    opt_g = torch.optim.Adam(generator.parameters(), config.lr_g, (config.beta1, config.beta2))
-    opt_d = torch.optim.Adam(critic.parameters(), config.lr_d, (config.beta1, config.beta2))
+    betas = (config.beta1, config.beta2)
+    opt_g = multi_tensor(torch.optim.Adam(generator.parameters(), config.lr_g, betas))
+    opt_d = multi_tensor(torch.optim.Adam(critic.parameters(), config.lr_d, betas))
     # A notebook loop holds both sets in memory, as tensors in the model's range.
     set_a = to_model_input(np.asarray(train.unlabeled), device, config.image_size)
     set_b = to_model_input(np.asarray(train.normal), device, config.image_size)
