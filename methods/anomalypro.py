@@ -278,7 +278,7 @@ class AnomalyPro(TranslationGAN):
 
     def _on_fitted(self, train: TrainSet) -> None:
         """Diagnostics of the kept checkpoint as run metrics, and a warning if M saturated."""
-        kept = getattr(self, "_diagnostics_at", {}).get(self.selected_step)
+        kept = self._diagnostics_at.get(self.selected_step)
         values = kept if kept is not None else self._mask_diagnostics(train)
         self.run_metrics.update(values)
         warning = mask_saturation_warning(values)

@@ -175,7 +175,7 @@ class IterativeMethod(Method):
             network.train()
         total = self.total_steps(train)
         schedule = set(checkpoint_steps(self.first_selectable_step(), total))
-        selection = _selection_images(train)
+        selection = selection_images(train)
         best = _Best()
         step = self._resume(best)
         self.run_info["resumed_from_step"] = step
@@ -301,7 +301,7 @@ class _Best:
     networks: dict[str, dict[str, torch.Tensor]] | None = None
 
 
-def _selection_images(train: TrainSet) -> tuple[Images, np.ndarray] | None:
+def selection_images(train: TrainSet) -> tuple[Images, np.ndarray] | None:
     """Held-out normals and unlabelled test images for AUCp, or None without selection."""
     if (train.selection is None or len(train.selection) == 0
             or train.selection_normals is None or len(train.selection_normals) == 0):

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from medad_bench.api.contract import Method, TrainSet
+from medad_bench.api.training import selection_images
 
 
 @dataclass
@@ -117,12 +118,14 @@ def _score_checkpoints(score: Callable[[np.ndarray], np.ndarray], train: TrainSe
                        checkpoints: int) -> None:
     """What the protocol's selection asks of a bare loop: score the held-out normals and the
     unlabelled test images at each of `checkpoints` checkpoints."""
-    if not checkpoints or train.selection is None or train.selection_normals is None:
+    selection = selection_images(train)
+    if not checkpoints or selection is None:
         return
-    normals = np.asarray(train.selection_normals[:], dtype=np.float32)
+    normals, unlabeled = selection
+    normals = np.asarray(normals[:], dtype=np.float32)  # read once, as a notebook would
     for _ in range(checkpoints):
         score(normals)
-        score(train.selection)
+        score(unlabeled)
 
 
 def _time_selection(method: Method, device: torch.device) -> list[float]:
